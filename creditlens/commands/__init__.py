@@ -1,0 +1,1 @@
+"""Subcommands of the ``creditlens`` CLI: each module defines ``register(subparsers)``."""

@@ -1,0 +1,283 @@
+"""Per-token credit for on-policy self-distillation: pure tensor math, no model I/O.
+
+Shapes used throughout (see ``CREDIT-MATH.md``):
+
+- ``teacher_lp``  ``[B, T]``     log pi_T(y_t | x, f, y_<t)
+- ``student_lp``  ``[B, T]``     log pi_S(y_t | x, y_<t)
+- ``contrast_lp`` ``[B, K, T]``  log pi_T(y_t | x_j, f, y_<t) for K contrast inputs x_j
+- ``mask``        ``[B, T]``     1 for response tokens, 0 for padding (ignored everywhere)
+
+Every function keeps the floating dtype of its inputs and returns exactly 0 at masked positions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+POOLS = ("mean", "logmeanexp")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """Split of teacher log-probs and SD rewards along the input axis; every field is ``[B, T]``.
+
+    ``teacher_lp = specific + generic`` and ``sd = specific + shortcut`` hold exactly.
+    """
+
+    specific: Tensor  # log pi_T(y_t | x, f, y_<t) - B_t: what this input explains
+    generic: Tensor  # B_t: teacher log-prob the token keeps under other inputs
+    baseline: Tensor  # B_t, the contrast baseline (same values as ``generic``)
+    sd: Tensor  # r_t = log pi_T - log pi_S
+    shortcut: Tensor  # generic - log pi_S: what the feedback raises whatever the input
+
+
+@dataclass(frozen=True)
+class SequenceSums:
+    """Per-sequence sums over unmasked tokens; every field is ``[B]``.
+
+    Under posterior compatibility ``sd`` equals pMI(y; f | x) and ``credit`` equals
+    ``pMI - lam * mean_j log pi_T(y | x_j, f)`` (mean pooling).
+    """
+
+    sd: Tensor
+    credit: Tensor
+    specific: Tensor
+    generic: Tensor
+    teacher: Tensor
+    student: Tensor
+    n_tokens: Tensor
+
+
+def _check_logprobs(name: str, value: Tensor, ndim: int, mask: Tensor | None) -> None:
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
+    if value.dim() != ndim:
+        raise ValueError(f"{name}: expected {ndim} dims, got shape {tuple(value.shape)}")
+    if value.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name}: expected a floating dtype, got {value.dtype}")
+    finite = torch.isfinite(value)
+    if mask is not None:
+        keep = mask.bool() if ndim == 2 else mask.bool().unsqueeze(1).expand_as(value)
+        finite = finite | ~keep
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()[0].tolist()
+        raise ValueError(f"{name}: NaN or inf at unmasked index {bad}")
+
+
+def _check_mask(mask: Tensor | None, shape: torch.Size) -> Tensor | None:
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise ValueError(f"mask: expected a torch.Tensor, got {type(mask).__name__}")
+    if mask.shape != shape:
+        raise ValueError(f"mask: shape {tuple(mask.shape)} does not match log-probs shape {tuple(shape)}")
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("mask: values must be 0 (padding) or 1 (response token)")
+    return mask.bool()
+
+
+def _check_pair(teacher_lp: Tensor, student_lp: Tensor, mask: Tensor | None) -> Tensor | None:
+    if isinstance(teacher_lp, Tensor) and isinstance(student_lp, Tensor):
+        if teacher_lp.shape != student_lp.shape:
+            raise ValueError(
+                f"student_lp: shape {tuple(student_lp.shape)} differs from teacher_lp {tuple(teacher_lp.shape)}"
+            )
+        if teacher_lp.dtype != student_lp.dtype:
+            raise ValueError(f"student_lp: dtype {student_lp.dtype} differs from teacher_lp {teacher_lp.dtype}")
+    _check_logprobs("teacher_lp", teacher_lp, 2, None)
+    mask = _check_mask(mask, teacher_lp.shape)
+    _check_logprobs("teacher_lp", teacher_lp, 2, mask)
+    _check_logprobs("student_lp", student_lp, 2, mask)
+    return mask
+
+
+def _check_contrast(contrast_lp: Tensor, teacher_lp: Tensor, mask: Tensor | None) -> None:
+    _check_logprobs("contrast_lp", contrast_lp, 3, mask)
+    b, k, t = contrast_lp.shape
+    if (b, t) != tuple(teacher_lp.shape):
+        raise ValueError(
+            f"contrast_lp: shape {tuple(contrast_lp.shape)} must be [B, K, T] with [B, T] = {tuple(teacher_lp.shape)}"
+        )
+    if k < 1:
+        raise ValueError("contrast_lp: needs at least one contrast input (K >= 1)")
+    if contrast_lp.dtype != teacher_lp.dtype:
+        raise ValueError(f"contrast_lp: dtype {contrast_lp.dtype} differs from teacher_lp {teacher_lp.dtype}")
+
+
+def _check_lam(lam: float) -> None:
+    if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not 0.0 <= float(lam) <= 1.0:
+        raise ValueError(f"lam: must be a number in [0, 1], got {lam!r}")
+
+
+def _masked(value: Tensor, mask: Tensor | None) -> Tensor:
+    if mask is None:
+        return value
+    return torch.where(mask, value, torch.zeros((), dtype=value.dtype, device=value.device))
+
+
+def pool_contrast(contrast_lp: Tensor, pool: str = "mean") -> Tensor:
+    """Pool contrast log-probs over the contrast axis: ``[B, K, T] -> [B, T]``.
+
+    ``"mean"`` averages log-probs (B_t of the math page); ``"logmeanexp"`` averages probabilities.
+    """
+    if pool == "mean":
+        return contrast_lp.mean(dim=1)
+    if pool == "logmeanexp":
+        return torch.logsumexp(contrast_lp, dim=1) - math.log(contrast_lp.shape[1])
+    raise ValueError(f"pool: must be one of {POOLS}, got {pool!r}")
+
+
+def sd_rewards(teacher_lp: Tensor, student_lp: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Self-distillation token reward ``r_t = log pi_T - log pi_S``: ``[B, T], [B, T] -> [B, T]``."""
+    mask = _check_pair(teacher_lp, student_lp, mask)
+    return _masked(teacher_lp - student_lp, mask)
+
+
+def contrast_baseline(contrast_lp: Tensor, mask: Tensor | None = None, pool: str = "mean") -> Tensor:
+    """Batch-contrastive baseline ``B_t``: ``[B, K, T] -> [B, T]``, 0 at masked positions."""
+    if pool not in POOLS:
+        raise ValueError(f"pool: must be one of {POOLS}, got {pool!r}")
+    if isinstance(contrast_lp, Tensor) and contrast_lp.dim() == 3:
+        mask = _check_mask(mask, contrast_lp.shape[::2])
+    _check_logprobs("contrast_lp", contrast_lp, 3, mask)
+    return _masked(pool_contrast(contrast_lp, pool), mask)
+
+
+def decompose(
+    teacher_lp: Tensor,
+    contrast_lp: Tensor,
+    student_lp: Tensor,
+    mask: Tensor | None = None,
+    pool: str = "mean",
+) -> Decomposition:
+    """Split teacher log-probs and SD rewards into input-specific and input-generic parts.
+
+    Shapes: ``teacher_lp, student_lp [B, T]``, ``contrast_lp [B, K, T]``, ``mask [B, T]``.
+    """
+    if pool not in POOLS:
+        raise ValueError(f"pool: must be one of {POOLS}, got {pool!r}")
+    mask = _check_pair(teacher_lp, student_lp, mask)
+    _check_contrast(contrast_lp, teacher_lp, mask)
+    baseline = _masked(pool_contrast(contrast_lp, pool), mask)
+    return Decomposition(
+        specific=_masked(teacher_lp - baseline, mask),
+        generic=baseline,
+        baseline=baseline,
+        sd=_masked(teacher_lp - student_lp, mask),
+        shortcut=_masked(baseline - student_lp, mask),
+    )
+
+
+def credit_rewards(
+    teacher_lp: Tensor,
+    contrast_lp: Tensor,
+    student_lp: Tensor,
+    mask: Tensor | None = None,
+    lam: float = 0.5,
+    pool: str = "mean",
+) -> Tensor:
+    """CREDIT token reward ``log pi_T - lam * B_t - log pi_S``: ``-> [B, T]``.
+
+    ``lam = 0`` is plain self-distillation; ``lam = 1`` removes the whole contrast baseline.
+    """
+    _check_lam(lam)
+    parts = decompose(teacher_lp, contrast_lp, student_lp, mask, pool)
+    return _masked(parts.sd - float(lam) * parts.generic, None if mask is None else mask.bool())
+
+
+def sequence_sums(
+    teacher_lp: Tensor,
+    contrast_lp: Tensor,
+    student_lp: Tensor,
+    mask: Tensor | None = None,
+    lam: float = 0.5,
+    pool: str = "mean",
+) -> SequenceSums:
+    """Trajectory sums of every token quantity: ``[B, T] -> [B]``.
+
+    ``sd`` is the pMI estimate; ``credit`` the contrastive pMI of section 5 of the math page.
+    """
+    _check_lam(lam)
+    parts = decompose(teacher_lp, contrast_lp, student_lp, mask, pool)
+    bool_mask = None if mask is None else mask.bool()
+    credit = parts.sd - float(lam) * parts.generic
+    n_tokens = (
+        torch.full(teacher_lp.shape[:1], teacher_lp.shape[1], device=teacher_lp.device)
+        if bool_mask is None
+        else bool_mask.sum(dim=1)
+    )
+    return SequenceSums(
+        sd=parts.sd.sum(dim=1),
+        credit=_masked(credit, bool_mask).sum(dim=1),
+        specific=parts.specific.sum(dim=1),
+        generic=parts.generic.sum(dim=1),
+        teacher=_masked(teacher_lp, bool_mask).sum(dim=1),
+        student=_masked(student_lp, bool_mask).sum(dim=1),
+        n_tokens=n_tokens,
+    )
+
+
+def credit_target_logprobs(
+    teacher_logprobs: Tensor,
+    contrast_logprobs: Tensor,
+    lam: float = 0.5,
+    pool: str = "mean",
+) -> Tensor:
+    """CREDIT distillation target over a vocabulary (top-K or full logits modes).
+
+    ``log_softmax(teacher - lam * pool_k(contrast))`` over the last axis:
+    ``teacher_logprobs [B, T, V]``, ``contrast_logprobs [B, K, T, V] -> [B, T, V]``.
+    ``lam = 0`` returns ``teacher_logprobs`` unchanged. With a top-K support the renormalisation
+    runs over the K kept entries (plus a tail bucket if the caller appends one).
+    """
+    _check_lam(lam)
+    if pool not in POOLS:
+        raise ValueError(f"pool: must be one of {POOLS}, got {pool!r}")
+    if teacher_logprobs.dim() != 3 or contrast_logprobs.dim() != 4:
+        raise ValueError(
+            "teacher_logprobs must be [B, T, V] and contrast_logprobs [B, K, T, V]; got "
+            f"{tuple(teacher_logprobs.shape)} and {tuple(contrast_logprobs.shape)}"
+        )
+    b, _, t, v = contrast_logprobs.shape
+    if (b, t, v) != tuple(teacher_logprobs.shape):
+        raise ValueError(
+            f"contrast_logprobs: shape {tuple(contrast_logprobs.shape)} does not match "
+            f"teacher_logprobs {tuple(teacher_logprobs.shape)}"
+        )
+    if float(lam) == 0.0:
+        return teacher_logprobs
+    baseline = pool_contrast(contrast_logprobs, pool)
+    return torch.log_softmax(teacher_logprobs - float(lam) * baseline, dim=-1)
+
+
+def contrast_indices(
+    group_ids: Sequence[Hashable] | Tensor,
+    k: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Pick, for each example, ``k`` other examples of the batch with a different prompt id.
+
+    ``group_ids`` has length B (GRPO samples of one prompt share an id). Returns ``LongTensor[B, k]``
+    drawn without replacement, uniformly among the eligible examples, using ``generator``.
+    """
+    ids = group_ids.tolist() if isinstance(group_ids, Tensor) else list(group_ids)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k: must be a positive integer, got {k!r}")
+    out = torch.empty(len(ids), k, dtype=torch.long)
+    for i, gid in enumerate(ids):
+        eligible = torch.tensor([j for j, other in enumerate(ids) if other != gid], dtype=torch.long)
+        if eligible.numel() < k:
+            raise ValueError(
+                f"group_ids: example {i} (prompt id {gid!r}) has {eligible.numel()} examples with another "
+                f"prompt id in a batch of {len(ids)}, fewer than k={k}; use a batch with at least k+1 "
+                "distinct prompts or a smaller k"
+            )
+        order = torch.randperm(eligible.numel(), generator=generator)[:k]
+        out[i] = eligible[order]
+    return out

@@ -1,0 +1,5 @@
+"""Environments with rich feedback: code (HumanEval), tools (BFCL), science, and the shortcut testbed."""
+
+from creditlens.envs.base import SPLITS, Environment, Outcome, Problem
+
+__all__ = ["SPLITS", "Environment", "Outcome", "Problem"]

@@ -1,0 +1,243 @@
+"""The per-token table: one row per response token, the data contract of creditlens.
+
+The scorer, the trainer's run logs, the dashboard and the notebooks all read and write this table
+as Parquet. ``TOKEN_COLUMNS`` are required, ``OPTIONAL_COLUMNS`` are checked when present, and any
+other column is kept as is. Contrast-dependent columns (``contrast_baseline``, ``specific``,
+``generic``, ``shortcut``, ``credit_reward``) are NaN when a table was scored without contrasts
+(K = 0). Rows with ``mask`` False carry 0 in every reward column (the credit math's convention).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
+
+from creditlens import credit
+
+TOKEN_COLUMNS: dict[str, str] = {
+    "example_id": "str",  # identifies the (prompt, feedback, response) triple
+    "prompt_id": "str",  # examples with the same prompt id are never each other's contrast
+    "position": "int",  # 0-based index of the token inside the response
+    "token_id": "int",  # the response token id, identical in every context
+    "token": "str",  # the token decoded on its own
+    "student_logprob": "float",  # log pi_S(y_t | x, y_<t)
+    "teacher_logprob": "float",  # log pi_T(y_t | x, f, y_<t)
+    "contrast_baseline": "float",  # B_t, pooled teacher log-prob under K other inputs
+    "sd_reward": "float",  # teacher_logprob - student_logprob
+    "specific": "float",  # teacher_logprob - contrast_baseline (input-specific part)
+    "generic": "float",  # contrast_baseline (input-generic part of the teacher log-prob)
+    "credit_reward": "float",  # sd_reward - lam * generic
+    "mask": "bool",  # False: the token does not count (its reward columns are 0)
+}
+
+OPTIONAL_COLUMNS: dict[str, str] = {
+    "shortcut": "float",  # generic - student_logprob: the input-generic part of sd_reward
+    "contrast_logprobs": "list",  # the K teacher log-probs under contrast inputs
+    "lam": "float",  # lambda used for credit_reward
+    "pool": "str",  # "mean" or "logmeanexp"
+    "n_contrast": "int",  # K
+    "run": "str",
+    "algo": "str",  # "grpo", "sd" or "credit"
+    "step": "int",  # training step that produced the rollout
+    "sample": "int",  # index of the rollout inside its step
+    "advantage": "float",  # the per-token advantage the trainer actually used
+    "outcome_reward": "float",  # the environment's scalar reward for the whole response
+    "prompt": "str",
+    "feedback": "str",
+    "response": "str",
+    "label": "str",  # ground-truth token label where known ("specific" or "generic")
+}
+
+CONTRAST_COLUMNS = ("contrast_baseline", "specific", "generic", "shortcut", "credit_reward")
+REWARD_COLUMNS = ("sd_reward", "specific", "generic", "shortcut", "credit_reward", "contrast_baseline")
+
+
+class SchemaError(ValueError):
+    """A per-token table that breaks the schema; the message names the source and the column."""
+
+
+def _kind_ok(series: pd.Series, kind: str) -> bool:
+    dtype = series.dtype
+    if kind == "str":
+        return pd.api.types.is_string_dtype(dtype) or pd.api.types.is_object_dtype(dtype)
+    if kind == "int":
+        return pd.api.types.is_integer_dtype(dtype)
+    if kind == "float":
+        return pd.api.types.is_float_dtype(dtype)
+    if kind == "bool":
+        return pd.api.types.is_bool_dtype(dtype)
+    return pd.api.types.is_object_dtype(dtype) or isinstance(dtype, pd.ArrowDtype)
+
+
+def validate_token_table(table: pd.DataFrame, source: str = "token table") -> pd.DataFrame:
+    """Check columns, kinds and key uniqueness; return the table or raise :class:`SchemaError`."""
+    if not isinstance(table, pd.DataFrame):
+        raise SchemaError(f"{source}: expected a pandas DataFrame, got {type(table).__name__}")
+    missing = [name for name in TOKEN_COLUMNS if name not in table.columns]
+    if missing:
+        raise SchemaError(f"{source}: missing required column(s) {missing}")
+    for name, kind in {**TOKEN_COLUMNS, **OPTIONAL_COLUMNS}.items():
+        if name in table.columns and not _kind_ok(table[name], kind):
+            raise SchemaError(f"{source}: column {name!r} has dtype {table[name].dtype}, expected {kind}")
+    if len(table) and (table["position"] < 0).any():
+        raise SchemaError(f"{source}: column 'position' has negative values")
+    for name in ("student_logprob", "teacher_logprob", "sd_reward"):
+        if len(table) and not np.isfinite(table[name].to_numpy(dtype=np.float64)).all():
+            raise SchemaError(f"{source}: column {name!r} has NaN or inf values")
+    keys = [c for c in ("run", "step", "sample") if c in table.columns] + ["example_id", "position"]
+    duplicated = table.duplicated(subset=keys)
+    if duplicated.any():
+        row = table.loc[duplicated].iloc[0]
+        raise SchemaError(f"{source}: duplicate row for key {dict(zip(keys, row[keys].tolist(), strict=True))}")
+    return table
+
+
+def _as_numpy(value: Tensor | np.ndarray | Sequence) -> np.ndarray:
+    if isinstance(value, Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def build_token_table(
+    example_ids: Sequence[str],
+    prompt_ids: Sequence[str],
+    token_ids: Tensor,
+    tokens: Sequence[Sequence[str]],
+    teacher_lp: Tensor,
+    student_lp: Tensor,
+    contrast_lp: Tensor | None = None,
+    mask: Tensor | None = None,
+    lengths: Sequence[int] | Tensor | None = None,
+    lam: float = 0.5,
+    pool: str = "mean",
+    example_columns: Mapping[str, Sequence] | None = None,
+    token_columns: Mapping[str, Tensor | np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """Build the per-token table from right-padded ``[B, T]`` tensors (``contrast_lp`` ``[B, K, T]``).
+
+    ``lengths[b]`` response tokens of row b become rows (default: all T). ``mask`` ``[B, T]`` marks
+    the tokens that count. ``example_columns`` adds per-example values (length B), ``token_columns``
+    per-token values (``[B, T]``). Rewards come from :mod:`creditlens.credit`.
+    """
+    batch, length = token_ids.shape
+    if lengths is None:
+        lengths = [length] * batch
+    lengths = [int(n) for n in _as_numpy(lengths).tolist()]
+    if len(lengths) != batch or len(example_ids) != batch or len(prompt_ids) != batch or len(tokens) != batch:
+        raise SchemaError("example_ids, prompt_ids, tokens and lengths must all have one entry per row of token_ids")
+    in_response = torch.arange(length).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    counted = in_response if mask is None else in_response & mask.bool().cpu()
+    counted = counted.to(teacher_lp.device)
+    columns: dict[str, np.ndarray] = {
+        "student_logprob": student_lp,
+        "teacher_logprob": teacher_lp,
+        "sd_reward": credit.sd_rewards(teacher_lp, student_lp, counted),
+    }
+    if contrast_lp is not None and contrast_lp.shape[1] > 0:
+        parts = credit.decompose(teacher_lp, contrast_lp, student_lp, counted, pool)
+        columns.update(
+            contrast_baseline=parts.baseline,
+            specific=parts.specific,
+            generic=parts.generic,
+            shortcut=parts.shortcut,
+            credit_reward=credit.credit_rewards(teacher_lp, contrast_lp, student_lp, counted, lam, pool),
+        )
+        n_contrast = contrast_lp.shape[1]
+    else:
+        nan = torch.full_like(teacher_lp, float("nan"))
+        columns.update({name: nan for name in CONTRAST_COLUMNS})
+        n_contrast = 0
+    keep = in_response.numpy()
+    rows, cols = np.nonzero(keep)
+    data: dict[str, object] = {
+        "example_id": np.asarray([str(example_ids[r]) for r in rows], dtype=object),
+        "prompt_id": np.asarray([str(prompt_ids[r]) for r in rows], dtype=object),
+        "position": cols.astype(np.int64),
+        "token_id": _as_numpy(token_ids)[rows, cols].astype(np.int64),
+        "token": np.asarray([tokens[r][c] for r, c in zip(rows, cols, strict=True)], dtype=object),
+    }
+    for name, value in columns.items():
+        data[name] = _as_numpy(value.double())[rows, cols]
+    data["mask"] = counted.cpu().numpy()[rows, cols]
+    if n_contrast:
+        contrast = _as_numpy(contrast_lp.double())
+        data["contrast_logprobs"] = [contrast[r, :, c] for r, c in zip(rows, cols, strict=True)]
+    data.update(lam=np.full(len(rows), float(lam)), pool=np.full(len(rows), pool, dtype=object))
+    data["n_contrast"] = np.full(len(rows), n_contrast, dtype=np.int64)
+    for name, values in (example_columns or {}).items():
+        if len(values) != batch:
+            raise SchemaError(f"example_columns[{name!r}]: {len(values)} values for {batch} examples")
+        data[name] = np.asarray(list(values), dtype=object if isinstance(values[0], str) else None)[rows]
+    for name, values in (token_columns or {}).items():
+        data[name] = _as_numpy(values)[rows, cols]
+    return validate_token_table(pd.DataFrame(data), "build_token_table")
+
+
+def write_token_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Validate and write a table to Parquet atomically (temp file, then rename)."""
+    path = Path(path)
+    validate_token_table(table, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_token_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a Parquet file, or every ``*.parquet`` under a directory, and validate it."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            raise SchemaError(f"{path}: no .parquet files in this directory")
+        return validate_token_table(pd.concat([_read_one(p) for p in files], ignore_index=True), str(path))
+    return validate_token_table(_read_one(path), str(path))
+
+
+def _read_one(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise SchemaError(f"{path}: no such file")
+    try:
+        return pq.read_table(path).to_pandas()
+    except (pa.ArrowInvalid, OSError) as error:
+        raise SchemaError(f"{path}: not a readable Parquet file ({error})") from error
+
+
+def example_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per example (and run/step/sample if present) with trajectory sums over counted tokens.
+
+    ``sd_sum`` is the pMI estimate of section 2 of the math page, ``credit_sum`` the contrastive pMI.
+    """
+    validate_token_table(table)
+    keys = [c for c in ("run", "algo", "step", "sample") if c in table.columns] + ["example_id", "prompt_id"]
+    sums = {
+        "sd_sum": "sd_reward",
+        "credit_sum": "credit_reward",
+        "specific_sum": "specific",
+        "generic_sum": "generic",
+        "teacher_sum": "teacher_logprob",
+        "student_sum": "student_logprob",
+    }
+    counted = table[table["mask"]]
+    summary = counted.groupby(keys, sort=False, dropna=False).agg(
+        n_tokens=("position", "size"), **{out: (col, lambda s: s.sum(min_count=1)) for out, col in sums.items()}
+    )
+    texts = [c for c in ("prompt", "feedback", "response", "outcome_reward") if c in table.columns]
+    if texts:
+        summary = summary.join(table.groupby(keys, sort=False, dropna=False)[texts].first())
+    return summary.reset_index()

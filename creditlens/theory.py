@@ -1,0 +1,226 @@
+"""An exactly posterior-compatible model, enumerable in float64, to verify the credit identities.
+
+The model has ``n_inputs`` inputs x, responses of fixed length T over a vocabulary of V tokens,
+and ``n_feedback`` feedback values f. It is given by two tables:
+
+- ``policy[t]``  ``[X, V**t, V]``  pi(y_t | x, y_<t) for every prefix of length t (row-major ids)
+- ``feedback``   ``[X, V**T, F]``  p(f | x, y) for every full response
+
+The teacher is the exact posterior pi(y_t | x, f, y_<t) obtained by Bayes' rule from the joint
+q(y, f | x) = pi(y | x) p(f | x, y), so section 2 of the math page holds with no approximation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from creditlens import credit
+
+
+@dataclass(frozen=True)
+class ExactBatch:
+    """Exact log-probs for a batch of (input, feedback, response) triples, float64 throughout."""
+
+    inputs: Tensor  # [B] input index x_i
+    feedback: Tensor  # [B] feedback index f_i
+    responses: Tensor  # [B, T] token ids
+    contrast_inputs: Tensor  # [B, K] input index x_j of each contrast context
+    teacher_lp: Tensor  # [B, T]
+    student_lp: Tensor  # [B, T]
+    contrast_lp: Tensor  # [B, K, T]
+    pmi: Tensor  # [B] log p(f | x, y) - log p(f | x)
+    contrast_seq_lp: Tensor  # [B, K] log pi(y | x_j, f)
+
+
+@dataclass(frozen=True)
+class IdentityErrors:
+    """Largest absolute errors of the identities over a batch."""
+
+    sd_sum_vs_pmi: float  # |sum_t r_t - pMI|
+    credit_sum_vs_contrastive_pmi: float  # |sum_t r_t^CREDIT - (pMI - lam mean_j log pi(y|x_j,f))|
+    teacher_split: float  # |specific + generic - teacher_lp|
+    sd_split: float  # |specific + shortcut - sd|
+
+    def max(self) -> float:
+        return max(self.sd_sum_vs_pmi, self.credit_sum_vs_contrastive_pmi, self.teacher_split, self.sd_split)
+
+
+def _float64(values: object) -> Tensor:
+    return torch.tensor(np.asarray(values), dtype=torch.float64)
+
+
+class ExactModel:
+    """Posterior-compatible toy model with exact student, teacher and contrast log-probs."""
+
+    def __init__(self, policy: Sequence[np.ndarray], feedback: np.ndarray):
+        policy = [np.asarray(p, dtype=np.float64) for p in policy]
+        feedback = np.asarray(feedback, dtype=np.float64)
+        if not policy:
+            raise ValueError("policy: needs one table per response position (T >= 1)")
+        n_inputs, _, vocab = policy[0].shape
+        for t, table in enumerate(policy):
+            if table.shape != (n_inputs, vocab**t, vocab):
+                raise ValueError(f"policy[{t}]: shape {table.shape}, expected {(n_inputs, vocab**t, vocab)}")
+            if (table <= 0).any() or not np.allclose(table.sum(-1), 1.0, atol=1e-12):
+                raise ValueError(f"policy[{t}]: rows must be strictly positive distributions over {vocab} tokens")
+        length = len(policy)
+        if feedback.ndim != 3 or feedback.shape[:2] != (n_inputs, vocab**length):
+            raise ValueError(f"feedback: shape {feedback.shape}, expected ({n_inputs}, {vocab**length}, F)")
+        if (feedback <= 0).any() or not np.allclose(feedback.sum(-1), 1.0, atol=1e-12):
+            raise ValueError("feedback: rows p(. | x, y) must be strictly positive distributions")
+        self.policy, self.feedback = policy, feedback
+        self.n_inputs, self.vocab_size, self.length = n_inputs, vocab, length
+        self.n_feedback = feedback.shape[2]
+        self._joint_prefix = self._prefix_joints()
+
+    @classmethod
+    def random(
+        cls,
+        n_inputs: int = 4,
+        vocab_size: int = 3,
+        length: int = 3,
+        n_feedback: int = 2,
+        seed: int = 0,
+        concentration: float = 1.0,
+    ) -> ExactModel:
+        """Draw every distribution of the tables from a symmetric Dirichlet."""
+        rng = np.random.default_rng(seed)
+
+        def dirichlet(shape: tuple[int, ...], k: int) -> np.ndarray:
+            draw = rng.dirichlet(np.full(k, concentration), size=shape)
+            draw = np.clip(draw, 1e-6, None)
+            return draw / draw.sum(-1, keepdims=True)
+
+        policy = [dirichlet((n_inputs, vocab_size**t), vocab_size) for t in range(length)]
+        feedback = dirichlet((n_inputs, vocab_size**length), n_feedback)
+        return cls(policy, feedback)
+
+    def _prefix_joints(self) -> list[np.ndarray]:
+        """``joint[t][x, prefix, f] = P(y_<=t-1 = prefix, f | x)`` for t = 0..T (prefix of length t)."""
+        seq_prob = np.ones((self.n_inputs, 1))
+        for table in self.policy:
+            seq_prob = (seq_prob[:, :, None] * table).reshape(self.n_inputs, -1)
+        full = seq_prob[:, :, None] * self.feedback
+        joints = []
+        for t in range(self.length + 1):
+            shape = (self.n_inputs, self.vocab_size**t, self.vocab_size ** (self.length - t), self.n_feedback)
+            joints.append(full.reshape(shape).sum(axis=2))
+        return joints
+
+    def _prefix_index(self, response: Sequence[int], t: int) -> int:
+        index = 0
+        for token in response[:t]:
+            index = index * self.vocab_size + int(token)
+        return index
+
+    def _check_triple(self, x: int, f: int, response: Sequence[int]) -> None:
+        if not 0 <= x < self.n_inputs:
+            raise ValueError(f"input {x} out of range [0, {self.n_inputs})")
+        if not 0 <= f < self.n_feedback:
+            raise ValueError(f"feedback {f} out of range [0, {self.n_feedback})")
+        if len(response) != self.length or any(not 0 <= int(y) < self.vocab_size for y in response):
+            raise ValueError(f"response {list(response)} must be {self.length} ids in [0, {self.vocab_size})")
+
+    def student_logprobs(self, x: int, response: Sequence[int]) -> np.ndarray:
+        """``log pi(y_t | x, y_<t)`` for each t: ``[T]``."""
+        self._check_triple(x, 0, response)
+        return np.array(
+            [np.log(self.policy[t][x, self._prefix_index(response, t), response[t]]) for t in range(self.length)]
+        )
+
+    def teacher_logprobs(self, x: int, f: int, response: Sequence[int]) -> np.ndarray:
+        """Exact posterior ``log pi(y_t | x, f, y_<t)`` for each t: ``[T]``."""
+        self._check_triple(x, f, response)
+        out = []
+        for t in range(self.length):
+            before = self._joint_prefix[t][x, self._prefix_index(response, t), f]
+            after = self._joint_prefix[t + 1][x, self._prefix_index(response, t + 1), f]
+            out.append(np.log(after) - np.log(before))
+        return np.array(out)
+
+    def pmi(self, x: int, f: int, response: Sequence[int]) -> float:
+        """``log p(f | x, y) - log p(f | x)``."""
+        self._check_triple(x, f, response)
+        likelihood = self.feedback[x, self._prefix_index(response, self.length), f]
+        marginal = self._joint_prefix[0][x, 0, f]
+        return float(np.log(likelihood) - np.log(marginal))
+
+    def sequence_logprob_given_feedback(self, x: int, f: int, response: Sequence[int]) -> float:
+        """``log pi(y | x, f) = log pi(y | x) + log p(f | x, y) - log p(f | x)``, from the tables."""
+        return float(self.student_logprobs(x, response).sum() + self.pmi(x, f, response))
+
+    def sample_response(self, x: int, rng: np.random.Generator) -> list[int]:
+        """Draw y ~ pi(. | x) token by token."""
+        response: list[int] = []
+        for t in range(self.length):
+            probs = self.policy[t][x, self._prefix_index(response, t)]
+            response.append(int(rng.choice(self.vocab_size, p=probs)))
+        return response
+
+    def batch(
+        self,
+        inputs: Sequence[int],
+        feedback: Sequence[int],
+        responses: Sequence[Sequence[int]],
+        contrast_inputs: Sequence[Sequence[int]],
+    ) -> ExactBatch:
+        """Exact log-probs for B triples and, per triple, K contrast inputs (same f, same y)."""
+        if not len(inputs) == len(feedback) == len(responses) == len(contrast_inputs):
+            raise ValueError("inputs, feedback, responses and contrast_inputs must all have length B")
+        teacher, student, contrast, pmi, contrast_seq = [], [], [], [], []
+        for x, f, y, xs in zip(inputs, feedback, responses, contrast_inputs, strict=True):
+            teacher.append(self.teacher_logprobs(x, f, y))
+            student.append(self.student_logprobs(x, y))
+            contrast.append([self.teacher_logprobs(xj, f, y) for xj in xs])
+            pmi.append(self.pmi(x, f, y))
+            contrast_seq.append([self.sequence_logprob_given_feedback(xj, f, y) for xj in xs])
+        return ExactBatch(
+            inputs=torch.tensor(list(inputs), dtype=torch.long),
+            feedback=torch.tensor(list(feedback), dtype=torch.long),
+            responses=torch.tensor([list(y) for y in responses], dtype=torch.long),
+            contrast_inputs=torch.tensor([list(xs) for xs in contrast_inputs], dtype=torch.long),
+            teacher_lp=_float64(teacher),
+            student_lp=_float64(student),
+            contrast_lp=_float64(contrast),
+            pmi=_float64(pmi),
+            contrast_seq_lp=_float64(contrast_seq),
+        )
+
+    def sample_batch(self, batch_size: int, k: int, seed: int = 0) -> ExactBatch:
+        """Sample B inputs, feedback and on-policy responses, with K contrast inputs per example.
+
+        Contrast inputs are chosen by :func:`creditlens.credit.contrast_indices` with the input
+        index as prompt id, so needs at least ``k + 1`` distinct inputs in the batch.
+        """
+        rng = np.random.default_rng(seed)
+        if self.n_inputs < k + 1:
+            raise ValueError(f"k={k} contrast inputs need a model with at least {k + 1} inputs")
+        inputs = list(rng.permutation(self.n_inputs)[: min(batch_size, self.n_inputs)])
+        inputs += [int(rng.integers(self.n_inputs)) for _ in range(batch_size - len(inputs))]
+        feedback = [int(rng.integers(self.n_feedback)) for _ in inputs]
+        responses = [self.sample_response(x, rng) for x in inputs]
+        generator = torch.Generator().manual_seed(seed)
+        index = credit.contrast_indices(inputs, k, generator=generator)
+        contrast_inputs = [[inputs[j] for j in row] for row in index.tolist()]
+        return self.batch(inputs, feedback, responses, contrast_inputs)
+
+
+def verify_identities(batch: ExactBatch, lam: float = 0.5) -> IdentityErrors:
+    """Check the pMI and contrastive-pMI identities of an exact batch through :mod:`creditlens.credit`."""
+    parts = credit.decompose(batch.teacher_lp, batch.contrast_lp, batch.student_lp)
+    sums = credit.sequence_sums(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=lam)
+    credit_sum = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=lam).sum(1)
+    expected_credit = batch.pmi - lam * batch.contrast_seq_lp.mean(dim=1)
+    return IdentityErrors(
+        sd_sum_vs_pmi=float((credit.sd_rewards(batch.teacher_lp, batch.student_lp).sum(1) - batch.pmi).abs().max()),
+        credit_sum_vs_contrastive_pmi=float(
+            torch.maximum((credit_sum - expected_credit).abs(), (sums.credit - expected_credit).abs()).max()
+        ),
+        teacher_split=float((parts.specific + parts.generic - batch.teacher_lp).abs().max()),
+        sd_split=float((parts.specific + parts.shortcut - parts.sd).abs().max()),
+    )
