@@ -54,16 +54,19 @@ class SequenceSums:
     n_tokens: Tensor
 
 
-def _check_logprobs(name: str, value: Tensor, ndim: int, mask: Tensor | None) -> None:
+def _check_tensor(name: str, value: Tensor, ndim: int) -> None:
     if not isinstance(value, Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
     if value.dim() != ndim:
         raise ValueError(f"{name}: expected {ndim} dims, got shape {tuple(value.shape)}")
     if value.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name}: expected a floating dtype, got {value.dtype}")
+
+
+def _check_finite(name: str, value: Tensor, mask: Tensor | None) -> None:
     finite = torch.isfinite(value)
     if mask is not None:
-        keep = mask.bool() if ndim == 2 else mask.bool().unsqueeze(1).expand_as(value)
+        keep = mask if value.dim() == 2 else mask.unsqueeze(1).expand_as(value)
         finite = finite | ~keep
     if not bool(finite.all()):
         bad = (~finite).nonzero()[0].tolist()
@@ -83,22 +86,22 @@ def _check_mask(mask: Tensor | None, shape: torch.Size) -> Tensor | None:
 
 
 def _check_pair(teacher_lp: Tensor, student_lp: Tensor, mask: Tensor | None) -> Tensor | None:
-    if isinstance(teacher_lp, Tensor) and isinstance(student_lp, Tensor):
-        if teacher_lp.shape != student_lp.shape:
-            raise ValueError(
-                f"student_lp: shape {tuple(student_lp.shape)} differs from teacher_lp {tuple(teacher_lp.shape)}"
-            )
-        if teacher_lp.dtype != student_lp.dtype:
-            raise ValueError(f"student_lp: dtype {student_lp.dtype} differs from teacher_lp {teacher_lp.dtype}")
-    _check_logprobs("teacher_lp", teacher_lp, 2, None)
+    _check_tensor("teacher_lp", teacher_lp, 2)
+    _check_tensor("student_lp", student_lp, 2)
+    if teacher_lp.shape != student_lp.shape:
+        raise ValueError(
+            f"student_lp: shape {tuple(student_lp.shape)} differs from teacher_lp {tuple(teacher_lp.shape)}"
+        )
+    if teacher_lp.dtype != student_lp.dtype:
+        raise ValueError(f"student_lp: dtype {student_lp.dtype} differs from teacher_lp {teacher_lp.dtype}")
     mask = _check_mask(mask, teacher_lp.shape)
-    _check_logprobs("teacher_lp", teacher_lp, 2, mask)
-    _check_logprobs("student_lp", student_lp, 2, mask)
+    _check_finite("teacher_lp", teacher_lp, mask)
+    _check_finite("student_lp", student_lp, mask)
     return mask
 
 
 def _check_contrast(contrast_lp: Tensor, teacher_lp: Tensor, mask: Tensor | None) -> None:
-    _check_logprobs("contrast_lp", contrast_lp, 3, mask)
+    _check_tensor("contrast_lp", contrast_lp, 3)
     b, k, t = contrast_lp.shape
     if (b, t) != tuple(teacher_lp.shape):
         raise ValueError(
@@ -108,6 +111,7 @@ def _check_contrast(contrast_lp: Tensor, teacher_lp: Tensor, mask: Tensor | None
         raise ValueError("contrast_lp: needs at least one contrast input (K >= 1)")
     if contrast_lp.dtype != teacher_lp.dtype:
         raise ValueError(f"contrast_lp: dtype {contrast_lp.dtype} differs from teacher_lp {teacher_lp.dtype}")
+    _check_finite("contrast_lp", contrast_lp, mask)
 
 
 def _check_lam(lam: float) -> None:
@@ -143,9 +147,9 @@ def contrast_baseline(contrast_lp: Tensor, mask: Tensor | None = None, pool: str
     """Batch-contrastive baseline ``B_t``: ``[B, K, T] -> [B, T]``, 0 at masked positions."""
     if pool not in POOLS:
         raise ValueError(f"pool: must be one of {POOLS}, got {pool!r}")
-    if isinstance(contrast_lp, Tensor) and contrast_lp.dim() == 3:
-        mask = _check_mask(mask, contrast_lp.shape[::2])
-    _check_logprobs("contrast_lp", contrast_lp, 3, mask)
+    _check_tensor("contrast_lp", contrast_lp, 3)
+    mask = _check_mask(mask, contrast_lp.shape[::2])
+    _check_finite("contrast_lp", contrast_lp, mask)
     return _masked(pool_contrast(contrast_lp, pool), mask)
 
 

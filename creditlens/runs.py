@@ -161,7 +161,11 @@ class Run:
 
     def final_score(self) -> float | None:
         evals = self.evals()
-        return None if evals.empty or "score" not in evals else float(evals.sort_values("step")["score"].iloc[-1])
+        return (
+            None
+            if evals.empty or "score" not in evals
+            else float(evals.sort_values("step")["score"].iloc[-1])
+        )
 
 
 def load_run(path: str | os.PathLike) -> Run:

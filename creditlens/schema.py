@@ -97,7 +97,9 @@ def validate_token_table(table: pd.DataFrame, source: str = "token table") -> pd
     duplicated = table.duplicated(subset=keys)
     if duplicated.any():
         row = table.loc[duplicated].iloc[0]
-        raise SchemaError(f"{source}: duplicate row for key {dict(zip(keys, row[keys].tolist(), strict=True))}")
+        raise SchemaError(
+            f"{source}: duplicate row for key {dict(zip(keys, row[keys].tolist(), strict=True))}"
+        )
     return table
 
 
@@ -133,7 +135,9 @@ def build_token_table(
         lengths = [length] * batch
     lengths = [int(n) for n in _as_numpy(lengths).tolist()]
     if len(lengths) != batch or len(example_ids) != batch or len(prompt_ids) != batch or len(tokens) != batch:
-        raise SchemaError("example_ids, prompt_ids, tokens and lengths must all have one entry per row of token_ids")
+        raise SchemaError(
+            "example_ids, prompt_ids, tokens and lengths must all have one entry per row of token_ids"
+        )
     in_response = torch.arange(length).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
     counted = in_response if mask is None else in_response & mask.bool().cpu()
     counted = counted.to(teacher_lp.device)
@@ -235,7 +239,8 @@ def example_summary(table: pd.DataFrame) -> pd.DataFrame:
     }
     counted = table[table["mask"]]
     summary = counted.groupby(keys, sort=False, dropna=False).agg(
-        n_tokens=("position", "size"), **{out: (col, lambda s: s.sum(min_count=1)) for out, col in sums.items()}
+        n_tokens=("position", "size"),
+        **{out: (col, lambda s: s.sum(min_count=1)) for out, col in sums.items()},
     )
     texts = [c for c in ("prompt", "feedback", "response", "outcome_reward") if c in table.columns]
     if texts:

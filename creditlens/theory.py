@@ -67,7 +67,9 @@ class ExactModel:
             if table.shape != (n_inputs, vocab**t, vocab):
                 raise ValueError(f"policy[{t}]: shape {table.shape}, expected {(n_inputs, vocab**t, vocab)}")
             if (table <= 0).any() or not np.allclose(table.sum(-1), 1.0, atol=1e-12):
-                raise ValueError(f"policy[{t}]: rows must be strictly positive distributions over {vocab} tokens")
+                raise ValueError(
+                    f"policy[{t}]: rows must be strictly positive distributions over {vocab} tokens"
+                )
         length = len(policy)
         if feedback.ndim != 3 or feedback.shape[:2] != (n_inputs, vocab**length):
             raise ValueError(f"feedback: shape {feedback.shape}, expected ({n_inputs}, {vocab**length}, F)")
@@ -130,7 +132,10 @@ class ExactModel:
         """``log pi(y_t | x, y_<t)`` for each t: ``[T]``."""
         self._check_triple(x, 0, response)
         return np.array(
-            [np.log(self.policy[t][x, self._prefix_index(response, t), response[t]]) for t in range(self.length)]
+            [
+                np.log(self.policy[t][x, self._prefix_index(response, t), response[t]])
+                for t in range(self.length)
+            ]
         )
 
     def teacher_logprobs(self, x: int, f: int, response: Sequence[int]) -> np.ndarray:
@@ -217,7 +222,9 @@ def verify_identities(batch: ExactBatch, lam: float = 0.5) -> IdentityErrors:
     credit_sum = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=lam).sum(1)
     expected_credit = batch.pmi - lam * batch.contrast_seq_lp.mean(dim=1)
     return IdentityErrors(
-        sd_sum_vs_pmi=float((credit.sd_rewards(batch.teacher_lp, batch.student_lp).sum(1) - batch.pmi).abs().max()),
+        sd_sum_vs_pmi=float(
+            (credit.sd_rewards(batch.teacher_lp, batch.student_lp).sum(1) - batch.pmi).abs().max()
+        ),
         credit_sum_vs_contrastive_pmi=float(
             torch.maximum((credit_sum - expected_credit).abs(), (sums.credit - expected_credit).abs()).max()
         ),

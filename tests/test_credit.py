@@ -1,0 +1,225 @@
+"""creditlens.credit against independent per-element computations (plain Python loops)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from creditlens import credit
+
+
+def _random_inputs(b=3, k=2, t=5, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    teacher = -torch.rand(b, t, generator=gen, dtype=dtype) * 3
+    student = -torch.rand(b, t, generator=gen, dtype=dtype) * 3
+    contrast = -torch.rand(b, k, t, generator=gen, dtype=dtype) * 3
+    return teacher, contrast, student
+
+
+def _loop_reference(teacher, contrast, student, lam, pool):
+    """Element-by-element reference of sections 1, 3 and 4 of the math page."""
+    b, k, t = contrast.shape
+    out = {name: torch.zeros(b, t, dtype=torch.float64) for name in ("sd", "baseline", "specific", "credit")}
+    for i in range(b):
+        for s in range(t):
+            values = [float(contrast[i, j, s]) for j in range(k)]
+            if pool == "mean":
+                base = sum(values) / k
+            else:
+                base = math.log(sum(math.exp(v) for v in values) / k)
+            sd = float(teacher[i, s]) - float(student[i, s])
+            out["sd"][i, s] = sd
+            out["baseline"][i, s] = base
+            out["specific"][i, s] = float(teacher[i, s]) - base
+            out["credit"][i, s] = float(teacher[i, s]) - lam * base - float(student[i, s])
+    return out
+
+
+@pytest.mark.parametrize("pool", ["mean", "logmeanexp"])
+def test_matches_elementwise_reference(pool):
+    teacher, contrast, student = _random_inputs(k=3)
+    ref = _loop_reference(teacher, contrast, student, 0.3, pool)
+    parts = credit.decompose(teacher, contrast, student, pool=pool)
+    torch.testing.assert_close(parts.sd, ref["sd"])
+    torch.testing.assert_close(parts.baseline, ref["baseline"])
+    torch.testing.assert_close(parts.generic, ref["baseline"])
+    torch.testing.assert_close(parts.specific, ref["specific"])
+    torch.testing.assert_close(parts.shortcut, ref["baseline"] - student)
+    torch.testing.assert_close(
+        credit.credit_rewards(teacher, contrast, student, lam=0.3, pool=pool), ref["credit"]
+    )
+
+
+def test_sign_teacher_minus_student():
+    teacher = torch.tensor([[-0.1]])
+    student = torch.tensor([[-2.0]])
+    assert credit.sd_rewards(teacher, student).item() == pytest.approx(1.9)
+
+
+def test_pooling_is_over_contrast_axis_not_time():
+    teacher = torch.zeros(1, 2, dtype=torch.float64)
+    student = torch.zeros(1, 2, dtype=torch.float64)
+    contrast = torch.tensor([[[-1.0, -5.0], [-3.0, -7.0]]], dtype=torch.float64)  # [B=1, K=2, T=2]
+    parts = credit.decompose(teacher, contrast, student)
+    assert parts.baseline.tolist() == [[-2.0, -6.0]]
+    lme = credit.decompose(teacher, contrast, student, pool="logmeanexp").baseline
+    expected = [math.log((math.exp(-1) + math.exp(-3)) / 2), math.log((math.exp(-5) + math.exp(-7)) / 2)]
+    assert lme[0].tolist() == pytest.approx(expected)
+
+
+def test_lam_zero_is_sd_and_lam_scales_baseline():
+    teacher, contrast, student = _random_inputs()
+    sd = credit.sd_rewards(teacher, student)
+    assert torch.equal(credit.credit_rewards(teacher, contrast, student, lam=0.0), sd)
+    full = credit.credit_rewards(teacher, contrast, student, lam=1.0)
+    torch.testing.assert_close(full, teacher - contrast.mean(1) - student)
+
+
+def test_mask_zeroes_outputs_and_ignores_nan_padding():
+    teacher, contrast, student = _random_inputs(b=2, t=4)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    teacher[0, 3] = float("nan")
+    student[1, 2] = float("inf")
+    contrast[1, :, 1] = float("-inf")
+    parts = credit.decompose(teacher, contrast, student, mask=mask)
+    reward = credit.credit_rewards(teacher, contrast, student, mask=mask)
+    for value in (parts.sd, parts.specific, parts.generic, parts.baseline, parts.shortcut, reward):
+        assert torch.isfinite(value).all()
+        assert (value[mask == 0] == 0).all()
+    clean_t, clean_c, clean_s = _random_inputs(b=2, t=4)
+    unmasked = credit.credit_rewards(clean_t, clean_c, clean_s)
+    keep = mask.bool()
+    assert torch.equal(reward[keep], unmasked[keep])
+    # A masked position must not change unmasked ones (no leak across time through pooling).
+    leak_t = clean_t.clone()
+    leak_t[0, 3] = 100.0
+    masked_out = credit.credit_rewards(leak_t, clean_c, clean_s, mask=mask)
+    assert torch.equal(masked_out[0, :3], unmasked[0, :3])
+    assert masked_out[0, 3] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_is_kept(dtype):
+    teacher, contrast, student = _random_inputs(dtype=dtype)
+    assert credit.sd_rewards(teacher, student).dtype == dtype
+    assert credit.credit_rewards(teacher, contrast, student).dtype == dtype
+    assert credit.decompose(teacher, contrast, student, mask=torch.ones(3, 5)).specific.dtype == dtype
+
+
+def test_sequence_sums_match_token_sums_and_contrastive_identity():
+    teacher, contrast, student = _random_inputs(b=2, k=3, t=6)
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    sums = credit.sequence_sums(teacher, contrast, student, mask=mask, lam=0.7)
+    for i, n in enumerate((6, 4)):
+        sd = float((teacher[i, :n] - student[i, :n]).sum())
+        seq_contrast = contrast[i, :, :n].sum(dim=1)  # log pi_T(y | x_j, f) for each j
+        assert sums.sd[i].item() == pytest.approx(sd)
+        assert sums.credit[i].item() == pytest.approx(sd - 0.7 * float(seq_contrast.mean()))
+        assert sums.n_tokens[i].item() == n
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lam": 1.5}, "lam"),
+        ({"lam": -0.1}, "lam"),
+        ({"pool": "max"}, "pool"),
+        ({"mask": torch.ones(3, 4)}, "mask"),
+        ({"mask": torch.full((3, 5), 2.0)}, "mask"),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, match):
+    teacher, contrast, student = _random_inputs()
+    with pytest.raises(ValueError, match=match):
+        credit.credit_rewards(teacher, contrast, student, **kwargs)
+
+
+def test_shape_dtype_and_nan_errors():
+    teacher, contrast, student = _random_inputs()
+    with pytest.raises(ValueError, match="student_lp"):
+        credit.sd_rewards(teacher, student[:, :4])
+    with pytest.raises(ValueError, match="student_lp"):
+        credit.sd_rewards(teacher, student.float())
+    with pytest.raises(ValueError, match="contrast_lp"):
+        credit.decompose(teacher, contrast[:, :, :4], student)
+    with pytest.raises(ValueError, match="contrast_lp"):
+        credit.decompose(teacher, contrast[:, :0], student)
+    bad = teacher.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"teacher_lp: NaN or inf at unmasked index \[1, 2\]"):
+        credit.sd_rewards(bad, student)
+    with pytest.raises(ValueError, match="torch.Tensor"):
+        credit.sd_rewards(teacher.tolist(), student)
+
+
+def test_contrast_indices_exclude_same_prompt_and_sample_uniformly():
+    group_ids = ["a", "a", "b", "b", "c", "c"]
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(6, 6)
+    for _ in range(300):
+        index = credit.contrast_indices(group_ids, 2, generator=gen)
+        assert index.shape == (6, 2) and index.dtype == torch.long
+        for i, row in enumerate(index.tolist()):
+            assert len(set(row)) == 2
+            assert all(group_ids[j] != group_ids[i] for j in row)
+            for j in row:
+                counts[i, j] += 1
+    # each of the 4 eligible partners is picked about half the time
+    eligible = counts[0, 2:]
+    assert (eligible > 100).all() and (eligible < 200).all()
+
+
+def test_contrast_indices_reproducible_and_errors():
+    a = credit.contrast_indices(torch.tensor([0, 1, 2, 3]), 2, torch.Generator().manual_seed(3))
+    b = credit.contrast_indices(torch.tensor([0, 1, 2, 3]), 2, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="example 0"):
+        credit.contrast_indices(["p", "p", "q"], 2)
+    with pytest.raises(ValueError, match="k"):
+        credit.contrast_indices(["p", "q"], 0)
+
+
+def test_credit_target_logprobs_renormalises_and_lam_zero_is_identity():
+    gen = torch.Generator().manual_seed(1)
+    teacher = torch.log_softmax(torch.randn(2, 3, 7, generator=gen, dtype=torch.float64), -1)
+    contrast = torch.log_softmax(torch.randn(2, 4, 3, 7, generator=gen, dtype=torch.float64), -1)
+    assert credit.credit_target_logprobs(teacher, contrast, lam=0.0) is teacher
+    target = credit.credit_target_logprobs(teacher, contrast, lam=0.5)
+    torch.testing.assert_close(target.exp().sum(-1), torch.ones(2, 3, dtype=torch.float64))
+    unnormalised = (teacher - 0.5 * contrast.mean(1)).exp()
+    torch.testing.assert_close(target.exp(), unnormalised / unnormalised.sum(-1, keepdim=True))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    b=st.integers(1, 4),
+    k=st.integers(1, 3),
+    t=st.integers(1, 6),
+    lam=st.floats(0, 1),
+    seed=st.integers(0, 10_000),
+    pool=st.sampled_from(["mean", "logmeanexp"]),
+)
+def test_identities_hold_for_random_inputs(b, k, t, lam, seed, pool):
+    teacher, contrast, student = _random_inputs(b, k, t, seed=seed)
+    mask = (torch.rand(b, t, generator=torch.Generator().manual_seed(seed)) > 0.3).long()
+    parts = credit.decompose(teacher, contrast, student, mask=mask, pool=pool)
+    keep = mask.bool()
+    torch.testing.assert_close((parts.specific + parts.generic)[keep], teacher[keep], rtol=0, atol=1e-12)
+    torch.testing.assert_close(parts.specific + parts.shortcut, parts.sd, rtol=0, atol=1e-12)
+    reward = credit.credit_rewards(teacher, contrast, student, mask=mask, lam=lam, pool=pool)
+    torch.testing.assert_close(reward, parts.sd - lam * parts.generic, rtol=0, atol=1e-12)
+    assert (reward[~keep] == 0).all()
+
+
+def test_contrast_baseline_matches_reference_and_masks():
+    teacher, contrast, student = _random_inputs(k=3)
+    ref = _loop_reference(teacher, contrast, student, 0.5, "logmeanexp")
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[2, 4] = False
+    baseline = credit.contrast_baseline(contrast, mask, pool="logmeanexp")
+    torch.testing.assert_close(baseline[mask], ref["baseline"][mask])
+    assert baseline[2, 4] == 0
+    with pytest.raises(ValueError, match="mask"):
+        credit.contrast_baseline(contrast, torch.ones(3, 4))
