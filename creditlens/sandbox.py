@@ -1,0 +1,253 @@
+"""Run untrusted Python (model-written code) in a bubblewrap sandbox with resource limits.
+
+``run_python(source)`` starts the standard-library-only interpreter (``python -I -S``) inside
+``bwrap`` with no network, a read-only view of the interpreter and system libraries (nothing else of
+the host's file system), a private size-bounded tmpfs as ``/tmp``, its own PID/IPC/UTS namespaces,
+and ``--die-with-parent``. A prelude inside the sandbox sets rlimits on CPU time, address space,
+processes, file size and open files, and (when the host runs as root, where the kernel ignores
+``RLIMIT_NPROC``) switches to an unused uid so the process limit holds. On timeout the whole process
+group is killed. stdout and stderr go to files bounded by the file-size limit and are read back
+truncated. Where bwrap is missing or cannot start, the same prelude runs without namespaces and a
+``warnings.warn`` says isolation is weaker; ``SandboxResult.isolation`` names the mode used.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+
+ISOLATIONS = ("auto", "bwrap", "rlimits")
+
+# Runs first inside the sandbox: limits, then drop root, then the program as ``__main__``.
+_PRELUDE = r"""
+import os, resource, sys
+_l = [int(v) for v in sys.argv[1:7]]
+_src = open(sys.argv[7], encoding="utf-8").read()
+for _r, _v in zip((resource.RLIMIT_CPU, resource.RLIMIT_AS, resource.RLIMIT_NPROC,
+                   resource.RLIMIT_FSIZE, resource.RLIMIT_NOFILE), _l[:5]):
+    resource.setrlimit(_r, (_v, _v))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+if _l[5] >= 0:
+    os.setgroups([]); os.setgid(_l[5]); os.setuid(_l[5])
+sys.argv = ["main.py"]
+_code = compile(_src, "main.py", "exec")
+del _l, _src, _r, _v
+try:
+    exec(_code, {"__name__": "__main__", "__builtins__": __builtins__})
+except BaseException as _e:
+    if isinstance(_e, SystemExit):
+        raise
+    import traceback
+    traceback.print_exception(type(_e), _e, _e.__traceback__.tb_next)
+    sys.exit(1)
+"""
+
+_UID_BASE = 1_500_000_000
+_uid_counter = itertools.count()
+_probe_lock = threading.Lock()
+_bwrap_problem: list[str | None] = []  # filled once: [None] when bwrap works, else [reason]
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """What a sandboxed run did. ``ok`` means exit code 0 within the time limit."""
+
+    ok: bool
+    returncode: int  # negative: killed by that signal
+    stdout: str
+    stderr: str
+    timed_out: bool
+    isolation: str  # "bwrap" or "rlimits" (weaker)
+    duration_s: float
+    output_truncated: bool
+    timeout_s: float
+
+    def summary(self) -> str:
+        """One line saying why the run failed ("" when ``ok``), for feedback text."""
+        if self.timed_out:
+            return f"timed out after {self.timeout_s:g} s"
+        if self.ok:
+            return ""
+        if self.returncode < 0:
+            name = signal.Signals(-self.returncode).name
+            hint = {"SIGKILL": " (memory, CPU or process limit)", "SIGXCPU": " (CPU time limit)",
+                    "SIGSEGV": " (segmentation fault, e.g. too deep recursion)"}.get(name, "")
+            return f"killed by {name}{hint}"
+        last = [line for line in self.stderr.strip().splitlines() if line.strip()]
+        tail = f": {last[-1].strip()}" if last else ""
+        if self.output_truncated:
+            tail += " (output exceeded the size limit and was truncated)"
+        return f"exited with code {self.returncode}{tail}"
+
+
+def run_python(
+    source: str,
+    timeout_s: float = 5.0,
+    memory_mb: int = 512,
+    stdin: str | None = None,
+    max_processes: int = 16,
+    max_open_files: int = 64,
+    max_output_bytes: int = 1 << 20,
+    tmp_size_mb: int = 64,
+    isolation: str = "auto",
+) -> SandboxResult:
+    """Run ``source`` as ``__main__`` (stdlib only, cwd ``/tmp``) and report what happened.
+
+    ``timeout_s`` is wall-clock (CPU time is capped a second above it); ``memory_mb`` bounds the
+    address space; ``max_output_bytes`` bounds stdout, stderr and every file the program writes;
+    ``isolation`` is "auto" (bwrap, else rlimits with a warning), "bwrap" (error when unavailable)
+    or "rlimits". Thread-safe.
+    """
+    if isolation not in ISOLATIONS:
+        raise ValueError(f"run_python: isolation={isolation!r}; choose one of {ISOLATIONS}")
+    mode, reason = isolation, "isolation='rlimits' was requested"
+    if mode != "rlimits":
+        problem = _bwrap_unavailable()
+        if problem and mode == "bwrap":
+            raise RuntimeError(f"run_python: bubblewrap unavailable ({problem}); install the Debian "
+                               "package 'bubblewrap' or pass isolation='auto'")
+        mode, reason = ("rlimits", problem) if problem else ("bwrap", "")
+    if mode == "rlimits":
+        warnings.warn(f"creditlens.sandbox: {reason}; running with rlimits and a separate process group "
+                      "only: no namespace, network or file-system isolation", RuntimeWarning, stacklevel=2)
+    return _run(source, timeout_s, memory_mb, stdin, max_processes, max_open_files,
+                max_output_bytes, tmp_size_mb, mode)
+
+
+def _run(source, timeout_s, memory_mb, stdin, max_processes, max_open_files, max_output_bytes,
+         tmp_size_mb, mode) -> SandboxResult:
+    interpreter, uid = _interpreter_and_uid(mode)
+    limits = [int(timeout_s) + 1, memory_mb << 20, max_processes, max_output_bytes, max_open_files, uid]
+    with tempfile.TemporaryDirectory(prefix="creditlens-sandbox-") as work:
+        main = os.path.join(work, "main.py")
+        with open(main, "w", encoding="utf-8") as handle:
+            handle.write(source)
+        inner_main = "/sandbox/main.py" if mode == "bwrap" else main
+        program = [interpreter, "-I", "-S", "-c", _PRELUDE, *map(str, limits), inner_main]
+        if mode == "bwrap":
+            command = _bwrap_command(main, tmp_size_mb) + program
+            cwd = "/"
+        else:
+            command, cwd = program, work
+            if uid >= 0:
+                os.chmod(work, 0o777)
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
+               "PYTHONIOENCODING": "utf-8"}
+        with tempfile.TemporaryFile(dir=work) as out, tempfile.TemporaryFile(dir=work) as err:
+            start = time.monotonic()
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=cwd,
+                                    env=env, start_new_session=True)
+            timed_out = False
+            try:
+                proc.communicate(input=(stdin or "").encode(), timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                _kill_group(proc.pid)
+                proc.wait()
+                if mode == "rlimits" and uid >= 0:
+                    _kill_uid(interpreter, uid)
+            duration = time.monotonic() - start
+            stdout, cut_out = _read_bounded(out, max_output_bytes)
+            stderr, cut_err = _read_bounded(err, max_output_bytes)
+    returncode = proc.returncode
+    if mode == "bwrap" and returncode > 128 and returncode - 128 in signal.valid_signals():
+        returncode = -(returncode - 128)  # bwrap's init reports a killed child as 128 + signal
+    return SandboxResult(ok=returncode == 0 and not timed_out, returncode=returncode, stdout=stdout,
+                         stderr=stderr, timed_out=timed_out, isolation=mode, duration_s=duration,
+                         output_truncated=cut_out or cut_err, timeout_s=timeout_s)
+
+
+def _bwrap_command(main: str, tmp_size_mb: int) -> list[str]:
+    """bwrap arguments: namespaces, read-only system dirs and interpreter, private /tmp."""
+    command = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+               "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+    if os.geteuid() != 0:
+        command.append("--unshare-user")
+    for path in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(path):
+            command += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            command += ["--ro-bind", path, path]
+    for path in sorted({os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}):
+        if not path.startswith("/usr"):
+            parents = [p for p in _ancestors(path) if p not in ("/", path)]
+            command += [arg for p in parents for arg in ("--perms", "0755", "--dir", p)]
+            command += ["--ro-bind", path, path]
+    for path in ("/etc/ld.so.cache", "/etc/localtime"):
+        if os.path.exists(path):
+            command += ["--ro-bind", os.path.realpath(path), path]
+    command += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmp_size_mb << 20), "--tmpfs", "/tmp",
+                "--dir", "/sandbox", "--ro-bind", main, "/sandbox/main.py", "--chdir", "/tmp", "--"]
+    return command
+
+
+def _ancestors(path: str) -> list[str]:
+    """``/a/b/c`` -> ``["/", "/a", "/a/b", "/a/b/c"]``."""
+    parts = path.strip("/").split("/")
+    return ["/"] + ["/" + "/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _interpreter_and_uid(mode: str) -> tuple[str, int]:
+    """The interpreter to run and the unused uid to switch to when the host is root (-1: keep)."""
+    interpreter = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
+    if os.geteuid() != 0:
+        return interpreter, -1
+    if mode == "rlimits" and not _world_accessible(interpreter):
+        system = os.path.realpath(shutil.which("python3", path="/usr/bin:/bin") or "/")
+        if not (system.startswith("/usr/") and _world_accessible(system)):
+            warnings.warn("creditlens.sandbox: no interpreter readable by other users, so the rlimits "
+                          "fallback runs as root, where the kernel does not enforce the process limit",
+                          RuntimeWarning, stacklevel=3)
+            return interpreter, -1
+        interpreter = system
+    return interpreter, _UID_BASE + (os.getpid() % 65536) * 256 + next(_uid_counter) % 256
+
+
+def _world_accessible(path: str) -> bool:
+    """True when every directory above ``path`` is searchable, and ``path`` usable, by other users."""
+    return all(os.stat(p).st_mode & stat.S_IXOTH for p in _ancestors(path))
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_uid(interpreter: str, uid: int) -> None:
+    """Kill every process of the fallback's private uid (children that left the process group)."""
+    subprocess.run([interpreter, "-I", "-S", "-c", "import os; os.kill(-1, 9)"], user=uid, group=uid,
+                   extra_groups=[], cwd="/", check=False, stderr=subprocess.DEVNULL)
+
+
+def _read_bounded(handle, limit: int) -> tuple[str, bool]:
+    handle.seek(0, os.SEEK_END)
+    size = handle.tell()
+    handle.seek(0)
+    return handle.read(limit).decode("utf-8", errors="replace"), size >= limit
+
+
+def _bwrap_unavailable() -> str | None:
+    """None when bwrap can run a sandboxed program here, else why not (probed once per process)."""
+    with _probe_lock:
+        if not _bwrap_problem:
+            if shutil.which("bwrap") is None:
+                _bwrap_problem.append("'bwrap' is not on PATH")
+            else:
+                result = _run("print('ok')", 10.0, 256, None, 16, 64, 1 << 16, 8, "bwrap")
+                ok = result.ok and result.stdout.strip() == "ok"
+                _bwrap_problem.append(None if ok else f"bwrap failed to start: {result.summary()} "
+                                      f"{result.stderr.strip()[-300:]}")
+        return _bwrap_problem[0]
