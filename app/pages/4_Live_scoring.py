@@ -1,0 +1,77 @@
+"""Live scoring: type a prompt, feedback and response, score them with a model, see the heatmap."""
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app/ holds common.py when a page runs alone
+
+import common  # noqa: E402
+
+from creditlens import viz  # noqa: E402
+
+LIVE_ID = "live-0"
+
+common.setup("Live scoring")
+try:
+    from creditlens import models, scoring
+except ImportError as error:
+    st.warning(f"Live scoring needs `creditlens.scoring` and `creditlens.models`, which could not be imported "
+               f"({error}). The other pages work without them.")
+    st.stop()
+
+
+@st.cache_resource(show_spinner="Loading the model...")
+def load_scorer(name: str):
+    model, tokenizer = models.load(name)
+    return scoring.Scorer(model, tokenizer)
+
+
+with st.form("live"):
+    model_name = st.text_input("Model", value="smollm2-135m-instruct", key="model",
+                               help="'smollm2-135m-instruct' (embedded), 'tiny' (test model) or a local model path")
+    prompt = st.text_area("Prompt x", key="prompt", height=100,
+                          value="Write a Python function add(a, b) that returns the sum of a and b.")
+    feedback = st.text_area("Feedback f", key="feedback", height=80,
+                            value="AssertionError: add(2, 3) returned -1, expected 5.")
+    response = st.text_area("Response y", key="response", height=100,
+                            value="def add(a, b):\n    return a - b")
+    contrast_text = st.text_area("Contrast prompts x_j (one per line; K = number of lines, 0 for SD only)",
+                                 key="contrasts", height=80,
+                                 value="Write a Python function that reverses a string.\nWhat is the capital of France?")
+    lam_col, pool_col = st.columns(2)
+    lam = lam_col.slider("lambda (CREDIT)", 0.0, 1.0, 0.5, 0.05, key="lam")
+    pool = pool_col.radio("Contrast pooling", ["mean", "logmeanexp"], horizontal=True, key="pool")
+    submitted = st.form_submit_button("Score", type="primary")
+
+if submitted:
+    contrasts = [line.strip() for line in contrast_text.splitlines() if line.strip()]
+    if not response.strip():
+        common.fail("The response is empty: type the response to score.")
+    examples = [dict(example_id=LIVE_ID, prompt=prompt, feedback=feedback, response=response, prompt_id="live")]
+    examples += [dict(example_id=f"contrast-{j}", prompt=text, feedback=feedback, response=response,
+                      prompt_id=f"contrast-{j}") for j, text in enumerate(contrasts)]
+    try:
+        with st.spinner("Scoring..."):
+            table = load_scorer(model_name).score(examples, contrast=len(contrasts), lam=lam, pool=pool)
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
+        common.fail(f"Scoring failed: {error}")
+    ids = table["example_id"].astype(str)
+    st.session_state["live_tokens"] = table[ids == (LIVE_ID if (ids == LIVE_ID).any() else ids.iloc[0])]
+
+tokens = st.session_state.get("live_tokens")
+if tokens is None:
+    st.info("Press **Score** to score the response token by token.")
+    st.stop()
+components = viz.available_components(tokens)
+component = st.selectbox("Colour by", components, key="live_component",
+                         format_func=lambda c: f"{c} — {viz.COMPONENTS[c]}")
+st.html(viz.token_heatmap_html(tokens, component))
+counted = tokens[tokens["mask"]]
+cols = st.columns(3)
+for column, name in zip(cols, ("sd_reward", "credit_reward", "shortcut"), strict=True):
+    value = counted[name].sum(min_count=1) if name in counted else float("nan")
+    column.metric(f"Σ {name}", "n/a" if value != value else f"{value:+.3f}")
+with st.expander("Token values"):
+    st.dataframe(viz.TokenHeatmap(tokens, component).to_dataframe(), hide_index=True, width="stretch")

@@ -1,0 +1,55 @@
+"""``creditlens app [RUNS_DIR] [--port N]``: start the Streamlit dashboard on localhost."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+APP_ENTRY = Path(__file__).resolve().parents[2] / "app" / "Runs.py"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("app", help="start the dashboard (runs, token credit, pMI check, live scoring)")
+    parser.add_argument("runs_dir", nargs="?", default=None,
+                        help="directory holding run directories and scored sets (default: $CREDITLENS_RUNS_DIR, "
+                             "else data/runs of the repository, else ./runs)")
+    parser.add_argument("--port", type=int, default=8501, help="port on localhost; 0 picks a free one (default 8501)")
+    parser.add_argument("--host", default="localhost", help="address to listen on (default localhost)")
+    parser.set_defaults(run=run)
+
+
+def free_port(host: str = "localhost") -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def streamlit_command(runs_dir: str | None, port: int, host: str) -> list[str]:
+    """The ``streamlit run`` command line that serves the dashboard."""
+    command = [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY), "--server.port", str(port),
+               "--server.address", host, "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    return command + (["--", "--runs-dir", runs_dir] if runs_dir else [])
+
+
+def run(args: argparse.Namespace) -> int:
+    if not APP_ENTRY.is_file():
+        raise FileNotFoundError(f"{APP_ENTRY}: the dashboard's app/ folder is missing; install creditlens "
+                                "from a clone with `pip install -e .` to get it")
+    runs_dir = None
+    if args.runs_dir is not None:
+        if not Path(args.runs_dir).is_dir():
+            raise FileNotFoundError(f"runs directory {args.runs_dir!r} does not exist")
+        runs_dir = str(Path(args.runs_dir).resolve())
+    port = free_port(args.host) if args.port == 0 else args.port
+    env = dict(os.environ, **({"CREDITLENS_RUNS_DIR": runs_dir} if runs_dir else {}))
+    print(f"creditlens dashboard: http://{args.host}:{port}  (runs: {runs_dir or 'default'}; Ctrl+C to stop)",
+          flush=True)
+    try:
+        return subprocess.call(streamlit_command(runs_dir, port, args.host), env=env)
+    except KeyboardInterrupt:
+        return 0

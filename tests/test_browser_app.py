@@ -1,0 +1,91 @@
+"""Real-browser test of the dashboard: `creditlens app` on localhost, headless Chromium via Playwright.
+
+Starts the app on a free port with fixture runs, clicks to the Token credit page in the sidebar and
+checks that coloured token spans are rendered; screenshots go to ``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import appdata  # noqa: E402
+
+from creditlens.commands.app import free_port  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (make sysdeps)")
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited with code {process.returncode}: {process.stdout.read()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@pytest.fixture
+def served_app(tmp_path):
+    root = appdata.make_runs_dir(tmp_path / "runs")
+    port = free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    process = subprocess.Popen([sys.executable, "-m", "creditlens.cli", "app", str(root), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://localhost:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_token_page_renders_coloured_spans_in_chromium(served_app):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(served_app, wait_until="domcontentloaded")
+            page.get_by_text("credit-seed0").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "app_runs.png"), full_page=True)
+            page.locator('[data-testid="stSidebarNav"] a', has_text="Token credit").click()
+            spans = page.locator("span.cl-token")
+            spans.first.wait_for(timeout=30_000)
+            assert re.search(r"Token[_ ]credit", page.url), page.url
+            assert spans.count() == appdata.exact_model().length
+            colours = [spans.nth(i).evaluate("e => getComputedStyle(e).backgroundColor") for i in range(spans.count())]
+            assert all(c.startswith("rgb") for c in colours)
+            assert any(c not in ("rgb(255, 255, 255)", "rgba(0, 0, 0, 0)") for c in colours), colours
+            title = spans.first.get_attribute("title")
+            assert "sd_reward = " in title and "teacher_logprob = " in title
+            assert page.locator(".cl-legend").count() == 1
+            page.screenshot(path=str(ARTIFACTS / "app_token_credit.png"), full_page=True)
+        finally:
+            browser.close()
