@@ -1,0 +1,232 @@
+"""Score (prompt, feedback, response) triples with a causal LM into the per-token table.
+
+For each example the scorer runs three kinds of no-grad forward passes over token ids built by
+:mod:`creditlens.contexts`: the student context (prompt + response), the teacher context
+(reprompt with feedback + response) and K contrast contexts (another prompt + this feedback +
+response). Sequences from all examples are sorted by length and packed into padded batches; only
+the positions that predict response tokens are projected to the vocabulary (a boolean
+``logits_to_keep``). All reward math goes through :mod:`creditlens.credit` via
+:func:`creditlens.schema.build_token_table`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from creditlens import credit, schema
+from creditlens.contexts import Built, ContextBuilder, ContextConfig, Example, as_example
+
+
+@dataclass
+class ScorerConfig:
+    """Batching and window options of :class:`Scorer`."""
+
+    batch_size: int = 16  # most sequences per forward pass
+    max_batch_tokens: int = 16384  # most padded tokens (rows x longest row) per forward pass
+    padding_side: str = "right"  # "right" or "left"; results do not depend on it
+    max_length: int | None = None  # model window in tokens; None: model.config.max_position_embeddings
+    progress: bool = True  # tqdm bar over forward passes when there is more than one
+    context: ContextConfig = field(default_factory=ContextConfig)
+
+
+class Scorer:
+    """Per-token SD / CREDIT scores of a causal LM; teacher = student = ``model`` (no EMA here)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        config: ScorerConfig | None = None,
+        **overrides: object,
+    ):
+        config = config or ScorerConfig()
+        for name, value in overrides.items():
+            if not hasattr(config, name):
+                raise ValueError(f"Scorer: unknown option {name!r}; options are {list(vars(config))}")
+            setattr(config, name, value)
+        if config.padding_side not in ("right", "left"):
+            raise ValueError(f"padding_side: must be 'right' or 'left', got {config.padding_side!r}")
+        if config.batch_size < 1 or config.max_batch_tokens < 1:
+            raise ValueError("batch_size and max_batch_tokens: must be positive")
+        window = config.max_length or getattr(model.config, "max_position_embeddings", None)
+        if not window:
+            raise ValueError("max_length: the model config has no max_position_embeddings; set max_length")
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.contexts = ContextBuilder(tokenizer, config.context, int(window))
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+
+    def examples(self, examples: Sequence[Example | dict]) -> list[Example]:
+        """Check and normalise examples; example ids must be unique."""
+        out = [as_example(e, i) for i, e in enumerate(examples)]
+        seen: dict[str, int] = {}
+        for i, example in enumerate(out):
+            if example.example_id in seen:
+                raise ValueError(f"example {i}: example_id {example.example_id!r} repeats example {seen[example.example_id]}")
+            seen[example.example_id] = i
+        return out
+
+    def build(self, example: Example | dict, contrast_with: Sequence[Example | dict] = ()) -> Built:
+        """The exact token ids of the student, teacher and contrast contexts and of the response.
+
+        ``contrast_with``: the examples whose prompts make the contrast contexts (their feedback and
+        responses are not used). Recompute any log-prob with a plain forward pass over ``Built.*_ids``.
+        """
+        example = example if isinstance(example, Example) and example.example_id else as_example(example, 0)
+        others = [o if isinstance(o, Example) else as_example(o, i) for i, o in enumerate(contrast_with)]
+        response = self.contexts.response_ids(example)
+        student = self.contexts.student(example)
+        self.contexts.check_window(example, student + response)
+        teacher, contrast, dropped = self.contexts.teacher(example, [o.prompt for o in others], len(response))
+        return Built(
+            example_id=example.example_id,
+            prompt_id=example.prompt_id,
+            response=response,
+            student=student,
+            teacher=teacher,
+            contrast=contrast,
+            contrast_example_ids=[o.example_id for o in others],
+            feedback_dropped=dropped,
+        )
+
+    def plan(self, examples: Sequence[Example | dict], contrast: int = 2, seed: int = 0) -> list[Built]:
+        """Contexts of every example, with ``contrast`` other-prompt contexts chosen by ``seed``.
+
+        The choice is made on the examples sorted by ``example_id`` (``credit.contrast_indices``), so it
+        does not depend on the order of ``examples``.
+        """
+        examples = self.examples(examples)
+        if not isinstance(contrast, int) or isinstance(contrast, bool) or contrast < 0:
+            raise ValueError(f"contrast: must be an integer >= 0, got {contrast!r}")
+        partners: list[list[Example]] = [[] for _ in examples]
+        if contrast:
+            n_prompts = len({e.prompt_id for e in examples})
+            if n_prompts < contrast + 1:
+                raise ValueError(
+                    f"contrast={contrast} needs examples with at least {contrast + 1} distinct prompt ids, "
+                    f"got {n_prompts}; add examples or lower contrast (0 scores plain SD)"
+                )
+            order = sorted(range(len(examples)), key=lambda i: examples[i].example_id)
+            generator = torch.Generator().manual_seed(seed)
+            chosen = credit.contrast_indices([examples[i].prompt_id for i in order], contrast, generator)
+            for rank, row in zip(order, chosen.tolist(), strict=True):
+                partners[rank] = [examples[order[j]] for j in row]
+        return [self.build(e, p) for e, p in zip(examples, partners, strict=True)]
+
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        batches: list[list[int]] = []
+        for i in order:
+            if batches and len(batches[-1]) < self.config.batch_size and (
+                (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= self.config.max_batch_tokens
+            ):
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        return batches
+
+    @torch.no_grad()
+    def logprobs(self, sequences: Sequence[tuple[list[int], int]]) -> list[Tensor]:
+        """Log-probs of the last ``n`` tokens of each ``(ids, n)`` sequence: a list of float32 ``[n]``.
+
+        Token ``ids[t]`` is scored from position ``t - 1``; ``len(ids) > n >= 1`` is required.
+        """
+        for ids, n in sequences:
+            if not 1 <= n < len(ids):
+                raise ValueError(f"logprobs: need 1 <= n < len(ids), got n={n} for a sequence of {len(ids)} tokens")
+        device = next(self.model.parameters()).device
+        out: list[Tensor] = [torch.empty(0)] * len(sequences)
+        batches = self._batches([len(ids) for ids, _ in sequences])
+        for batch in tqdm(batches, desc="scoring", unit="batch", leave=False, disable=not self.config.progress or len(batches) < 2):
+            width = len(sequences[batch[0]][0])
+            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            keep = torch.zeros((len(batch), width), dtype=torch.bool)
+            for row, i in enumerate(batch):
+                ids, n = sequences[i]
+                start = 0 if self.config.padding_side == "right" else width - len(ids)
+                input_ids[row, start : start + len(ids)] = torch.tensor(ids)
+                attention[row, start : start + len(ids)] = 1
+                keep[row, start + len(ids) - n - 1 : start + len(ids) - 1] = True
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            targets = input_ids[:, 1:][keep[:, :-1]]
+            inputs = dict(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=False)
+            inputs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
+            if self._keep_arg:
+                logits = self.model(**inputs, logits_to_keep=keep.to(device)).logits
+            else:
+                logits = self.model(**inputs).logits
+            if logits.dim() == 3:
+                logits = logits[keep.to(device)]
+            lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1).cpu()
+            offset = 0
+            for i in batch:
+                n = sequences[i][1]
+                out[i] = lp[offset : offset + n]
+                offset += n
+        return out
+
+    def score(
+        self,
+        examples: Sequence[Example | dict],
+        contrast: int = 2,
+        lam: float = 0.5,
+        pool: str = "mean",
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """The per-token table (:mod:`creditlens.schema`) of ``examples``.
+
+        ``contrast`` K other-prompt contexts per example (0: plain SD, contrast columns NaN),
+        ``lam`` the CREDIT lambda, ``pool`` "mean" or "logmeanexp", ``seed`` the contrast choice.
+        """
+        if pool not in credit.POOLS:
+            raise ValueError(f"pool: must be one of {credit.POOLS}, got {pool!r}")
+        normalised = self.examples(examples)
+        built = self.plan(normalised, contrast, seed)
+        sequences: list[tuple[list[int], int]] = []
+        for b in built:
+            n = len(b.response)
+            sequences += [(b.student_ids, n), (b.teacher_ids, n)] + [(ids, n) for ids in b.contrast_ids]
+        flat = iter(self.logprobs(sequences))
+        width = max(len(b.response) for b in built)
+        student = torch.zeros(len(built), width)
+        teacher = torch.zeros(len(built), width)
+        contrast_lp = torch.zeros(len(built), contrast, width)
+        token_ids = torch.full((len(built), width), self.pad_id, dtype=torch.long)
+        for row, b in enumerate(built):
+            n = len(b.response)
+            student[row, :n], teacher[row, :n] = next(flat), next(flat)
+            for k in range(contrast):
+                contrast_lp[row, k, :n] = next(flat)
+            token_ids[row, :n] = torch.tensor(b.response)
+        texts = {
+            "prompt": [e.prompt if isinstance(e.prompt, str) else json.dumps(e.prompt) for e in normalised],
+            "feedback": [e.feedback for e in normalised],
+            "response": [
+                e.response if isinstance(e.response, str) else self.tokenizer.decode(e.response) for e in normalised
+            ],
+            "contrast_examples": [json.dumps(b.contrast_example_ids) for b in built],
+            "feedback_dropped": [b.feedback_dropped for b in built],
+        }
+        return schema.build_token_table(
+            example_ids=[b.example_id for b in built],
+            prompt_ids=[b.prompt_id for b in built],
+            token_ids=token_ids,
+            tokens=[self.tokenizer.batch_decode([[t] for t in b.response]) for b in built],
+            teacher_lp=teacher,
+            student_lp=student,
+            contrast_lp=contrast_lp if contrast else None,
+            lengths=[len(b.response) for b in built],
+            lam=lam,
+            pool=pool,
+            example_columns=texts,
+        )
