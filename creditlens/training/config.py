@@ -1,0 +1,230 @@
+"""The training config: one documented dataclass, read from YAML, mapped onto TRL's GRPO / SDPO configs.
+
+Every field has a default and a ``help`` string (TRL style). Unknown YAML keys are an error that names
+the key and the file. ``trl`` passes any further TRL/transformers argument through unchanged (DeepSpeed,
+FSDP, vLLM server settings, ...); TRL validates those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ALGOS = ("grpo", "sd", "credit")
+DISTILLATION_MODES = ("sampled_token", "topk_logits", "full_logits")
+TEACHERS = ("ema", "base", "live")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one run; the same fields drive GRPO, SD and CREDIT (fields an algorithm
+    does not use are ignored by it and still recorded in ``manifest.json``)."""
+
+    # --- run length, data and batch ---
+    seed: int = field(default=0, metadata={"help": "Seed of the model init, the sampler, generation and contrasts."})
+    max_steps: int = field(default=10, metadata={"help": "Optimizer steps of the run."})
+    num_prompts: int = field(default=2, metadata={"help": "Distinct prompts per step (across all processes)."})
+    num_generations: int = field(default=2, metadata={"help": "Rollouts per prompt (the GRPO group size)."})
+    n_train_problems: int | None = field(
+        default=None, metadata={"help": "Train problems drawn from the env's train split (None: all)."}
+    )
+    n_eval_problems: int = field(default=16, metadata={"help": "Held-out problems of the env's eval split."})
+    max_prompt_length: int | None = field(default=512, metadata={"help": "Prompt tokens kept, left-truncated (sd/credit; TRL 1.16 GRPO keeps all)."})
+    max_completion_length: int = field(default=64, metadata={"help": "Maximum new tokens per rollout."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of the rollouts."})
+
+    # --- optimisation ---
+    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
+
+    # --- GRPO policy loss (also SD/CREDIT's optional blend, see distillation_weight) ---
+    beta: float = field(default=0.0, metadata={"help": "GRPO KL coefficient to the reference model (0: none)."})
+    epsilon: float = field(default=0.2, metadata={"help": "PPO clip range of the policy ratio."})
+    loss_type: str = field(default="dapo", metadata={"help": "TRL loss aggregation: grpo, bnpo, dr_grpo, dapo."})
+    scale_rewards: str = field(default="group", metadata={"help": "Advantage scaling: group, batch or none."})
+
+    # --- self-distillation (sd and credit) ---
+    distillation_mode: str = field(
+        default="sampled_token",
+        metadata={"help": "sampled_token (per-token reward as advantage), topk_logits or full_logits."},
+    )
+    distillation_topk: int | None = field(default=None, metadata={"help": "K of topk_logits mode (e.g. 100)."})
+    distillation_alpha: float = field(
+        default=1.0, metadata={"help": "0 forward KL, 1 reverse KL, between: generalized JSD (logit modes)."}
+    )
+    distillation_add_tail: bool = field(default=False, metadata={"help": "Tail bucket in topk_logits mode."})
+    distillation_is_clip: float | None = field(
+        default=2.0, metadata={"help": "Importance-weight clip of the distillation loss (None: off)."}
+    )
+    distillation_weight: float = field(
+        default=1.0, metadata={"help": "Blend: (1 - w) * GRPO policy loss + w * distillation loss."}
+    )
+    teacher: str = field(default="ema", metadata={"help": "Teacher weights: ema, base (frozen start) or live."})
+    teacher_update_rate: float = field(default=0.05, metadata={"help": "EMA rate of the teacher."})
+    include_feedback: bool = field(
+        default=True, metadata={"help": "Put the environment's per-rollout feedback in the teacher's reprompt."}
+    )
+    use_successful_as_teacher: bool = field(
+        default=True, metadata={"help": "Put a successful attempt of the same group in the reprompt."}
+    )
+    success_reward_threshold: float = field(default=1.0, metadata={"help": "Reward that counts as a success."})
+
+    # --- CREDIT ---
+    lam: float = field(default=0.5, metadata={"help": "CREDIT lambda in [0, 1]; 0 reproduces SD exactly."})
+    n_contrast: int = field(default=1, metadata={"help": "K, contrast inputs per sample (teacher forwards)."})
+    pool: str = field(default="mean", metadata={"help": "Pooling of contrast log-probs: mean or logmeanexp."})
+
+    # --- logging, evaluation, checkpoints ---
+    log_tokens_every: int = field(default=1, metadata={"help": "Write the per-token table every N steps."})
+    log_kl: bool = field(
+        default=True, metadata={"help": "Log KL to the start model (one extra no-grad forward of a frozen copy)."}
+    )
+    eval_every: int = field(default=5, metadata={"help": "Held-out eval every N steps, at step 0 and at the end."})
+    save_every: int = field(default=1, metadata={"help": "Checkpoint every N steps (what --resume restarts from)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk."})
+    tensorboard: bool = field(default=False, metadata={"help": "Also report TRL's scalars to TensorBoard."})
+    use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (GPU; see docs/training.md)."})
+    vllm_mode: str = field(default="colocate", metadata={"help": "vLLM mode: colocate or server."})
+    trl: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Extra TRL/transformers arguments passed through (e.g. deepspeed: ds.json)."},
+    )
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.num_prompts >= 1, "num_prompts must be >= 1"),
+            (self.num_generations >= 1, "num_generations must be >= 1"),
+            (self.max_completion_length >= 1, "max_completion_length must be >= 1"),
+            (self.distillation_mode in DISTILLATION_MODES, f"distillation_mode must be one of {DISTILLATION_MODES}"),
+            (self.teacher in TEACHERS, f"teacher must be one of {TEACHERS}"),
+            (0.0 <= self.lam <= 1.0, "lam must be in [0, 1]"),
+            (self.n_contrast >= 1, "n_contrast must be >= 1"),
+            (self.pool in ("mean", "logmeanexp"), "pool must be mean or logmeanexp"),
+            (self.log_tokens_every >= 1, "log_tokens_every must be >= 1"),
+            (self.eval_every >= 0, "eval_every must be >= 0 (0: only at step 0 and at the end)"),
+            (self.save_every >= 1, "save_every must be >= 1"),
+            (isinstance(self.trl, dict), "trl must be a mapping of TRL argument names to values"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"config: {message}")
+
+    @property
+    def batch_size(self) -> int:
+        """Rollouts per optimizer step: ``num_prompts * num_generations``."""
+        return self.num_prompts * self.num_generations
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_fields() -> dict[str, dataclasses.Field]:
+    """Name -> field of :class:`TrainConfig`."""
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Build a config from a mapping; an unknown key raises ``ValueError`` naming it and ``source``."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: expected a mapping of config fields, got {type(values).__name__}")
+    known = config_fields()
+    for key in values:
+        if key not in known:
+            raise ValueError(
+                f"{source}: unknown config key {key!r} (known keys: {', '.join(sorted(known))}; "
+                "TRL arguments go under 'trl:')"
+            )
+    try:
+        return TrainConfig(**values)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from error
+
+
+def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
+    """Read a YAML config file; ``overrides`` (not None) replace fields after reading."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such config file")
+    values = yaml.safe_load(path.read_text()) or {}
+    values = {**values, **{k: v for k, v in overrides.items() if v is not None}} if isinstance(values, dict) else values
+    return config_from_dict(values, str(path))
+
+
+def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size: int = 1) -> Any:
+    """The TRL config (``GRPOConfig`` for grpo, ``SDPOConfig`` for sd/credit) of this run."""
+    if algo not in ALGOS:
+        raise ValueError(f"--algo must be one of {ALGOS}, got {algo!r}")
+    if config.batch_size % world_size:
+        raise ValueError(
+            f"config: num_prompts * num_generations = {config.batch_size} must be divisible by the "
+            f"{world_size} processes"
+        )
+    common: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        seed=config.seed,
+        data_seed=config.seed,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size // world_size // config.gradient_accumulation_steps,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        bf16=config.bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        beta=config.beta,
+        epsilon=config.epsilon,
+        loss_type=config.loss_type,
+        scale_rewards=config.scale_rewards,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=config.save_every,
+        save_total_limit=config.save_total_limit,
+        report_to=["tensorboard"] if config.tensorboard else [],
+        remove_unused_columns=False,
+        use_vllm=config.use_vllm,
+        vllm_mode=config.vllm_mode,
+        disable_tqdm=True,
+    )
+    if config.batch_size // world_size % config.gradient_accumulation_steps:
+        raise ValueError("config: the per-process batch must be divisible by gradient_accumulation_steps")
+    if algo == "grpo":
+        from trl import GRPOConfig
+
+        return GRPOConfig(**common, **config.trl)
+    from trl.experimental.sdpo import SDPOConfig
+
+    return SDPOConfig(
+        **common,
+        max_prompt_length=config.max_prompt_length,
+        distillation_mode=config.distillation_mode,
+        distillation_topk=config.distillation_topk,
+        distillation_alpha=config.distillation_alpha,
+        distillation_add_tail=config.distillation_add_tail,
+        distillation_is_clip=config.distillation_is_clip,
+        distillation_weight=config.distillation_weight,
+        teacher_model_kind=config.teacher,
+        teacher_update_rate=config.teacher_update_rate,
+        include_environment_feedback=config.include_feedback,
+        use_successful_as_teacher=config.use_successful_as_teacher,
+        success_reward_threshold=config.success_reward_threshold,
+        diagnostics_warning_interval=0,
+        **config.trl,
+    )
