@@ -157,6 +157,10 @@ def pick_source(cat: Catalog, allow_all_steps: bool = False, key: str = "", pref
     ``prefer`` ("Run" or "Scored examples") is the default source when both exist.
     """
     kinds = [k for k, found in (("Run", cat.runs), ("Scored examples", cat.scored)) if found] + ["File path"]
+    if len(kinds) == 1:
+        st.info(f"No run directories or scored example sets under `{cat.root}`. Train a run "
+                "(`creditlens train ... --out DIR/NAME`), score examples (`creditlens score ... --out DIR/NAME`), "
+                "or type the path of a per-token table in the sidebar.")
     kind = st.sidebar.radio("Data source", kinds, index=kinds.index(prefer) if prefer in kinds else 0,
                             key=f"source_kind{key}")
     try:
@@ -167,9 +171,8 @@ def pick_source(cat: Catalog, allow_all_steps: bool = False, key: str = "", pref
             if not steps:
                 fail(f"Run `{relative(run_path, cat.root)}` has no per-token tables yet "
                      f"(`{runs.TOKENS_DIR}/step_*.parquet`).")
-            options: list[int | None] = ([None] if allow_all_steps else []) + list(reversed(steps))
-            step = st.sidebar.selectbox("Step", options, key=f"step{key}",
-                                        format_func=lambda s: "all steps" if s is None else f"step {s}")
+            options = {f"step {s}": s for s in reversed(steps)} | ({"all steps": None} if allow_all_steps else {})
+            step = options[st.sidebar.selectbox("Step", list(options), key=f"step{key}")]
             table, index = _tokens(run_path, step, _stamp(Path(run_path) / runs.TOKENS_DIR))
             label = f"{relative(run_path, cat.root)} · " + ("all steps" if step is None else f"step {step}")
             return Source(label, table, index, None, run_path)

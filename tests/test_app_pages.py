@@ -1,0 +1,236 @@
+"""Every dashboard page driven by Streamlit's AppTest on fixture runs and scored sets from the exact model.
+
+Shown values are checked against independent computations: the exact model's log-probs recomputed
+from the prompt, feedback and response the page shows, and the contrast log-probs stored in the table.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from streamlit.testing.v1 import AppTest
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import appdata  # noqa: E402
+
+APP = Path(__file__).resolve().parents[1] / "app"
+PAGES = {
+    "runs": APP / "Runs.py",
+    "tokens": APP / "pages" / "1_Token_credit.py",
+    "decomposition": APP / "pages" / "2_Decomposition.py",
+    "pmi": APP / "pages" / "3_pMI_check.py",
+    "live": APP / "pages" / "4_Live_scoring.py",
+}
+SPAN = re.compile(r'<span class="cl-token" data-position="(\d+)" data-value="([^"]+)" title="([^"]*)"[^>]*>([^<]*)</span>')
+
+
+def run_page(name: str, root: Path, monkeypatch) -> AppTest:
+    monkeypatch.setenv("CREDITLENS_RUNS_DIR", str(root))
+    return AppTest.from_file(str(PAGES[name]), default_timeout=30).run()
+
+
+def spans(at: AppTest, i: int = 0) -> list[tuple[int, float, str, str]]:
+    found = SPAN.findall(at.html[i].proto.body)
+    return [(int(p), float(v), html.unescape(t), html.unescape(text)) for p, v, t, text in found]
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def shown_triple(at: AppTest) -> tuple[int, int, list[int]]:
+    """(input x, feedback f, response ids) parsed from the prompt and feedback the page shows and the
+    token texts of its heatmap."""
+    prompt, feedback = (c.value for c in at.code[:2])
+    x = int(re.search(r"input (\d+)", prompt).group(1))
+    f = int(re.search(r"#(\d+)", feedback).group(1))
+    texts = [text.replace("\u21b5", "") for *_, text in spans(at)]
+    return x, f, [appdata.WORDS.index(text) for text in texts]
+
+
+def count(at: AppTest, element_type: str) -> int:
+    """Number of elements of ``element_type`` (e.g. "vega_lite_chart", "image") anywhere in the page."""
+    def walk(node) -> int:
+        own = int(getattr(node, "type", None) == element_type)
+        return own + sum(walk(child) for child in getattr(node, "children", {}).values())
+    return walk(at._tree)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("app")
+    appdata.make_runs_dir(root / "runs")
+    appdata.make_scored_dir(root / "scored")
+    return root
+
+
+def test_runs_page_lists_runs_and_plots_curves(data, monkeypatch):
+    at = run_page("runs", data, monkeypatch)
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert sorted(table["algo"]) == ["credit", "grpo", "sd"]
+    for run, best, steps in zip(table["run"], table["best_score"], table["steps"], strict=True):
+        lines = (data / "runs" / run / "eval.jsonl").read_text().splitlines()
+        assert best == pytest.approx(max(json.loads(line)["score"] for line in lines))
+        assert steps == max(json.loads(line)["step"] for line in lines)
+    assert [s.value for s in at.subheader] == ["eval:score", "train:reward"]
+    assert count(at, "vega_lite_chart") == 2
+    at.multiselect(key="curves").set_value(["train:loss"]).run()
+    no_exception(at)
+    assert [s.value for s in at.subheader] == ["train:loss"]
+    assert count(at, "vega_lite_chart") == 1
+
+
+def test_token_page_heatmap_matches_exact_model(data, monkeypatch):
+    at = run_page("tokens", data, monkeypatch)
+    no_exception(at)
+    model = appdata.exact_model()
+    x, f, ids = shown_triple(at)
+    expected_sd = model.teacher_logprobs(x, f, ids) - model.student_logprobs(x, ids)
+    shown = spans(at)
+    assert len(shown) == model.length
+    assert [p for p, *_ in shown] == list(range(model.length))
+    np.testing.assert_allclose([v for _, v, _, _ in shown], expected_sd, rtol=1e-5, atol=1e-6)
+    assert "".join(appdata.WORDS[i] for i in ids).strip() == at.code[2].value.strip()
+    assert f"sd_reward = {expected_sd[0]:+.4f}" in shown[0][2]
+    assert "cl-legend" in at.html[0].proto.body
+    assert at.metric[0].value == f"{expected_sd.sum():+.3f}"
+
+    at.sidebar.selectbox(key="component").set_value("teacher_logprob").run()
+    no_exception(at)
+    np.testing.assert_allclose([v for _, v, _, _ in spans(at)], model.teacher_logprobs(x, f, ids), rtol=1e-5)
+
+    at.sidebar.selectbox(key="second").set_value("student_logprob").run()
+    no_exception(at)
+    assert len(at.html) == 2
+    np.testing.assert_allclose([v for _, v, _, _ in spans(at, 1)], model.student_logprobs(x, ids), rtol=1e-5)
+
+
+def test_token_page_every_response_and_scored_source(data, monkeypatch):
+    at = run_page("tokens", data, monkeypatch)
+    options = at.sidebar.selectbox(key="example").options
+    assert len(options) == 6
+    at.sidebar.selectbox(key="example").set_value(5).run()
+    no_exception(at)
+    table = pd.read_parquet(data / "runs" / "credit-seed0" / "tokens" / "step_000010.parquet")
+    expected = table.loc[table["sample"] == 5, "example_id"].iloc[0]
+    assert f"example `{expected}`" in at.caption[0].value
+    at.sidebar.radio(key="source_kind").set_value("Scored examples").run()
+    no_exception(at)
+    x, f, ids = shown_triple(at)
+    model = appdata.exact_model(7)
+    np.testing.assert_allclose([v for _, v, _, _ in spans(at)],
+                               model.teacher_logprobs(x, f, ids) - model.student_logprobs(x, ids), rtol=1e-5, atol=1e-6)
+
+
+def independent_parts(table: pd.DataFrame) -> pd.DataFrame:
+    """specific and generic part of r_t recomputed from the stored contrast log-probs (mean pooling)."""
+    baseline = np.array([np.mean(v) for v in table["contrast_logprobs"]])
+    return table.assign(specific=table["teacher_logprob"] - baseline, shortcut=baseline - table["student_logprob"])
+
+
+def test_decomposition_page(data, monkeypatch):
+    at = run_page("decomposition", data, monkeypatch)
+    no_exception(at)
+    run_dir = sorted((data / "runs").iterdir())[0]
+    step = max(int(p.stem.split("_")[1]) for p in (run_dir / "tokens").glob("*.parquet"))
+    table = independent_parts(pd.read_parquet(run_dir / "tokens" / f"step_{step:06d}.parquet"))
+    share = table["shortcut"].abs().sum() / (table["specific"].abs().sum() + table["shortcut"].abs().sum())
+    assert at.metric[0].value == f"{share:.1%}"
+    assert at.metric[1].value == f"{table['specific'].mean():+.3f}"
+    top = at.dataframe[0].value
+    expected = table.groupby("token")["shortcut"].sum().sort_values(ascending=False)
+    assert top["token"].iloc[0] == expected.index[0]
+    assert top["shortcut_sum"].iloc[0] == pytest.approx(expected.iloc[0])
+    assert count(at, "vega_lite_chart") == 2
+    at.sidebar.selectbox(key="step_decomposition").set_value("all steps").run()
+    no_exception(at)
+    assert "all steps" in at.caption[0].value and "12 responses" in at.caption[0].value
+
+
+def test_pmi_page_gap_is_zero_on_exact_model(data, monkeypatch):
+    at = run_page("pmi", data, monkeypatch)
+    no_exception(at)
+    frame = at.dataframe[0].value
+    expected = pd.read_parquet(data / "scored" / "summary.parquet")
+    assert len(frame) == len(expected) == 8
+    np.testing.assert_allclose(frame["pmi"], expected["pmi"])
+    assert np.abs(frame["gap"]).max() < 1e-9
+    assert at.metric[0].value == "8"
+    assert at.metric[3].value == "100%"
+    assert count(at, "image") == 1
+    at.sidebar.radio(key="source_kind_pmi").set_value("Run").run()
+    no_exception(at)
+    assert "No pMI estimate" in at.info[0].value
+    assert count(at, "vega_lite_chart") == 1
+
+
+def test_live_scoring_without_scoring_module(data, monkeypatch):
+    monkeypatch.setitem(sys.modules, "creditlens.scoring", None)
+    at = run_page("live", data, monkeypatch)
+    no_exception(at)
+    assert "could not be imported" in at.warning[0].value
+
+
+def test_empty_directory_messages(tmp_path, monkeypatch):
+    for name in ("runs", "tokens", "decomposition", "pmi"):
+        at = run_page(name, tmp_path, monkeypatch)
+        no_exception(at)
+        assert any("No run directories" in i.value for i in at.info), name
+
+
+def test_missing_directory_message(tmp_path, monkeypatch):
+    at = run_page("tokens", tmp_path / "nowhere", monkeypatch)
+    no_exception(at)
+    assert "does not exist" in at.error[0].value
+
+
+@pytest.fixture
+def broken(tmp_path) -> Path:
+    root = appdata.make_runs_dir(tmp_path, steps=(0,), batch_size=4)
+    (tmp_path / "credit-seed0" / "tokens" / "step_000000.parquet").write_bytes(b"PAR1 not really parquet")
+    table = pd.read_parquet(tmp_path / "sd-seed0" / "tokens" / "step_000000.parquet").drop(columns=["sd_reward"])
+    pq.write_table(pa.Table.from_pandas(table), tmp_path / "sd-seed0" / "tokens" / "step_000000.parquet")
+    (tmp_path / "bad-run").mkdir()
+    (tmp_path / "bad-run" / "manifest.json").write_text("{not json")
+    return root
+
+
+def test_corrupt_parquet_missing_column_and_bad_manifest(broken, monkeypatch):
+    at = run_page("tokens", broken, monkeypatch)
+    no_exception(at)
+    assert any("Skipped a run directory" in w.value and "bad-run" in w.value for w in at.warning)
+    assert "not a readable Parquet file" in at.error[0].value
+    at.sidebar.selectbox(key="run").set_value(str(broken / "sd-seed0")).run()
+    no_exception(at)
+    assert "missing required column" in at.error[0].value and "sd_reward" in at.error[0].value
+    at.sidebar.selectbox(key="run").set_value(str(broken / "grpo-seed0")).run()
+    no_exception(at)
+    assert len(spans(at)) == appdata.exact_model().length
+    runs_page = run_page("runs", broken, monkeypatch)
+    no_exception(runs_page)
+    assert len(runs_page.dataframe[0].value) == 3
+
+
+def test_scored_set_without_contrasts(tmp_path, monkeypatch):
+    appdata.make_scored_dir(tmp_path / "k0", contrasts=False)
+    tokens = run_page("tokens", tmp_path, monkeypatch)
+    no_exception(tokens)
+    assert tokens.sidebar.selectbox(key="component").options == [
+        "sd_reward — SD reward r_t = log pi_T - log pi_S",
+        "teacher_logprob — teacher log-prob log pi_T(y_t | x, f, y_<t)",
+        "student_logprob — student log-prob log pi_S(y_t | x, y_<t)",
+    ]
+    assert len(spans(tokens)) == appdata.exact_model().length
+    decomposition = run_page("decomposition", tmp_path, monkeypatch)
+    no_exception(decomposition)
+    assert "--contrast K" in decomposition.error[0].value
