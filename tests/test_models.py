@@ -1,0 +1,60 @@
+"""Model loading: the tiny test model, the embedded SmolLM2 cache and its error paths."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+import torch
+
+from creditlens import models
+
+
+def test_tiny_is_fast_deterministic_and_has_a_real_tokenizer():
+    start = time.perf_counter()
+    model, tok = models.load("tiny")
+    assert time.perf_counter() - start < 1.0
+    other, _ = models.load("tiny")
+    for (name, a), (_, b) in zip(model.state_dict().items(), other.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    text = "déf add(a, b):\n    return a + b  # ∑ 😀"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+    assert len(ids) < len(text.encode())  # BPE merges exist
+    assert len(tok) == model.config.vocab_size
+    assert tok.chat_template and tok.pad_token_id is not None and tok.eos_token == "<|im_end|>"
+    assert not model.training
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        models.load(str(tmp_path / "missing-model"))
+
+
+def test_pip_failure_explains_the_manual_route_and_leaves_no_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
+    monkeypatch.delenv(models.GGUF_ENV, raising=False)
+
+    def no_network(*args, **kwargs):
+        raise subprocess.CalledProcessError(1, args[0], stderr="ERROR: No matching distribution found")
+
+    monkeypatch.setattr(models.subprocess, "run", no_network)
+    with pytest.raises(RuntimeError, match=models.GGUF_ENV):
+        models.load(models.DEFAULT_MODEL)
+    assert list(tmp_path.iterdir()) == []  # the failed conversion left nothing behind
+    monkeypatch.setenv(models.GGUF_ENV, str(tmp_path / "nowhere.gguf"))
+    with pytest.raises(FileNotFoundError, match=models.GGUF_ENV):
+        models.load(models.DEFAULT_MODEL)
+
+
+def test_embedded_model_generates_sensible_text():
+    target = models.cache_dir() / "smollm2-135m-instruct" / "config.json"
+    if not target.is_file():
+        pytest.skip(f"embedded model not converted yet ({target} missing; `creditlens demo` builds it)")
+    model, tok = models.load(models.DEFAULT_MODEL)
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    ids = torch.tensor([tok(ids, add_special_tokens=False)["input_ids"]])
+    out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids.shape[1] :])
