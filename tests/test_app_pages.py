@@ -234,3 +234,37 @@ def test_scored_set_without_contrasts(tmp_path, monkeypatch):
     decomposition = run_page("decomposition", tmp_path, monkeypatch)
     no_exception(decomposition)
     assert "--contrast K" in decomposition.error[0].value
+
+
+def test_live_scoring_with_tiny_model_matches_plain_forward(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    scoring = pytest.importorskip("creditlens.scoring")
+    from creditlens import models
+
+    at = run_page("live", tmp_path, monkeypatch)
+    no_exception(at)
+    assert "Press **Score**" in at.info[0].value
+    at.text_input(key="model").set_value("tiny")
+    at.text_area(key="contrasts").set_value("What is the capital of France?")
+    at.button[0].click().run()
+    no_exception(at)
+    shown = spans(at)
+
+    model, tokenizer = models.load("tiny")
+    prompt, feedback, response = (at.text_area(key=k).value for k in ("prompt", "feedback", "response"))
+    scorer = scoring.Scorer(model, tokenizer)
+    built = scorer.build(dict(prompt=prompt, feedback=feedback, response=response, prompt_id="live"))
+    ids = built.response
+
+    def plain(context: list[int]) -> np.ndarray:
+        with torch.no_grad():
+            logits = model(torch.tensor([context])).logits[0, -len(ids) - 1 : -1].double()
+        return logits.log_softmax(-1).gather(-1, torch.tensor(ids).unsqueeze(-1)).squeeze(-1).numpy()
+
+    expected = plain(built.teacher_ids) - plain(built.student_ids)
+    assert len(shown) == len(ids) == len(tokenizer(response, add_special_tokens=False).input_ids)
+    np.testing.assert_allclose([v for _, v, _, _ in shown], expected, atol=1e-4)
+    assert at.metric[0].value == f"{expected.sum():+.3f}"
+    at.selectbox(key="live_component").set_value("specific").run()
+    no_exception(at)
+    assert len(spans(at)) == len(ids)
