@@ -38,7 +38,7 @@ NEGATIVE_RGB = (202, 0, 32)  # colour of -vmax
 POSITIVE_RGB = (5, 113, 176)  # colour of +vmax
 MISSING_RGB = (224, 224, 224)  # NaN (no contrasts) and masked tokens
 PMI_COLUMNS = ("pmi", "pmi_estimate", "pmi_est", "pmi_mc", "pmi_hat")
-PMI_SE_COLUMNS = ("pmi_se", "pmi_stderr", "pmi_std_err", "pmi_sem", "pmi_standard_error", "se")
+PMI_SE_COLUMNS = ("pmi_se", "log_pf_x_se", "pmi_stderr", "pmi_std_err", "pmi_sem", "gap_se", "se")
 
 
 def available_components(table: pd.DataFrame) -> list[str]:
@@ -327,7 +327,11 @@ def pmi_columns(summary: pd.DataFrame) -> tuple[str, str | None] | None:
 
 
 def pmi_frame(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per example: ``example_id, sd_sum, pmi, pmi_se, gap = sd_sum - pmi``; ValueError without pMI."""
+    """Per example: ``example_id, sd_sum, pmi, pmi_se, gap = sd_sum - pmi``; ValueError without pMI.
+
+    Examples whose pMI estimate is NaN (not estimated) are left out. The standard error of the pMI
+    estimate is that of its Monte-Carlo ``log p(f | x)`` term (``log_pf_x_se`` of :mod:`creditlens.gap`).
+    """
     found = pmi_columns(summary)
     if found is None:
         raise ValueError(
@@ -346,6 +350,9 @@ def pmi_frame(summary: pd.DataFrame) -> pd.DataFrame:
         }
     )
     frame["gap"] = frame["sd_sum"] - frame["pmi"]
+    frame = frame[frame["pmi"].notna()]
+    if frame.empty:
+        raise ValueError(f"column {estimate!r} is NaN for every example (no pMI was estimated)")
     return frame.reset_index(drop=True)
 
 

@@ -111,7 +111,7 @@ def test_pmi_check_tolerates_column_names(exact):
     summary = schema.example_summary(table)
     with pytest.raises(ValueError, match="no pMI estimate"):
         viz.PMICheck(summary)
-    for estimate, se in (("pmi", "pmi_se"), ("pmi_estimate", "pmi_stderr"), ("pmi_mc", None)):
+    for estimate, se in (("pmi", "pmi_se"), ("pmi", "log_pf_x_se"), ("pmi_estimate", "pmi_stderr"), ("pmi_mc", None)):
         extra = {estimate: batch.pmi.numpy()} | ({se: 0.05} if se else {})
         check = viz.PMICheck(summary.assign(**extra))
         frame = check.to_dataframe()
@@ -123,6 +123,11 @@ def test_pmi_check_tolerates_column_names(exact):
         fig = check.figure()
         assert len(fig.axes[0].lines) >= 1
     assert "Compatibility gap" in check._repr_html_()
+    partial = summary.assign(pmi=batch.pmi.numpy()).copy()
+    partial.loc[0, "pmi"] = np.nan  # an example without a gap estimate is left out
+    assert list(viz.PMICheck(partial).to_dataframe()["example_id"]) == list(summary["example_id"].iloc[1:])
+    with pytest.raises(ValueError, match="NaN for every example"):
+        viz.PMICheck(summary.assign(pmi=np.nan))
 
 
 def test_runs_frames_and_comparison(tmp_path):
