@@ -153,8 +153,7 @@ def _run(source, timeout_s, memory_mb, stdin, max_processes, max_open_files, max
             except subprocess.TimeoutExpired:
                 timed_out = True
             finally:
-                _kill_group(proc.pid)
-                proc.wait()
+                _kill_tree(proc)
                 if mode == "rlimits" and uid >= 0:
                     _kill_uid(interpreter, uid)
             duration = time.monotonic() - start
@@ -187,7 +186,7 @@ def _bwrap_command(main: str, tmp_size_mb: int) -> list[str]:
     for path in ("/etc/ld.so.cache", "/etc/localtime"):
         if os.path.exists(path):
             command += ["--ro-bind", os.path.realpath(path), path]
-    command += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmp_size_mb << 20), "--tmpfs", "/tmp",
+    command += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(tmp_size_mb << 20), "--tmpfs", "/tmp",
                 "--dir", "/sandbox", "--ro-bind", main, "/sandbox/main.py", "--chdir", "/tmp", "--"]
     return command
 
@@ -219,9 +218,35 @@ def _world_accessible(path: str) -> bool:
     return all(os.stat(p).st_mode & stat.S_IXOTH for p in _ancestors(path))
 
 
-def _kill_group(pid: int) -> None:
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """Kill the run and wait until it is gone. Killing bwrap's init (the child of ``proc``) first makes
+    the kernel empty its PID namespace before ``proc`` can exit, so nothing outlives the wait."""
+    for child in _children(proc.pid) if proc.poll() is None else []:
+        _signal(lambda child=child: os.kill(child, signal.SIGKILL))
     try:
-        os.killpg(pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal(lambda: os.killpg(proc.pid, signal.SIGKILL))
+    proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    children = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return children
+
+
+def _signal(send) -> None:
+    try:
+        send()
     except (ProcessLookupError, PermissionError):
         pass
 
