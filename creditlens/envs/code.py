@@ -12,7 +12,6 @@ Reward: 1/0 for all cases passing (``reward="binary"``, default) or the share pa
 
 from __future__ import annotations
 
-import ast
 import gzip
 import json
 import re
@@ -65,8 +64,8 @@ class _CaseFailed(Exception):
 def _fail(source, op, left_src, left, right):
     if op == "==":
         raise _CaseFailed(f"`{source}`\n  expected: {_short(right)}\n  got:      {_short(left)}")
-    if op is None:
-        raise _CaseFailed(f"`{source}`\n  the condition evaluated to {_short(left)}")
+    if op in ("true", "false"):
+        raise _CaseFailed(f"`{source}`\n  expected: a {op} value\n  got:      {_short(left)}")
     raise _CaseFailed(f"`{source}`\n  {left_src} = {_short(left)}, which is not {op} {_short(right)}")
 
 _OPS = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=",
@@ -81,8 +80,11 @@ class _Rewrite(ast.NodeTransformer):
                     f"    _fail({source!r}, {op!r}, {ast.unparse(test.left)!r}, __cl_l, __cl_r)")
             body = ast.parse(code).body
             body[0].value, body[1].value = test.left, test.comparators[0]
+        elif isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+            body = ast.parse(f"__cl_l = 0\nif __cl_l:\n    _fail({source!r}, 'false', '', __cl_l, None)").body
+            body[0].value = test.operand
         else:
-            body = ast.parse(f"__cl_l = 0\nif not __cl_l:\n    _fail({source!r}, None, '', __cl_l, None)").body
+            body = ast.parse(f"__cl_l = 0\nif not __cl_l:\n    _fail({source!r}, 'true', '', __cl_l, None)").body
             body[0].value = test
         return [ast.copy_location(stmt, node) for stmt in body]
 
@@ -226,7 +228,7 @@ def build_program(prompt: str, code: str, entry_point: str) -> str:
 
 def _parses(source: str) -> bool:
     try:
-        ast.parse(source)
+        compile(source, "<response>", "exec", dont_inherit=True)
     except (SyntaxError, ValueError):
         return False
     return True
