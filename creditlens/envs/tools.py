@@ -136,28 +136,29 @@ def check_call(name: str, args: dict[str, Any], function: dict, answer: dict) ->
     properties = function["parameters"]["properties"]
     required = function["parameters"].get("required", [])
     options = next(iter(answer.values()))
-    problems = []
+    missing, unexpected, wrong = [], [], []
     for key in args:
         if key not in properties:
-            problems.append(f"Unexpected argument `{key}`: `{expected}` has no such parameter "
-                            f"(it takes {', '.join(properties)}).")
+            unexpected.append(f"Unexpected argument `{key}`: `{expected}` has no such parameter "
+                              f"(it takes {', '.join(properties)}).")
     for key, spec in properties.items():
         kind = spec.get("type", "any")
         allowed = options.get(key, [""])
         if key not in args:
             if key in required or "" not in allowed:
-                problems.append(f"Missing argument `{key}` ({ARTICLE.get(kind, kind)}: "
-                                f"{spec.get('description', '').strip()}).")
+                missing.append(f"Missing argument `{key}` ({ARTICLE.get(kind, kind)}: "
+                               f"{spec.get('description', '').strip()}).")
             continue
         value = args[key]
         if kind in TYPES and not (isinstance(value, TYPES[kind]) and not (kind != "boolean" and isinstance(value, bool))):
-            problems.append(f"Argument `{key}` should be {ARTICLE[kind]}, got {type(value).__name__} {value!r}.")
+            wrong.append(f"Argument `{key}` should be {ARTICLE[kind]}, got {type(value).__name__} {value!r}.")
         elif not any(_same(value, option) for option in allowed if option != ""):
             if allowed == [""]:
-                problems.append(f"Argument `{key}` should be left out for this request.")
+                wrong.append(f"Argument `{key}` should be left out for this request.")
             else:
                 first = next(option for option in allowed if option != "")
-                problems.append(f"Argument `{key}` has the wrong value {value!r}; expected {first!r}.")
+                wrong.append(f"Argument `{key}` has the wrong value {value!r}; expected {first!r}.")
+    problems = missing + unexpected + wrong
     return problems
 
 
