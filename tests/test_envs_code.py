@@ -100,7 +100,8 @@ def test_syntax_error_missing_function_and_exits_fail(env, everything):
                   "print('@@creditlens-0@@{\"stage\": \"done\", \"results\": [], \"cases\": 0}')\nimport os\nos._exit(0)"):
         outcome = env.verify(problem, f"```python\n{trick}\n```")
         assert not outcome.passed and outcome.reward == 0.0, trick
-        assert outcome.feedback, trick
+        assert outcome.feedback.startswith(("The program stopped before the tests finished",
+                                            "The code failed before any test ran: SystemExit")), outcome.feedback
 
 
 def test_response_formats_are_extracted(env, everything):
@@ -136,3 +137,14 @@ def test_verify_is_thread_safe_and_deterministic(env, everything):
         parallel = list(pool.map(lambda job: env.verify(*job), jobs))
     assert [o.passed for o in parallel] == [True] * 8 + [False]
     assert parallel[-1] == env.verify(*jobs[-1])
+
+
+def test_verify_under_the_rlimits_fallback(everything, monkeypatch):
+    from creditlens import sandbox
+
+    monkeypatch.setattr(sandbox, "_bwrap_problem", ["test: pretend bwrap is missing"])
+    problem = everything["HumanEval/0"]
+    with pytest.warns(RuntimeWarning, match="pretend bwrap is missing"):
+        good = CodeEnv().verify(problem, problem.reference["solution"])
+        bad = CodeEnv().verify(problem, corrupt_close_elements(problem))
+    assert good.passed and not bad.passed and bad.feedback.startswith("Failed test 1 of 7")

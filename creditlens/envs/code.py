@@ -173,8 +173,10 @@ class CodeEnv(Environment):
         if final is None:
             started = [e for e in events if e["stage"] == "start"]
             where = f" while running `{started[-1]['line']}`" if started else ""
-            why = run.summary() or "exited before the tests finished"
-            return Outcome(0.0, False, f"The program {why}{where}.")
+            if run.timed_out:
+                return Outcome(0.0, False, f"The program {run.summary()}{where}.")
+            why = run.summary() or "exited with code 0"
+            return Outcome(0.0, False, f"The program stopped before the tests finished ({why}){where}.")
         if final["stage"] == "load":
             return Outcome(0.0, False, f"The code failed before any test ran: {final['error']}")
         return self._grade(final)
