@@ -381,8 +381,8 @@ class TokenHeatmap(_Rendered):
     """One response's per-token credit, rendered as a heatmap of ``component``."""
 
     def __init__(self, tokens: pd.DataFrame, component: str = "sd_reward", vmax: float | None = None):
-        if tokens["example_id"].nunique() != 1:
-            raise ValueError("TokenHeatmap: pass the rows of one example (see select_example)")
+        if tokens["example_id"].nunique() != 1 or not tokens["position"].is_unique:
+            raise ValueError("TokenHeatmap: pass the rows of one response (see select_example and examples_index)")
         self.tokens, self.component, self.vmax = tokens.sort_values("position"), component, vmax
 
     @classmethod

@@ -1,0 +1,81 @@
+"""The three notebooks run top to bottom on small bundled data (tiny model, fixture runs and scored sets),
+and are committed with their outputs stripped."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import appdata  # noqa: E402
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NAMES = ("01_pmi_identity", "02_token_credit", "03_compare_runs")
+
+
+def execute(name: str, monkeypatch, **env: str) -> nbformat.NotebookNode:
+    """Run a notebook in a kernel of this interpreter with ``env`` set; returns the executed notebook."""
+    for key, value in {"HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", **env}.items():
+        monkeypatch.setenv(key, value)
+    # the python3 kernel spec starts "python": make that this interpreter (the .venv's) even when not activated
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    return notebook
+
+
+def outputs(notebook: nbformat.NotebookNode, kind: str) -> list[str]:
+    """Every output of ``kind`` ("text/html", "text/plain", "image/png", "stream") in order."""
+    found = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            if kind == "stream" and output["output_type"] == "stream":
+                found.append(output["text"])
+            elif kind in output.get("data", {}):
+                found.append(output["data"][kind])
+    return found
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_is_committed_without_outputs(name):
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert code and all(not c.outputs and c.execution_count is None for c in code)
+    assert sum(c.cell_type == "markdown" for c in notebook.cells) >= 3
+    assert "creditlens." not in "".join(c.source for c in code).replace("from creditlens import", "")
+
+
+@pytest.mark.slow
+def test_01_pmi_identity(monkeypatch):
+    notebook = execute("01_pmi_identity", monkeypatch, CREDITLENS_NB_MODEL="tiny", CREDITLENS_NB_SAMPLES="3",
+                       CREDITLENS_NB_MAX_NEW_TOKENS="8")
+    html = "".join(outputs(notebook, "text/html"))
+    assert html.count('class="cl-token"') == 5  # the exact model's response length
+    assert "Compatibility gap</b> over 4 examples" in html
+    assert len(outputs(notebook, "image/png")) == 2
+
+
+def test_02_token_credit_on_scored_file(monkeypatch, tmp_path):
+    scored = appdata.make_scored_dir(tmp_path / "scored")
+    notebook = execute("02_token_credit", monkeypatch, CREDITLENS_SCORED=str(scored))
+    text = "".join(outputs(notebook, "stream"))
+    assert "8 responses, 48 counted tokens, K = 2 contrasts" in text
+    html = "".join(outputs(notebook, "text/html"))
+    assert "Generic share of SD credit" in html
+    assert html.count('class="cl-token"') == 2 * appdata.exact_model().length
+    assert len(outputs(notebook, "image/png")) == 1
+
+
+def test_03_compare_runs(monkeypatch, tmp_path):
+    appdata.make_runs_dir(tmp_path / "runs")
+    notebook = execute("03_compare_runs", monkeypatch, CREDITLENS_RUNS_DIR=str(tmp_path / "runs"))
+    html = "".join(outputs(notebook, "text/html"))
+    for algo in appdata.ALGOS:
+        assert f"{algo}-seed0" in html
+    assert html.count('class="cl-token"') == 3 * appdata.exact_model().length
+    assert len(outputs(notebook, "image/png")) == 1
