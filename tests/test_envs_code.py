@@ -148,3 +148,11 @@ def test_verify_under_the_rlimits_fallback(everything, monkeypatch):
         good = CodeEnv().verify(problem, problem.reference["solution"])
         bad = CodeEnv().verify(problem, corrupt_close_elements(problem))
     assert good.passed and not bad.passed and bad.feedback.startswith("Failed test 1 of 7")
+
+
+def test_always_equal_objects_do_not_pass(env, everything):
+    problem = everything["HumanEval/0"]
+    hack = ("class AlwaysEqual:\n    def __eq__(self, other):\n        return True\n    def __bool__(self):\n"
+            "        return True\n\ndef has_close_elements(numbers, threshold):\n    return AlwaysEqual()\n")
+    outcome = env.verify(problem, hack)
+    assert not outcome.passed and "object of class AlwaysEqual defined by the code" in outcome.feedback

@@ -61,7 +61,13 @@ def _describe(error):
 class _CaseFailed(Exception):
     pass
 
+def _foreign(value):
+    return type(value).__module__ == "solution"
+
 def _fail(source, op, left_src, left, right):
+    if _foreign(left):
+        raise _CaseFailed(f"`{source}`\n  got an object of class {type(left).__name__} defined by the code; "
+                          "return a built-in value")
     if op == "==":
         raise _CaseFailed(f"`{source}`\n  expected: {_short(right)}\n  got:      {_short(left)}")
     if op in ("true", "false"):
@@ -76,15 +82,15 @@ class _Rewrite(ast.NodeTransformer):
         test, source = node.test, ast.unparse(node.test)
         if isinstance(test, ast.Compare) and len(test.ops) == 1:
             op = _OPS[type(test.ops[0])]
-            code = (f"__cl_l = 0\n__cl_r = 0\nif not (__cl_l {op} __cl_r):\n"
+            code = (f"__cl_l = 0\n__cl_r = 0\nif _foreign(__cl_l) or not (__cl_l {op} __cl_r):\n"
                     f"    _fail({source!r}, {op!r}, {ast.unparse(test.left)!r}, __cl_l, __cl_r)")
             body = ast.parse(code).body
             body[0].value, body[1].value = test.left, test.comparators[0]
         elif isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
-            body = ast.parse(f"__cl_l = 0\nif __cl_l:\n    _fail({source!r}, 'false', '', __cl_l, None)").body
+            body = ast.parse(f"__cl_l = 0\nif _foreign(__cl_l) or __cl_l:\n    _fail({source!r}, 'false', '', __cl_l, None)").body
             body[0].value = test.operand
         else:
-            body = ast.parse(f"__cl_l = 0\nif not __cl_l:\n    _fail({source!r}, 'true', '', __cl_l, None)").body
+            body = ast.parse(f"__cl_l = 0\nif _foreign(__cl_l) or not __cl_l:\n    _fail({source!r}, 'true', '', __cl_l, None)").body
             body[0].value = test
         return [ast.copy_location(stmt, node) for stmt in body]
 
@@ -114,7 +120,7 @@ def _main():
         check.body[i] = [start, guarded]
     check.body = [s for item in check.body for s in (item if isinstance(item, list) else [item])]
     results = []
-    namespace.update(_fail=_fail, _CaseFailed=_CaseFailed, _describe=_describe,
+    namespace.update(_fail=_fail, _foreign=_foreign, _CaseFailed=_CaseFailed, _describe=_describe,
                      __cl_start=lambda k, line: _emit(stage="start", case=k, line=line),
                      __cl_report=lambda k, message, assertion: results.append((k, message, assertion)))
     try:
