@@ -79,7 +79,10 @@ class SandboxResult:
         if self.ok:
             return ""
         if self.returncode < 0:
-            name = signal.Signals(-self.returncode).name
+            try:
+                name = signal.Signals(-self.returncode).name
+            except ValueError:
+                return f"killed by signal {-self.returncode}"
             hint = {"SIGKILL": " (memory, CPU or process limit)", "SIGXCPU": " (CPU time limit)",
                     "SIGSEGV": " (segmentation fault, e.g. too deep recursion)"}.get(name, "")
             return f"killed by {name}{hint}"
