@@ -189,8 +189,10 @@ def _bwrap_command(main: str, tmp_size_mb: int) -> list[str]:
     for path in ("/etc/ld.so.cache", "/etc/localtime"):
         if os.path.exists(path):
             command += ["--ro-bind", os.path.realpath(path), path]
-    command += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(tmp_size_mb << 20), "--tmpfs", "/tmp",
-                "--dir", "/sandbox", "--ro-bind", main, "/sandbox/main.py", "--chdir", "/tmp", "--"]
+    size = str(tmp_size_mb << 20)
+    command += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev", "--perms", "1777", "--size", size,
+                "--tmpfs", "/dev/shm", "--perms", "1777", "--size", size, "--tmpfs", "/tmp",
+                "--dir", "/sandbox", "--ro-bind", main, "/sandbox/main.py", "--remount-ro", "/", "--chdir", "/tmp", "--"]
     return command
 
 
