@@ -47,6 +47,7 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60.0) -> 
 @pytest.fixture
 def served_app(tmp_path):
     root = appdata.make_runs_dir(tmp_path / "runs")
+    appdata.make_scored_dir(root / "scored")
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     process = subprocess.Popen([sys.executable, "-m", "creditlens.cli", "app", str(root), "--port", str(port)],
@@ -73,7 +74,8 @@ def test_token_page_renders_coloured_spans_in_chromium(served_app):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(served_app, wait_until="domcontentloaded")
-            page.get_by_text("credit-seed0").first.wait_for(timeout=30_000)
+            page.get_by_text("3 run(s) under").wait_for(timeout=30_000)
+            page.wait_for_timeout(1000)  # let the learning curves draw before the screenshot
             page.screenshot(path=str(ARTIFACTS / "app_runs.png"), full_page=True)
             page.locator('[data-testid="stSidebarNav"] a', has_text="Token credit").click()
             spans = page.locator("span.cl-token")
@@ -87,5 +89,12 @@ def test_token_page_renders_coloured_spans_in_chromium(served_app):
             assert "sd_reward = " in title and "teacher_logprob = " in title
             assert page.locator(".cl-legend").count() == 1
             page.screenshot(path=str(ARTIFACTS / "app_token_credit.png"), full_page=True)
+            for name, ready in (("Decomposition", "Generic share of SD credit"), ("pMI check", "Mean |gap|")):
+                page.locator('[data-testid="stSidebarNav"] a', has_text=name).click()
+                page.get_by_text(ready).first.wait_for(timeout=30_000)
+                page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=30_000)  # last element of both
+                page.wait_for_timeout(1000)  # let the charts draw before the screenshot
+                assert page.locator('[data-testid="stException"]').count() == 0
+                page.screenshot(path=str(ARTIFACTS / f"app_{name.split()[0].lower()}.png"), full_page=True)
         finally:
             browser.close()

@@ -1,5 +1,7 @@
 """Live scoring: type a prompt, feedback and response, score them with a model, see the heatmap."""
 
+import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -13,10 +15,8 @@ from creditlens import viz  # noqa: E402
 
 LIVE_ID = "live-0"
 
-common.setup("Live scoring")
-try:
-    from creditlens import models, scoring
-except ImportError as error:
+
+def unavailable(error: object) -> None:
     st.warning(f"Live scoring needs `creditlens.scoring` and `creditlens.models`, which could not be imported "
                f"({error}). The other pages work without them.")
     st.stop()
@@ -24,8 +24,17 @@ except ImportError as error:
 
 @st.cache_resource(show_spinner="Loading the model...")
 def load_scorer(name: str):
+    """The model and a Scorer; the scoring modules (transformers) are imported only when first needed."""
+    models = importlib.import_module("creditlens.models")
+    scoring = importlib.import_module("creditlens.scoring")
     model, tokenizer = models.load(name)
     return scoring.Scorer(model, tokenizer)
+
+
+common.setup("Live scoring")
+missing = [name for name in ("creditlens.models", "creditlens.scoring") if importlib.util.find_spec(name) is None]
+if missing:
+    unavailable(f"no module {', '.join(missing)}")
 
 
 with st.form("live"):
@@ -55,8 +64,10 @@ if submitted:
     try:
         with st.spinner("Scoring..."):
             table = load_scorer(model_name).score(examples, contrast=len(contrasts), lam=lam, pool=pool)
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
-        common.fail(f"Scoring failed: {error}")
+    except ImportError as error:
+        unavailable(error)
+    except Exception as error:  # a model path, a download or a tokenizer can fail many ways: show it, keep the page
+        common.fail(f"Scoring failed ({type(error).__name__}): {error}")
     ids = table["example_id"].astype(str)
     st.session_state["live_tokens"] = table[ids == (LIVE_ID if (ids == LIVE_ID).any() else ids.iloc[0])]
 
