@@ -37,14 +37,15 @@ if missing:
     unavailable(f"no module {', '.join(missing)}")
 
 
-with st.form("live"):
+form_column, result_column = st.columns([2, 3], gap="large")
+with form_column, st.form("live"):
     model_name = st.text_input("Model", value="smollm2-135m-instruct", key="model",
                                help="'smollm2-135m-instruct' (embedded), 'tiny' (test model) or a local model path")
-    prompt = st.text_area("Prompt x", key="prompt", height=100,
+    prompt = st.text_area("Prompt x", key="prompt", height=90,
                           value="Write a Python function add(a, b) that returns the sum of a and b.")
-    feedback = st.text_area("Feedback f", key="feedback", height=80,
+    feedback = st.text_area("Feedback f", key="feedback", height=70,
                             value="AssertionError: add(2, 3) returned -1, expected 5.")
-    response = st.text_area("Response y", key="response", height=100,
+    response = st.text_area("Response y", key="response", height=90,
                             value="def add(a, b):\n    return a - b")
     contrast_text = st.text_area("Contrast prompts x_j (one per line; K = number of lines, 0 for SD only)",
                                  key="contrasts", height=80,
@@ -54,35 +55,34 @@ with st.form("live"):
     pool = pool_col.radio("Contrast pooling", ["mean", "logmeanexp"], horizontal=True, key="pool")
     submitted = st.form_submit_button("Score", type="primary")
 
-if submitted:
-    contrasts = [line.strip() for line in contrast_text.splitlines() if line.strip()]
-    if not response.strip():
-        common.fail("The response is empty: type the response to score.")
-    examples = [dict(example_id=LIVE_ID, prompt=prompt, feedback=feedback, response=response, prompt_id="live")]
-    examples += [dict(example_id=f"contrast-{j}", prompt=text, feedback=feedback, response=response,
-                      prompt_id=f"contrast-{j}") for j, text in enumerate(contrasts)]
-    try:
-        with st.spinner("Scoring..."):
-            table = load_scorer(model_name).score(examples, contrast=len(contrasts), lam=lam, pool=pool)
-    except ImportError as error:
-        unavailable(error)
-    except Exception as error:  # a model path, a download or a tokenizer can fail many ways: show it, keep the page
-        common.fail(f"Scoring failed ({type(error).__name__}): {error}")
-    ids = table["example_id"].astype(str)
-    st.session_state["live_tokens"] = table[ids == (LIVE_ID if (ids == LIVE_ID).any() else ids.iloc[0])]
+with result_column:
+    if submitted:
+        contrasts = [line.strip() for line in contrast_text.splitlines() if line.strip()]
+        if not response.strip():
+            common.fail("The response is empty: type the response to score.")
+        examples = [dict(example_id=LIVE_ID, prompt=prompt, feedback=feedback, response=response, prompt_id="live")]
+        examples += [dict(example_id=f"contrast-{j}", prompt=text, feedback=feedback, response=response,
+                          prompt_id=f"contrast-{j}") for j, text in enumerate(contrasts)]
+        try:
+            with st.spinner("Scoring..."):
+                table = load_scorer(model_name).score(examples, contrast=len(contrasts), lam=lam, pool=pool)
+        except ImportError as error:
+            unavailable(error)
+        except Exception as error:  # a model path, a download or a tokenizer can fail many ways: show it
+            common.fail(f"Scoring failed ({type(error).__name__}): {error}")
+        st.session_state["live_tokens"] = table[table["example_id"] == LIVE_ID]
 
-tokens = st.session_state.get("live_tokens")
-if tokens is None:
-    st.info("Press **Score** to score the response token by token.")
-    st.stop()
-components = viz.available_components(tokens)
-component = st.selectbox("Colour by", components, key="live_component",
-                         format_func=lambda c: f"{c} — {viz.COMPONENTS[c]}")
-st.html(viz.token_heatmap_html(tokens, component))
-counted = tokens[tokens["mask"]]
-cols = st.columns(3)
-for column, name in zip(cols, ("sd_reward", "credit_reward", "shortcut"), strict=True):
-    value = counted[name].sum(min_count=1) if name in counted else float("nan")
-    column.metric(f"Σ {name}", "n/a" if value != value else f"{value:+.3f}")
-with st.expander("Token values"):
-    st.dataframe(viz.TokenHeatmap(tokens, component).to_dataframe(), hide_index=True, width="stretch")
+    tokens = st.session_state.get("live_tokens")
+    if tokens is None:
+        st.info("Press **Score** to score the response token by token.")
+        st.stop()
+    components = viz.available_components(tokens)
+    component = st.selectbox("Colour by", components, key="live_component",
+                             format_func=lambda c: f"{c} — {viz.COMPONENTS[c]}")
+    st.html(viz.token_heatmap_html(tokens, component))
+    counted = tokens[tokens["mask"]]
+    for column, name in zip(st.columns(3), ("sd_reward", "credit_reward", "shortcut"), strict=True):
+        value = counted[name].sum(min_count=1) if name in counted else float("nan")
+        column.metric(f"Σ {name}", "n/a" if value != value else f"{value:+.3f}")
+    with st.expander("Token values"):
+        st.dataframe(viz.TokenHeatmap(tokens, component).to_dataframe(), hide_index=True, width="stretch")
