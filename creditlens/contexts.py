@@ -13,9 +13,11 @@ tokenised on its own, so the feedback can be truncated at the token level to fit
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
@@ -243,3 +245,27 @@ class ContextBuilder:
                 f"example {example.example_id}: student context + response is {len(ids)} tokens, over the "
                 f"model window of {self.max_length}; the response and prompt are never truncated"
             )
+
+
+def read_examples(path: str | Path) -> list[dict]:
+    """Read a JSONL file of examples (one JSON object per line); errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such examples file")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({error.msg} at column {error.colno})") from error
+            try:
+                as_example(row, len(rows))
+            except ValueError as error:
+                raise ValueError(f"{path}:{lineno}: {error}") from error
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: holds no examples")
+    return rows
