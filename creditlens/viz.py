@@ -30,10 +30,11 @@ COMPONENTS: dict[str, str] = {
     "generic": "input-generic part of log pi_T: B_t",
     "teacher_logprob": "teacher log-prob log pi_T(y_t | x, f, y_<t)",
     "student_logprob": "student log-prob log pi_S(y_t | x, y_<t)",
+    "advantage": "per-token advantage the trainer used",
 }
 """Per-token columns a heatmap can show, with the label used in legends."""
 
-HOVER_COLUMNS = ("sd_reward", "credit_reward", "specific", "shortcut", "generic", "teacher_logprob", "student_logprob")
+HOVER_COLUMNS = tuple(COMPONENTS)
 NEGATIVE_RGB = (202, 0, 32)  # colour of -vmax
 POSITIVE_RGB = (5, 113, 176)  # colour of +vmax
 MISSING_RGB = (224, 224, 224)  # NaN (no contrasts) and masked tokens
@@ -277,7 +278,8 @@ def require_contrasts(table: pd.DataFrame, source: str = "table") -> None:
         if name not in table.columns or not np.isfinite(table[name].to_numpy(dtype=np.float64)).any():
             raise ValueError(
                 f"{source}: no input-specific / input-generic split (column {name!r} is missing or all NaN); "
-                "score with contrasts (--contrast K, K >= 1) to decompose the credit"
+                "it holds no contrast log-probs: score with `--contrast K` (K >= 1), or train SD/CREDIT with "
+                "n_contrast >= 1, to decompose the credit"
             )
 
 
@@ -413,8 +415,8 @@ class TokenHeatmap(_Rendered):
 class CreditDecomposition(_Rendered):
     """Where the SD credit of a table sits: input-specific vs input-generic, by token and position."""
 
-    def __init__(self, table: pd.DataFrame):
-        require_contrasts(table)
+    def __init__(self, table: pd.DataFrame, source: str = "table"):
+        require_contrasts(table, source)
         self.table = table
 
     def to_dataframe(self) -> pd.DataFrame:

@@ -233,7 +233,7 @@ def test_scored_set_without_contrasts(tmp_path, monkeypatch):
     assert len(spans(tokens)) == appdata.exact_model().length
     decomposition = run_page("decomposition", tmp_path, monkeypatch)
     no_exception(decomposition)
-    assert "--contrast K" in decomposition.error[0].value
+    assert "--contrast K" in decomposition.error[0].value and "`k0`" in decomposition.error[0].value
 
 
 def test_live_scoring_with_tiny_model_matches_plain_forward(tmp_path, monkeypatch):

@@ -81,7 +81,7 @@ def test_token_heatmap_object(exact, capsys):
     assert len(fig.axes[0].texts) == len(frame)
     heat.show()  # outside Jupyter: a text table
     assert "credit_reward" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="one example"):
+    with pytest.raises(ValueError, match="one response"):
         viz.TokenHeatmap(table)
 
 

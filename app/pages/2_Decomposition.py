@@ -17,7 +17,7 @@ root = common.setup("Decomposition")
 cat = common.catalog(root)
 source = common.pick_source(cat, allow_all_steps=True, key="_decomposition")
 try:
-    analysis = viz.CreditDecomposition(source.table)
+    analysis = viz.CreditDecomposition(source.table, f"`{source.label}`")
 except ValueError as error:
     common.fail(str(error))
 
