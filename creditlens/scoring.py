@@ -134,19 +134,17 @@ class Scorer:
                 batches.append([i])
         return batches
 
-    @torch.no_grad()
-    def logprobs(self, sequences: Sequence[tuple[list[int], int]]) -> list[Tensor]:
-        """Log-probs of the last ``n`` tokens of each ``(ids, n)`` sequence: a list of float32 ``[n]``.
+    def padded_batches(self, sequences: Sequence[tuple[list[int], int]]) -> list[tuple[list[int], dict[str, Tensor]]]:
+        """Length-sorted padded batches of ``(ids, n)`` sequences: ``(indices, tensors)`` per forward pass.
 
-        Token ``ids[t]`` is scored from position ``t - 1``; ``len(ids) > n >= 1`` is required.
+        ``tensors``: ``input_ids``, ``attention_mask``, ``position_ids`` ``[B, L]`` and ``keep`` ``[B, L]``,
+        True at the positions that predict the last ``n`` tokens of each sequence.
         """
         for ids, n in sequences:
             if not 1 <= n < len(ids):
                 raise ValueError(f"logprobs: need 1 <= n < len(ids), got n={n} for a sequence of {len(ids)} tokens")
-        device = next(self.model.parameters()).device
-        out: list[Tensor] = [torch.empty(0)] * len(sequences)
-        batches = self._batches([len(ids) for ids, _ in sequences])
-        for batch in tqdm(batches, desc="scoring", unit="batch", leave=False, disable=not self.config.progress or len(batches) < 2):
+        out = []
+        for batch in self._batches([len(ids) for ids, _ in sequences]):
             width = len(sequences[batch[0]][0])
             input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -158,16 +156,30 @@ class Scorer:
                 attention[row, start : start + len(ids)] = 1
                 keep[row, start + len(ids) - n - 1 : start + len(ids) - 1] = True
             positions = (attention.cumsum(-1) - 1).clamp(min=0)
-            targets = input_ids[:, 1:][keep[:, :-1]]
-            inputs = dict(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=False)
-            inputs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in inputs.items()}
+            out.append((batch, dict(input_ids=input_ids, attention_mask=attention, position_ids=positions, keep=keep)))
+        return out
+
+    @torch.no_grad()
+    def logprobs(self, sequences: Sequence[tuple[list[int], int]]) -> list[Tensor]:
+        """Log-probs of the last ``n`` tokens of each ``(ids, n)`` sequence: a list of float32 ``[n]``.
+
+        Token ``ids[t]`` is scored from position ``t - 1``; ``len(ids) > n >= 1`` is required.
+        """
+        device = next(self.model.parameters()).device
+        out: list[Tensor] = [torch.empty(0)] * len(sequences)
+        batches = self.padded_batches(sequences)
+        bar = tqdm(batches, desc="scoring", unit="batch", leave=False, disable=not self.config.progress or len(batches) < 2)
+        for batch, tensors in bar:
+            keep = tensors.pop("keep").to(device)
+            targets = tensors["input_ids"][:, 1:].to(device)[keep[:, :-1]]
+            inputs = {k: v.to(device) for k, v in tensors.items()}
             if self._keep_arg:
-                logits = self.model(**inputs, logits_to_keep=keep.to(device)).logits
+                logits = self.model(**inputs, use_cache=False, logits_to_keep=keep).logits
             else:
-                logits = self.model(**inputs).logits
+                logits = self.model(**inputs, use_cache=False).logits
             if logits.dim() == 3:
-                logits = logits[keep.to(device)]
-            lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1).cpu()
+                logits = logits[keep]
+            lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
             offset = 0
             for i in batch:
                 n = sequences[i][1]
