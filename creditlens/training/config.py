@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 ALGOS = ("grpo", "sd", "credit")
@@ -25,15 +26,26 @@ class TrainConfig:
     does not use are ignored by it and still recorded in ``manifest.json``)."""
 
     # --- run length, data and batch ---
-    seed: int = field(default=0, metadata={"help": "Seed of the model init, the sampler, generation and contrasts."})
+    env_args: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Keyword arguments of the environment (e.g. shortcut: {cue: 0.5})."},
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the model init, the sampler, generation and contrasts."}
+    )
     max_steps: int = field(default=10, metadata={"help": "Optimizer steps of the run."})
-    num_prompts: int = field(default=2, metadata={"help": "Distinct prompts per step (across all processes)."})
+    num_prompts: int = field(
+        default=2, metadata={"help": "Distinct prompts per step (across all processes)."}
+    )
     num_generations: int = field(default=2, metadata={"help": "Rollouts per prompt (the GRPO group size)."})
     n_train_problems: int | None = field(
         default=None, metadata={"help": "Train problems drawn from the env's train split (None: all)."}
     )
     n_eval_problems: int = field(default=16, metadata={"help": "Held-out problems of the env's eval split."})
-    max_prompt_length: int | None = field(default=512, metadata={"help": "Prompt tokens kept, left-truncated (sd/credit; TRL 1.16 GRPO keeps all)."})
+    max_prompt_length: int | None = field(
+        default=512,
+        metadata={"help": "Prompt tokens kept, left-truncated (sd/credit; TRL 1.16 GRPO keeps all)."},
+    )
     max_completion_length: int = field(default=64, metadata={"help": "Maximum new tokens per rollout."})
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of the rollouts."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of the rollouts."})
@@ -44,14 +56,20 @@ class TrainConfig:
     warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches per optimizer step."}
+    )
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (GPU)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Trade compute for memory."})
 
     # --- GRPO policy loss (also SD/CREDIT's optional blend, see distillation_weight) ---
-    beta: float = field(default=0.0, metadata={"help": "GRPO KL coefficient to the reference model (0: none)."})
+    beta: float = field(
+        default=0.0, metadata={"help": "GRPO KL coefficient to the reference model (0: none)."}
+    )
     epsilon: float = field(default=0.2, metadata={"help": "PPO clip range of the policy ratio."})
-    loss_type: str = field(default="dapo", metadata={"help": "TRL loss aggregation: grpo, bnpo, dr_grpo, dapo."})
+    loss_type: str = field(
+        default="dapo", metadata={"help": "TRL loss aggregation: grpo, bnpo, dr_grpo, dapo."}
+    )
     scale_rewards: str = field(default="group", metadata={"help": "Advantage scaling: group, batch or none."})
 
     # --- self-distillation (sd and credit) ---
@@ -59,7 +77,9 @@ class TrainConfig:
         default="sampled_token",
         metadata={"help": "sampled_token (per-token reward as advantage), topk_logits or full_logits."},
     )
-    distillation_topk: int | None = field(default=None, metadata={"help": "K of topk_logits mode (e.g. 100)."})
+    distillation_topk: int | None = field(
+        default=None, metadata={"help": "K of topk_logits mode (e.g. 100)."}
+    )
     distillation_alpha: float = field(
         default=1.0, metadata={"help": "0 forward KL, 1 reverse KL, between: generalized JSD (logit modes)."}
     )
@@ -70,15 +90,20 @@ class TrainConfig:
     distillation_weight: float = field(
         default=1.0, metadata={"help": "Blend: (1 - w) * GRPO policy loss + w * distillation loss."}
     )
-    teacher: str = field(default="ema", metadata={"help": "Teacher weights: ema, base (frozen start) or live."})
+    teacher: str = field(
+        default="ema", metadata={"help": "Teacher weights: ema, base (frozen start) or live."}
+    )
     teacher_update_rate: float = field(default=0.05, metadata={"help": "EMA rate of the teacher."})
     include_feedback: bool = field(
-        default=True, metadata={"help": "Put the environment's per-rollout feedback in the teacher's reprompt."}
+        default=True,
+        metadata={"help": "Put the environment's per-rollout feedback in the teacher's reprompt."},
     )
     use_successful_as_teacher: bool = field(
         default=True, metadata={"help": "Put a successful attempt of the same group in the reprompt."}
     )
-    success_reward_threshold: float = field(default=1.0, metadata={"help": "Reward that counts as a success."})
+    success_reward_threshold: float = field(
+        default=1.0, metadata={"help": "Reward that counts as a success."}
+    )
 
     # --- CREDIT ---
     lam: float = field(default=0.5, metadata={"help": "CREDIT lambda in [0, 1]; 0 reproduces SD exactly."})
@@ -88,13 +113,20 @@ class TrainConfig:
     # --- logging, evaluation, checkpoints ---
     log_tokens_every: int = field(default=1, metadata={"help": "Write the per-token table every N steps."})
     log_kl: bool = field(
-        default=True, metadata={"help": "Log KL to the start model (one extra no-grad forward of a frozen copy)."}
+        default=True,
+        metadata={"help": "Log KL to the start model (one extra no-grad forward of a frozen copy)."},
     )
-    eval_every: int = field(default=5, metadata={"help": "Held-out eval every N steps, at step 0 and at the end."})
-    save_every: int = field(default=1, metadata={"help": "Checkpoint every N steps (what --resume restarts from)."})
+    eval_every: int = field(
+        default=5, metadata={"help": "Held-out eval every N steps, at step 0 and at the end."}
+    )
+    save_every: int = field(
+        default=1, metadata={"help": "Checkpoint every N steps (what --resume restarts from)."}
+    )
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk."})
     tensorboard: bool = field(default=False, metadata={"help": "Also report TRL's scalars to TensorBoard."})
-    use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (GPU; see docs/training.md)."})
+    use_vllm: bool = field(
+        default=False, metadata={"help": "Generate with vLLM (GPU; see docs/training.md)."}
+    )
     vllm_mode: str = field(default="colocate", metadata={"help": "vLLM mode: colocate or server."})
     trl: dict[str, Any] = field(
         default_factory=dict,
@@ -107,7 +139,10 @@ class TrainConfig:
             (self.num_prompts >= 1, "num_prompts must be >= 1"),
             (self.num_generations >= 1, "num_generations must be >= 1"),
             (self.max_completion_length >= 1, "max_completion_length must be >= 1"),
-            (self.distillation_mode in DISTILLATION_MODES, f"distillation_mode must be one of {DISTILLATION_MODES}"),
+            (
+                self.distillation_mode in DISTILLATION_MODES,
+                f"distillation_mode must be one of {DISTILLATION_MODES}",
+            ),
             (self.teacher in TEACHERS, f"teacher must be one of {TEACHERS}"),
             (0.0 <= self.lam <= 1.0, "lam must be in [0, 1]"),
             (self.n_contrast >= 1, "n_contrast must be >= 1"),
@@ -116,6 +151,7 @@ class TrainConfig:
             (self.eval_every >= 0, "eval_every must be >= 0 (0: only at step 0 and at the end)"),
             (self.save_every >= 1, "save_every must be >= 1"),
             (isinstance(self.trl, dict), "trl must be a mapping of TRL argument names to values"),
+            (isinstance(self.env_args, dict), "env_args must be a mapping of environment arguments"),
         ]
         for ok, message in checks:
             if not ok:
@@ -152,14 +188,31 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainCon
         raise ValueError(f"{source}: {error}") from error
 
 
-def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
-    """Read a YAML config file; ``overrides`` (not None) replace fields after reading."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such config file")
-    values = yaml.safe_load(path.read_text()) or {}
-    values = {**values, **{k: v for k, v in overrides.items() if v is not None}} if isinstance(values, dict) else values
-    return config_from_dict(values, str(path))
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config file (None: all defaults); ``overrides`` replace fields after reading."""
+    values: Any = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such config file")
+        values = yaml.safe_load(path.read_text()) or {}
+        source = str(path)
+    if isinstance(values, dict) and overrides:
+        source = f"{source} with overrides {sorted(overrides)}"
+        values = {**values, **overrides}
+    return config_from_dict(values, source)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lam=0.25", "env_args={cue: 1.0}"]`` -> ``{"lam": 0.25, "env_args": {"cue": 1.0}}`` (YAML values)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size: int = 1) -> Any:
@@ -188,7 +241,8 @@ def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size:
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         bf16=config.bf16,
-        gradient_checkpointing=config.gradient_checkpointing,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
         beta=config.beta,
         epsilon=config.epsilon,
         loss_type=config.loss_type,
@@ -203,6 +257,8 @@ def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size:
         vllm_mode=config.vllm_mode,
         disable_tqdm=True,
     )
+    if config.gradient_checkpointing:
+        common["activation_checkpointing"] = True
     if config.batch_size // world_size % config.gradient_accumulation_steps:
         raise ValueError("config: the per-process batch must be divisible by gradient_accumulation_steps")
     if algo == "grpo":

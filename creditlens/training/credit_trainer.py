@@ -110,7 +110,9 @@ class CreditTrainer(SDTrainer):
         if self.args.distillation_mode == "sampled_token":
             loss = self._sampled_token_loss(model, inputs, logits, advantage)
         else:
-            target = credit.credit_target_logprobs(logits.teacher_logits, logits.contrast_logprobs, self.lam, self.pool)
+            target = credit.credit_target_logprobs(
+                logits.teacher_logits, logits.contrast_logprobs, self.lam, self.pool
+            )
             plain = DistillationLogits(
                 completion_ids=logits.completion_ids,
                 completion_mask=logits.completion_mask,
@@ -132,7 +134,9 @@ class CreditTrainer(SDTrainer):
             )
         return loss
 
-    def _sampled_token_loss(self, model, inputs, logits: CreditLogits, advantage: torch.Tensor) -> torch.Tensor:
+    def _sampled_token_loss(
+        self, model, inputs, logits: CreditLogits, advantage: torch.Tensor
+    ) -> torch.Tensor:
         """SDPO's sampled-token loss (TRL 1.16) with ``advantage [B, T]`` in place of ``log pi_T - log pi_S``."""
         mask = logits.loss_mask
         mode = "train" if model.training else "eval"

@@ -108,6 +108,8 @@ class FeedbackContextBuilder(SuccessfulRolloutTeacherContextBuilder):
             return other
         template = self.trainer.args.reprompt_template
         if isinstance(other, list):
-            text = template.format(prompt=_extract_last_user_text(other), solution=parts[0], feedback=parts[1])
+            text = template.format(
+                prompt=_extract_last_user_text(other), solution=parts[0], feedback=parts[1]
+            )
             return other[:-1] + [{"role": "user", "content": text}]
         return template.format(prompt=other, solution=parts[0], feedback=parts[1])

@@ -13,7 +13,7 @@ from typing import Any
 from accelerate import PartialState
 from transformers import AutoTokenizer
 
-from creditlens import models, runs
+from creditlens import envs, models, runs
 from creditlens.envs.base import Environment
 from creditlens.training.config import ALGOS, TrainConfig, trl_args
 from creditlens.training.credit_trainer import CreditTrainer
@@ -25,14 +25,14 @@ PACKAGES = ("creditlens", "torch", "transformers", "trl", "accelerate", "dataset
 MANIFEST_KEYS = ("algo", "env", "model", "seed", "config")
 
 
-def resolve_env(name: str) -> Environment:
-    """The environment registered under ``name`` (:func:`creditlens.envs.get`)."""
-    from creditlens import envs
-
-    getter = getattr(envs, "get", None)
-    if getter is None:
-        raise ValueError(f"--env {name}: the environment registry (creditlens.envs.get) is not available")
-    return getter(name)
+def resolve_env(name: str, env_args: dict[str, Any]) -> Environment:
+    """The environment registered under ``name``, built with the config's ``env_args``."""
+    try:
+        return envs.get(name, **env_args)
+    except TypeError as error:
+        raise ValueError(
+            f"config env_args {env_args}: not accepted by environment {name!r} ({error})"
+        ) from error
 
 
 def resolve_model(name: str | None, env: Environment, run_dir: Path) -> str:
@@ -64,7 +64,9 @@ def resolve_model(name: str | None, env: Environment, run_dir: Path) -> str:
 def _git_commit() -> str | None:
     root = Path(__file__).resolve().parents[2]
     try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
@@ -87,7 +89,9 @@ def _versions() -> dict[str, str | None]:
     return found
 
 
-def manifest_for(name: str, algo: str, env: str, model: str | None, model_path: str, config: TrainConfig) -> dict:
+def manifest_for(
+    name: str, algo: str, env: str, model: str | None, model_path: str, config: TrainConfig
+) -> dict:
     """The ``manifest.json`` content: everything needed to run this again."""
     return {
         "name": name,
@@ -168,10 +172,12 @@ def train(
     from its last complete checkpoint and logs past it are dropped first.
     """
     run_dir = Path(out)
-    env = env if env is not None else resolve_env(env_name)
+    env = env if env is not None else resolve_env(env_name, config.env_args)
     has_manifest = (run_dir / runs.MANIFEST).exists()
     if has_manifest and not resume:
-        raise ValueError(f"--out {run_dir}: a run already exists there; pass --resume or choose another --out")
+        raise ValueError(
+            f"--out {run_dir}: a run already exists there; pass --resume or choose another --out"
+        )
     wanted = {"algo": algo, "env": env_name, "model": model, "seed": config.seed, "config": config.to_dict()}
     if resume and has_manifest:
         _check_resume(run_dir, wanted)
@@ -184,7 +190,9 @@ def train(
         if resume:
             truncate_run(run_dir, step)
         if not has_manifest:
-            runs.write_manifest(run_dir, manifest_for(run_dir.name, algo, env_name, model, model_path, config))
+            runs.write_manifest(
+                run_dir, manifest_for(run_dir.name, algo, env_name, model, model_path, config)
+            )
     state.wait_for_everyone()
     if checkpoint is not None and step >= config.max_steps:
         return run_dir

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from typing import Any
 import pandas as pd
 import torch
 from accelerate.utils import gather_object
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import selective_log_softmax
 
@@ -62,10 +65,14 @@ class RunLogMixin:
         self._records: list[dict[str, Any]] = []
         self._rollouts: dict[int, dict[str, Any]] = {}
         self._train_step_time = 0.0
-        self._pending_metrics: dict[str, Any] | None = None
+        self._step_metrics: dict[str, Any] | None = None
         self.start_model = None
         if run.config.log_kl:
-            self.start_model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
+            self.start_model = (
+                copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
+            )
+        self.remove_callback(PrinterCallback)
+        self.remove_callback(ProgressCallback)
         self.add_callback(RunLogCallback(self))
 
     # ---- rollouts and token records -------------------------------------------------------------
@@ -102,7 +109,9 @@ class RunLogMixin:
                 with torch.no_grad():
                     ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
                     attention = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
-                    logits = self._forward_logits_for(self.start_model, ids, attention, completion_mask.size(1))
+                    logits = self._forward_logits_for(
+                        self.start_model, ids, attention, completion_mask.size(1)
+                    )
                     ref_lp = selective_log_softmax(logits, inputs["completion_ids"])
                     delta = ref_lp - student_lp
                     kl = torch.exp(delta) - delta - 1.0
@@ -137,18 +146,24 @@ class RunLogMixin:
             info = [self._rollouts[s] for s in samples]
             ids = record["completion_ids"]
             lengths = record["lengths"].tolist()
-            tokens = [tokenizer.batch_decode([[t] for t in row[:n].tolist()]) for row, n in zip(ids, lengths, strict=True)]
+            tokens = [
+                tokenizer.batch_decode([[t] for t in row[:n].tolist()])
+                for row, n in zip(ids, lengths, strict=True)
+            ]
             tokens = [t + [""] * (ids.shape[1] - len(t)) for t in tokens]
-            responses = [tokenizer.decode(row[:n].tolist(), skip_special_tokens=True) for row, n in zip(ids, lengths, strict=True)]
+            responses = [
+                tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
+                for row, n in zip(ids, lengths, strict=True)
+            ]
             frames.append(
                 schema.build_token_table(
                     example_ids=[f"step{step}-sample{s}" for s in samples],
                     prompt_ids=[i["prompt_id"] for i in info],
                     token_ids=ids,
                     tokens=tokens,
-                    teacher_lp=record["teacher_lp"],
-                    student_lp=record["student_lp"],
-                    contrast_lp=record["contrast_lp"],
+                    teacher_lp=record["teacher_lp"].double(),
+                    student_lp=record["student_lp"].double(),
+                    contrast_lp=None if record["contrast_lp"] is None else record["contrast_lp"].double(),
                     mask=record["mask"],
                     lengths=lengths,
                     lam=config.lam,
@@ -184,7 +199,9 @@ class RunLogMixin:
             samples = sorted({s for r in self._records for s in r["sample"].tolist()})
             local = {
                 "table": local_table,
-                "outcomes": [(self._rollouts[s]["outcome_reward"], self._rollouts[s]["passed"]) for s in samples],
+                "outcomes": [
+                    (self._rollouts[s]["outcome_reward"], self._rollouts[s]["passed"]) for s in samples
+                ],
                 "lengths": [n for r in self._records for n in r["lengths"].tolist()],
                 "sums": [sum(r[k] for r in self._records) for k in ("entropy_sum", "kl_sum", "n_tokens")],
             }
@@ -198,7 +215,7 @@ class RunLogMixin:
                 outcomes = [o for g in gathered for o in g["outcomes"]]
                 lengths = [n for g in gathered for n in g["lengths"]]
                 entropy, kl, n_tokens = (sum(g["sums"][k] for g in gathered) for k in range(3))
-                self._pending_metrics = {
+                self._step_metrics = {
                     "step": step,
                     "reward": _mean([o[0] for o in outcomes]),
                     "pass_rate": _mean([float(o[1]) for o in outcomes]),
@@ -207,22 +224,22 @@ class RunLogMixin:
                     "kl": kl / n_tokens if n_tokens and self.start_model is not None else math.nan,
                 }
         phases["logging"] += self.timer.pop()["logging"]
-        if self._pending_metrics is not None:
+        if self._step_metrics is not None:
             inner = phases["generation"] + phases["scoring"] + phases["contrast"] + phases["logging"]
-            self._pending_metrics.update({f"time_{k}": v for k, v in phases.items()})
-            self._pending_metrics["time_backward"] = max(self._train_step_time - inner, 0.0)
-            self._pending_metrics["time_step"] = step_seconds
+            self._step_metrics.update({f"time_{k}": v for k, v in phases.items()})
+            self._step_metrics["time_backward"] = max(self._train_step_time - inner, 0.0)
+            self._step_metrics["time_step"] = step_seconds
         self._train_step_time = 0.0
 
     def _write_metrics(self, trl_logs: dict[str, float]) -> None:
-        if self._pending_metrics is None or not self.accelerator.is_main_process:
+        if self._step_metrics is None or not self.accelerator.is_main_process:
             return
-        record = dict(self._pending_metrics)
+        record = dict(self._step_metrics)
         for key in ("loss", "grad_norm", "learning_rate"):
             if key in trl_logs:
                 record[key] = float(trl_logs[key])
         runs.append_jsonl(self.run.run_dir / runs.METRICS, record)
-        self._pending_metrics = None
+        self._step_metrics = None
 
     # ---- held-out evaluation ----------------------------------------------------------------
     def evaluate_env(self, step: int) -> None:
@@ -244,15 +261,21 @@ class RunLogMixin:
                     texts = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=False)
                 else:
                     texts = prompts
-                encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left").to(self.accelerator.device)
+                encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left").to(
+                    self.accelerator.device
+                )
                 out = model.generate(
                     **encoded,
                     max_new_tokens=self.run.config.max_completion_length,
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=self.eos_token_ids if hasattr(self, "eos_token_ids") else tokenizer.eos_token_id,
+                    eos_token_id=self.eos_token_ids
+                    if hasattr(self, "eos_token_ids")
+                    else tokenizer.eos_token_id,
                 )
-                decoded = tokenizer.batch_decode(out[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+                decoded = tokenizer.batch_decode(
+                    out[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True
+                )
                 for problem, text in zip(chunk, decoded, strict=True):
                     outcome = self.run.env.verify(problem, completion_text(text))
                     results.append((float(outcome.reward), bool(outcome.passed)))
@@ -306,8 +329,13 @@ class RunLogCallback(TrainerCallback):
     def __init__(self, trainer: RunLogMixin):
         self.trainer = trainer
         self._step_start = 0.0
+        self._bar: tqdm | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._bar = tqdm(
+                total=state.max_steps, initial=state.global_step, desc=f"train {self.trainer.run.name}"
+            )
         done = {r.get("step") for r in runs.read_jsonl(self.trainer.run.run_dir / runs.EVAL)}
         if state.global_step == 0 and 0 not in done:
             self.trainer.evaluate_env(0)
@@ -325,7 +353,15 @@ class RunLogCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
+            if self._bar is not None and self.trainer._step_metrics is not None:
+                metrics = self.trainer._step_metrics
+                self._bar.set_postfix(loss=f"{logs['loss']:.3g}", reward=f"{metrics['reward']:.2f}")
+                self._bar.update(1)
             self.trainer._write_metrics(logs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._bar is not None:
+            self._bar.close()
 
 
 def last_complete_checkpoint(checkpoint_dir: Path) -> tuple[int, Path | None]:
@@ -356,13 +392,7 @@ def truncate_run(run_dir: Path, step: int) -> None:
                 path.unlink()
     for ckpt in (run_dir / "checkpoints").glob("checkpoint-*"):
         if not (ckpt / COMPLETE_MARKER).exists() or int(ckpt.name.split("-")[1]) > step:
-            _remove_tree(ckpt)
-
-
-def _remove_tree(path: Path) -> None:
-    for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        child.rmdir() if child.is_dir() else child.unlink()
-    path.rmdir()
+            shutil.rmtree(ckpt)
 
 
 def world_size() -> int:

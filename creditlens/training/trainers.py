@@ -57,7 +57,9 @@ class SDTrainer(RunLogMixin, SDPOTrainer):
     def _sampled_logprobs(self, logits) -> tuple[torch.Tensor, torch.Tensor]:
         """Student and teacher log-probs of the sampled tokens, ``[B, T]`` each."""
         ids = logits.completion_ids
-        return selective_log_softmax(logits.student_logits, ids), selective_log_softmax(logits.teacher_logits, ids)
+        return selective_log_softmax(logits.student_logits, ids), selective_log_softmax(
+            logits.teacher_logits, ids
+        )
 
     def _compute_self_distillation_loss(self, model, inputs, distillation_logits):
         loss = super()._compute_self_distillation_loss(model, inputs, distillation_logits)
@@ -98,7 +100,9 @@ class GRPORunTrainer(RunLogMixin, GRPOTrainer):
         with self.timer("scoring"):
             return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+    ):
         if not torch.is_grad_enabled():
             with self.timer("scoring"):
                 return super()._get_per_token_logps_and_entropies(

@@ -1,0 +1,51 @@
+"""``creditlens train``: a GRPO, SD or CREDIT run on an environment, logged per token (docs/training.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+ENVS = ("code", "tools", "science", "shortcut")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train with GRPO, self-distillation or CREDIT on TRL and log every token",
+        description="Train a model on an environment; the run directory holds manifest, metrics, evals, "
+        "per-token tables and checkpoints. Multi-process: launch with torchrun or accelerate.",
+    )
+    parser.add_argument("--algo", required=True, choices=("grpo", "sd", "credit"), help="training algorithm")
+    parser.add_argument("--env", required=True, choices=ENVS, help="environment")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="'smollm2-135m-instruct', 'tiny', or a local model directory "
+        "(default: the warm-started model for shortcut, SmolLM2 otherwise)",
+    )
+    parser.add_argument("--config", default=None, help="YAML file of TrainConfig fields (configs/*.yaml)")
+    parser.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    parser.add_argument("--max-steps", type=int, default=None, help="override the config's max_steps")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config field, value in YAML (repeatable), e.g. --set lam=0.25",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from creditlens.training.config import load_config, parse_overrides
+    from creditlens.training.run import train
+
+    overrides = parse_overrides(args.set)
+    overrides.update({k: v for k, v in (("seed", args.seed), ("max_steps", args.max_steps)) if v is not None})
+    config = load_config(args.config, overrides)
+    run_dir = train(args.algo, args.env, args.model, config, args.out, resume=args.resume)
+    print(f"creditlens train: run written to {run_dir}")
+    return 0

@@ -1,0 +1,160 @@
+"""Whole runs of the trainer: the run directory, per-token logs checked against creditlens.credit,
+a resume after a real SIGKILL, and a 2-process torchrun launch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_support import EchoEnv, tiny_fields
+
+from creditlens import credit, runs
+from creditlens.training.config import TrainConfig, load_config
+from creditlens.training.run import train
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).with_name("train_support.py")
+METRIC_KEYS = {
+    "step",
+    "reward",
+    "pass_rate",
+    "response_length",
+    "entropy",
+    "kl",
+    "time_generation",
+    "time_scoring",
+    "time_contrast",
+    "time_backward",
+    "time_step",
+}
+
+
+def env_vars() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def check_run(run_dir: Path, algo: str, steps: int) -> None:
+    """Every step logged once, token tables valid, rewards recomputed from the logged log-probs."""
+    run = runs.load_run(run_dir)
+    assert run.algo == algo and run.manifest["config"]["max_steps"] == steps
+    metrics = run.metrics()
+    assert list(metrics["step"]) == list(range(1, steps + 1))
+    assert METRIC_KEYS <= set(metrics.columns)
+    assert list(run.evals()["step"]) == sorted({0, steps, *range(2, steps + 1, 2)})
+    assert run.token_steps() == list(range(1, steps + 1))
+    table = run.tokens()
+    counted = table[table["mask"]]
+    assert len(counted) > 0
+    for _, rows in table.groupby(["step", "sample"]):
+        rows = rows.sort_values("position")
+        assert list(rows["position"]) == list(range(len(rows)))
+    if algo == "credit":
+        teacher = torch.tensor(counted["teacher_logprob"].to_numpy())[None]
+        student = torch.tensor(counted["student_logprob"].to_numpy())[None]
+        contrast = torch.tensor(np.stack(counted["contrast_logprobs"].to_list())).T[None]
+        expected = credit.credit_rewards(teacher, contrast, student, lam=0.5)[0].numpy()
+        np.testing.assert_allclose(counted["credit_reward"], expected, atol=1e-9)
+        np.testing.assert_allclose(counted["advantage"], counted["credit_reward"], atol=1e-5)
+    if algo == "sd":
+        np.testing.assert_allclose(counted["advantage"], counted["sd_reward"], atol=1e-5)
+    if algo == "grpo":
+        samples = (
+            table.groupby(["step", "sample"])
+            .agg(
+                adv=("advantage", "first"),
+                adv_max=("advantage", "max"),
+                adv_min=("advantage", "min"),
+                reward=("outcome_reward", "first"),
+                prompt=("prompt_id", "first"),
+            )
+            .reset_index()
+        )
+        assert (samples["adv_max"] == samples["adv_min"]).all()
+        grouped = samples.groupby(["step", "prompt"])["reward"]
+        expected = (samples["reward"] - grouped.transform("mean")) / (grouped.transform("std") + 1e-4)
+        np.testing.assert_allclose(samples["adv"], expected, atol=1e-5)
+
+
+def test_config_rejects_unknown_key_naming_it_and_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("max_steps: 3\nlamda: 0.5\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml.*'lamda'"):
+        load_config(path)
+    with pytest.raises(ValueError, match="lam must be in"):
+        TrainConfig(lam=2.0)
+
+
+def test_example_configs_load():
+    files = sorted((ROOT / "configs").glob("*.yaml"))
+    assert len(files) >= 4
+    for path in files:
+        load_config(path)
+
+
+@pytest.mark.parametrize("algo", ["grpo", "sd", "credit"])
+def test_run_directory_is_complete_and_consistent(algo, tmp_path):
+    out = tmp_path / algo
+    train(algo, "echo", "tiny", TrainConfig(**tiny_fields(2)), out, env=EchoEnv())
+    check_run(out, algo, 2)
+    with pytest.raises(ValueError, match="already exists"):
+        train(algo, "echo", "tiny", TrainConfig(**tiny_fields(2)), out, env=EchoEnv())
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_without_gaps_or_duplicates(tmp_path):
+    out = tmp_path / "killed"
+    command = [sys.executable, str(SCRIPT), "credit", str(out), "5"]
+    process = subprocess.Popen(command, env=env_vars(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if len(runs.read_jsonl(out / runs.METRICS)) >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert runs.load_run(out).token_steps()
+    subprocess.run(command + ["--resume"], env=env_vars(), check=True, capture_output=True, timeout=180)
+    check_run(out, "credit", 5)
+    reference = tmp_path / "straight"
+    subprocess.run(
+        command[:3] + [str(reference), "5"], env=env_vars(), check=True, capture_output=True, timeout=180
+    )
+    resumed, straight = runs.load_run(out).metrics(), runs.load_run(reference).metrics()
+    np.testing.assert_allclose(resumed["loss"], straight["loss"], rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_one_token_log_per_step(tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        str(SCRIPT),
+        "credit",
+        str(out),
+        "2",
+    ]
+    result = subprocess.run(command, env=env_vars(), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = runs.load_run(out)
+    assert run.manifest["world_size"] == 2
+    check_run(out, "credit", 2)
+    assert sorted(p.name for p in (out / runs.TOKENS_DIR).iterdir()) == [
+        "step_000001.parquet",
+        "step_000002.parquet",
+    ]
+    for step in (1, 2):
+        assert sorted(run.tokens(step)["sample"].unique()) == [0, 1, 2, 3]
