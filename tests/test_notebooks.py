@@ -3,6 +3,7 @@ and are committed with their outputs stripped."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -79,3 +80,15 @@ def test_03_compare_runs(monkeypatch, tmp_path):
         assert f"{algo}-seed0" in html
     assert html.count('class="cl-token"') == 3 * appdata.exact_model().length
     assert len(outputs(notebook, "image/png")) == 1
+
+
+@pytest.mark.slow
+def test_02_token_credit_scores_examples_with_a_model(monkeypatch, tmp_path):
+    examples = tmp_path / "examples.jsonl"
+    rows = [dict(prompt=f"Question {i}: what is {i} + {i}?", feedback=f"Wrong: the answer is {2 * i}.",
+                 response=f"The answer is {3 * i}.", prompt_id=f"q{i}", kind="science") for i in range(4)]
+    examples.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    notebook = execute("02_token_credit", monkeypatch, CREDITLENS_NB_MODEL="tiny", CREDITLENS_EXAMPLES=str(examples),
+                       CREDITLENS_NB_EXAMPLES="3")
+    assert "3 responses" in "".join(outputs(notebook, "stream"))
+    assert "Generic share of SD credit" in "".join(outputs(notebook, "text/html"))
