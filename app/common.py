@@ -91,7 +91,10 @@ class Catalog:
 
 
 def catalog(root: Path) -> Catalog:
-    """Find runs and scored sets under ``root``; stops the page with a message when it is not a folder."""
+    """Find runs and scored sets under ``root`` (or ``root`` itself: a run, a scored set or a per-token
+    ``.parquet`` file); stops the page with a message when it does not exist."""
+    if root.is_file() and root.suffix == ".parquet":
+        return Catalog(root.parent, [], [str(root)], [])
     if not root.is_dir():
         fail(f"Runs directory `{root}` does not exist. Set it in the sidebar, pass it to "
              f"`creditlens app DIR`, or set {RUNS_DIR_ENV}.")

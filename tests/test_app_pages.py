@@ -268,3 +268,15 @@ def test_live_scoring_with_tiny_model_matches_plain_forward(tmp_path, monkeypatc
     at.selectbox(key="live_component").set_value("specific").run()
     no_exception(at)
     assert len(spans(at)) == len(ids)
+
+
+def test_navigation_through_every_page_and_a_single_file_root(data, monkeypatch):
+    at = run_page("runs", data, monkeypatch)
+    for name, path in PAGES.items():
+        at.switch_page(str(path.relative_to(APP))).run()
+        no_exception(at)
+        assert at.title[0].value == {"runs": "Runs", "tokens": "Token credit", "decomposition": "Decomposition",
+                                     "pmi": "pMI check", "live": "Live scoring"}[name]
+    single = run_page("tokens", data / "runs" / "sd-seed0" / "tokens" / "step_000000.parquet", monkeypatch)
+    no_exception(single)
+    assert len(spans(single)) == appdata.exact_model().length
