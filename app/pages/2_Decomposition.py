@@ -5,9 +5,11 @@ from pathlib import Path
 
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # app/ holds common.py when a page runs alone
+APP_DIR = str(Path(__file__).resolve().parents[1])
+if APP_DIR not in sys.path:
+    sys.path.insert(0, APP_DIR)  # creditlens_dashboard.py sits in app/, also when a page runs on its own
 
-import common  # noqa: E402
+import creditlens_dashboard as common  # noqa: E402
 
 from creditlens import viz  # noqa: E402
 
