@@ -1,0 +1,185 @@
+"""The shortcut testbed: a synthetic cipher task whose feedback mixes input-specific hints with a
+tunable input-generic cue, and whose every response token has a ground-truth label.
+
+A problem is an operation word and ``length`` letters, e.g. ``apply red to c a h e``. Each operation
+is a secret reordering of the positions (fixed by ``key_seed``); the answer reorders the letters:
+``answer : h c e a .`` (here red takes input letters 3 2 4 1). The verifier's feedback names every
+wrong position with the input position it should copy (``position 2 should be input 3 .``): useful
+only together with the input letters, so it is input-specific. With probability ``cue`` the feedback
+also carries a reminder ``note : start with ok .`` which the warm-started teacher obeys whatever
+the input; the verifier ignores leading ``ok`` fillers, so that cue is pure input-generic signal.
+
+Token labels: the ``length`` letters after ``answer :`` are "specific" (their correct value depends
+on the input); every other token (fillers, ``answer``, ``:``, ``.``, end of turn) is "generic".
+See ``docs/shortcut.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from creditlens.envs.base import SPLITS, Environment, Outcome, Problem
+
+LETTERS = tuple("abcdefghijklmnop")
+OPS = ("red", "blue", "green", "gold", "pink", "gray", "teal", "plum", "rust", "jade", "navy", "sand")
+FILLER = "ok"
+SPECIFIC, GENERIC = "specific", "generic"
+FORMAT_FEEDBACK = "format : write answer : then the letters then ."
+CUE_FEEDBACK = "note : start with ok ."
+# TRL SDPOTrainer's default reprompt templates (trl 1.16 SDPOConfig): the teacher context format.
+REPROMPT_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question.\n"
+SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}\n\n"
+FEEDBACK_TEMPLATE = "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}\n\n"
+TEMPLATE_WORDS = (
+    "The following is feedback from your unsuccessful earlier attempt Correctly solve the original "
+    "question Correct solution"
+).split()
+
+
+def _unit(*parts: str) -> float:
+    """A deterministic number in [0, 1) from strings (so ``verify`` is a pure function)."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class ShortcutEnv(Environment):
+    """Cipher task with input-specific hints and an input-generic cue of strength ``cue`` in [0, 1].
+
+    ``n_letters`` letters (<= 16), ``length`` letters per problem, ``n_ops`` operations (<= 12), secret
+    reorderings drawn from ``key_seed``; ``eval_fraction`` of all (op, letters) pairs form the eval split.
+    """
+
+    name = "shortcut"
+
+    def __init__(
+        self,
+        n_letters: int = 8,
+        length: int = 4,
+        n_ops: int = 6,
+        cue: float = 0.5,
+        key_seed: int = 0,
+        eval_fraction: float = 0.1,
+    ) -> None:
+        if not 2 <= n_letters <= len(LETTERS):
+            raise ValueError(f"n_letters: must be in [2, {len(LETTERS)}], got {n_letters}")
+        if not 1 <= n_ops <= len(OPS):
+            raise ValueError(f"n_ops: must be in [1, {len(OPS)}], got {n_ops}")
+        if not 1 <= length <= 9:
+            raise ValueError(f"length: must be in [1, 9], got {length}")
+        if not 0.0 <= cue <= 1.0:
+            raise ValueError(f"cue: must be in [0, 1], got {cue}")
+        if not 0.0 < eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction: must be in (0, 1), got {eval_fraction}")
+        self.n_letters, self.length, self.n_ops = n_letters, length, n_ops
+        self.cue, self.key_seed, self.eval_fraction = cue, key_seed, eval_fraction
+        self.letters = LETTERS[:n_letters]
+        self.ops = OPS[:n_ops]
+        rng = random.Random(key_seed)
+        orders = [tuple(rng.sample(range(length), length)) for _ in range(64 * n_ops)]
+        distinct = list(dict.fromkeys(orders))
+        self.key = {op: distinct[i % len(distinct)] for i, op in enumerate(self.ops)}
+
+    def task_config(self) -> dict[str, int]:
+        """The fields that define the task (and so the warm-started model); ``cue`` is not one."""
+        return {"n_letters": self.n_letters, "length": self.length, "n_ops": self.n_ops, "key_seed": self.key_seed}
+
+    # ----- problems -----
+    def answer(self, op: str, letters: Sequence[str]) -> list[str]:
+        """The correct letters for ``op`` applied to ``letters``: ``letters[key[op][i]]`` at position i."""
+        return [letters[k] for k in self.key[op]]
+
+    def make_problem(self, op: str, letters: Sequence[str]) -> Problem:
+        """The problem for one (op, letters) pair; its id is ``op-letters``."""
+        letters = list(letters)
+        return Problem(
+            id=f"{op}-{''.join(letters)}",
+            prompt=[{"role": "user", "content": f"apply {op} to {' '.join(letters)}"}],
+            reference={"op": op, "input": letters, "answer": self.answer(op, letters), "source": list(self.key[op])},
+        )
+
+    def split_of(self, op: str, letters: Sequence[str]) -> str:
+        """``"eval"`` for a fixed hashed ``eval_fraction`` of all pairs, else ``"train"``."""
+        return "eval" if _unit("split", op, "".join(letters)) < self.eval_fraction else "train"
+
+    def problems(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Problem]:
+        """The first ``n`` problems of ``split`` in an order shuffled by ``seed`` (all when ``n`` is None)."""
+        if split not in SPLITS:
+            raise ValueError(f"split: must be one of {SPLITS}, got {split!r}")
+        pairs = [
+            (op, letters)
+            for op in self.ops
+            for letters in itertools.product(self.letters, repeat=self.length)
+            if self.split_of(op, letters) == split
+        ]
+        random.Random(seed).shuffle(pairs)
+        return [self.make_problem(op, letters) for op, letters in pairs[:n]]
+
+    # ----- verification -----
+    def parse(self, response: str) -> list[str] | None:
+        """The answer letters of a response, or None when it breaks the format."""
+        words = response.split()
+        while words and words[0] == FILLER:
+            words = words[1:]
+        if len(words) != self.length + 3 or words[:2] != ["answer", ":"] or words[-1] != ".":
+            return None
+        return words[2:-1]
+
+    def verify(self, problem: Problem, response: str) -> Outcome:
+        """Reward = fraction of correct letters (0 on a format error); feedback names each wrong position."""
+        letters = self.parse(response)
+        if letters is None:
+            feedback = FORMAT_FEEDBACK
+            reward = 0.0
+        else:
+            answer = problem.reference["answer"]
+            source = problem.reference["source"]
+            wrong = [i for i, (got, want) in enumerate(zip(letters, answer, strict=True)) if got != want]
+            reward = 1.0 - len(wrong) / self.length
+            if not wrong:
+                return Outcome(reward=1.0, passed=True, feedback="")
+            feedback = " ".join(f"position {i + 1} should be input {source[i] + 1} ." for i in wrong)
+        if _unit("cue", problem.id, response) < self.cue:
+            feedback = f"{feedback} {CUE_FEEDBACK}"
+        return Outcome(reward=reward, passed=False, feedback=feedback)
+
+    # ----- labels and contexts -----
+    def token_labels(self, problem: Problem | None, tokens: Sequence[str]) -> list[str]:
+        """Ground-truth label of each response token (word-level tokens, e.g. a token table's ``token``).
+
+        The ``length`` tokens right after the first ``answer :`` are "specific"; all others "generic".
+        Labels depend on the response alone, so ``problem`` may be None.
+        """
+        words = [t.strip() for t in tokens]
+        labels = [GENERIC] * len(words)
+        for i in range(len(words) - 1):
+            if words[i] == "answer" and words[i + 1] == ":":
+                for j in range(i + 2, min(i + 2 + self.length, len(words))):
+                    labels[j] = SPECIFIC
+                break
+        return labels
+
+    def teacher_prompt(self, problem: Problem, feedback: str = "", solution: str = "") -> list[dict[str, str]]:
+        """The teacher's chat messages, built exactly like TRL's SDPO reprompt (default templates)."""
+        text = REPROMPT_TEMPLATE.format(
+            prompt=problem.prompt[-1]["content"],
+            solution=SOLUTION_TEMPLATE.format(successful_previous_attempt=solution) if solution else "",
+            feedback=FEEDBACK_TEMPLATE.format(feedback_raw=feedback) if feedback else "",
+        )
+        return problem.prompt[:-1] + [{"role": "user", "content": text}]
+
+    def vocabulary(self) -> list[str]:
+        """Every word any prompt, feedback, teacher context or valid response of this task uses."""
+        words = ["apply", "to", "answer", ":", ".", FILLER, "position", "should", "be", "input"]
+        words += FORMAT_FEEDBACK.split() + CUE_FEEDBACK.split() + TEMPLATE_WORDS + ["user", "assistant", "system"]
+        words += list(self.letters) + list(self.ops) + [str(i) for i in range(1, self.length + 1)]
+        return list(dict.fromkeys(words))
+
+    def default_model(self) -> Path:
+        """The warm-started tiny model for this task (built into the cache on first use)."""
+        from creditlens.warmstart import shortcut_model_dir
+
+        return shortcut_model_dir(self)
