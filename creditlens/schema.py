@@ -14,14 +14,15 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from torch import Tensor
 
-from creditlens import credit
+if TYPE_CHECKING:
+    from torch import Tensor
 
 TOKEN_COLUMNS: dict[str, str] = {
     "example_id": "str",  # identifies the (prompt, feedback, response) triple
@@ -104,7 +105,7 @@ def validate_token_table(table: pd.DataFrame, source: str = "token table") -> pd
 
 
 def _as_numpy(value: Tensor | np.ndarray | Sequence) -> np.ndarray:
-    if isinstance(value, Tensor):
+    if hasattr(value, "detach"):
         return value.detach().cpu().numpy()
     return np.asarray(value)
 
@@ -130,6 +131,10 @@ def build_token_table(
     the tokens that count. ``example_columns`` adds per-example values (length B), ``token_columns``
     per-token values (``[B, T]``). Rewards come from :mod:`creditlens.credit`.
     """
+    import torch  # imported here so that readers of tables (the app) start without torch
+
+    from creditlens import credit
+
     batch, length = token_ids.shape
     if lengths is None:
         lengths = [length] * batch
