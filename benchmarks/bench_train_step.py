@@ -3,7 +3,9 @@
 The four trainers (grpo, sd, credit K=1, credit K=3) are built on the same model and environment and
 fed the same prompts; before each trainer's step the RNG is reset to the same seed, so sd and credit
 sample the very same rollouts. Steps run round-robin (grpo, sd, credit K=1, credit K=3, grpo, ...) and
-the median over rounds is reported, which keeps the ratios stable on a busy machine. One step is
+the median over rounds is reported, which keeps the ratios stable on a busy machine. ``no_generation``
+is the sum of the scoring, contrast and backward medians: the part CREDIT changes, since generation is
+the same work for all four. One step is
 ``Trainer.training_step``: generation, scoring (verification, teacher and rollout log-prob forwards),
 contrast forwards, the student forward and backward; the optimizer update, identical for all four,
 is left out. The model is not updated between steps.
@@ -30,6 +32,13 @@ from creditlens.training.run import build_trainer, resolve_env, resolve_model  #
 
 VARIANTS = (("grpo", "grpo", 1), ("sd", "sd", 1), ("credit K=1", "credit", 1), ("credit K=3", "credit", 3))
 PHASES = ("generation", "scoring", "contrast", "backward")
+RATIO_COLUMNS = (
+    "step",
+    "no_generation",
+    "generation",
+    "scoring",
+    "backward",
+)  # contrast is 0 for sd and grpo
 
 
 def build(args: argparse.Namespace, root: Path) -> dict:
@@ -86,7 +95,9 @@ def measure(args: argparse.Namespace, root: Path) -> pd.DataFrame:
             times = one_step(trainer, inputs, args.seed)
             if round_ >= args.warmup:
                 samples[label].append(times)
-    return pd.DataFrame({label: pd.DataFrame(rows).median() for label, rows in samples.items()}).T
+    table = pd.DataFrame({label: pd.DataFrame(rows).median() for label, rows in samples.items()}).T
+    table["no_generation"] = table["scoring"] + table["contrast"] + table["backward"]
+    return table
 
 
 def ratios(table: pd.DataFrame, column: str) -> dict[str, float]:
@@ -122,7 +133,7 @@ def main() -> None:
         f"model={args.model}, {args.prompts}x{args.generations} rollouts of <= {args.max_tokens} tokens"
     )
     print(table.round(4).to_string())
-    for phase in ("step", *PHASES):
+    for phase in RATIO_COLUMNS:
         values = ", ".join(f"{name} {value:.2f}x" for name, value in ratios(table, phase).items())
         print(f"ratios of {phase:10s}: {values}")
     if args.json:
@@ -130,7 +141,7 @@ def main() -> None:
             "args": vars(args),
             "device": device,
             "seconds": table.to_dict("index"),
-            "ratios": {phase: ratios(table, phase) for phase in ("step", *PHASES)},
+            "ratios": {phase: ratios(table, phase) for phase in RATIO_COLUMNS},
         }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
 

@@ -122,7 +122,7 @@ class CreditTrainer(SDTrainer):
             )
             loss = super(SDTrainer, self)._compute_self_distillation_loss(model, inputs, plain)
             advantage = torch.full_like(advantage, float("nan"))
-        with torch.no_grad():
+        with torch.no_grad(), self.timer("logging"):
             self._record_tokens(
                 inputs,
                 student_lp,

@@ -119,7 +119,12 @@ def _check_resume(run_dir: Path, wanted: dict[str, Any]) -> None:
             )
 
 
-def _check_contrast(algo: str, config: TrainConfig) -> None:
+def _check_algo(algo: str, config: TrainConfig) -> None:
+    if algo == "credit" and config.trl.get("use_teacher_server"):
+        raise ValueError(
+            "config: trl.use_teacher_server is not supported by --algo credit (the vLLM teacher server "
+            "cannot score the contrast contexts); remove it"
+        )
     if algo == "credit" and (config.num_prompts - 1) * config.num_generations < config.n_contrast:
         raise ValueError(
             f"config: credit needs n_contrast={config.n_contrast} examples with another prompt id for every "
@@ -134,7 +139,7 @@ def build_trainer(
     """The TRL trainer of ``algo`` (``args`` from :func:`trl_args`) with run logging into ``run_dir``."""
     if algo not in ALGOS:
         raise ValueError(f"--algo must be one of {ALGOS}, got {algo!r}")
-    _check_contrast(algo, config)
+    _check_algo(algo, config)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -173,6 +178,8 @@ def train(
     """
     run_dir = Path(out)
     env = env if env is not None else resolve_env(env_name, config.env_args)
+    args = trl_args(config, algo, run_dir / "checkpoints", world_size())
+    state = PartialState()
     has_manifest = (run_dir / runs.MANIFEST).exists()
     if has_manifest and not resume:
         raise ValueError(
@@ -181,9 +188,8 @@ def train(
     wanted = {"algo": algo, "env": env_name, "model": model, "seed": config.seed, "config": config.to_dict()}
     if resume and has_manifest:
         _check_resume(run_dir, wanted)
-    args = trl_args(config, algo, run_dir / "checkpoints", world_size())
-    state = PartialState()
     step, checkpoint = last_complete_checkpoint(run_dir / "checkpoints") if resume else (0, None)
+    state.wait_for_everyone()  # every process has read the directory before the main one changes it
     with state.main_process_first():
         model_path = resolve_model(model, env, run_dir)
     if state.is_main_process:

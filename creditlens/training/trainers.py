@@ -15,9 +15,12 @@ from creditlens.training.runlog import RunContext, RunLogMixin
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution: ``[B, T, V] -> [B, T]``."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    return -(log_probs.exp() * log_probs).sum(dim=-1)
+    """Entropy of the next-token distribution: ``[B, T, V] -> [B, T]`` (one row at a time, in float32)."""
+    rows = []
+    for row in logits.detach():
+        log_probs = torch.log_softmax(row.float(), dim=-1)
+        rows.append(-(log_probs.exp() * log_probs).sum(dim=-1))
+    return torch.stack(rows)
 
 
 class SDTrainer(RunLogMixin, SDPOTrainer):
@@ -63,7 +66,7 @@ class SDTrainer(RunLogMixin, SDPOTrainer):
 
     def _compute_self_distillation_loss(self, model, inputs, distillation_logits):
         loss = super()._compute_self_distillation_loss(model, inputs, distillation_logits)
-        with torch.no_grad():
+        with torch.no_grad(), self.timer("logging"):
             student_lp, teacher_lp = self._sampled_logprobs(distillation_logits)
             advantage = teacher_lp - student_lp
             if self.args.distillation_mode != "sampled_token":
