@@ -56,11 +56,12 @@ def logprobs(model, prompt_ids, prompt_mask, batch):
     return torch.log_softmax(logits[:, -t:].float(), -1)
 
 
-def test_lam_zero_reproduces_sdpo_loss_and_gradients_exactly(model_dir, tmp_path):
-    trainer = make("credit", model_dir, tmp_path, lam=0.0, n_contrast=2)
+@pytest.mark.parametrize("mode", [{}, {"distillation_mode": "full_logits", "distillation_alpha": 0.5}])
+def test_lam_zero_reproduces_sdpo_loss_and_gradients_exactly(model_dir, tmp_path, mode):
+    trainer = make("credit", model_dir, tmp_path, lam=0.0, n_contrast=2, **mode)
     batch = rollout_batch(trainer)
     assert batch["self_distillation_mask"].sum() > 0
-    config = TrainConfig(**BASE)
+    config = TrainConfig(**BASE, **mode)
     plain = SDPOTrainer(
         model=model_dir,
         reward_funcs=[EnvReward(EchoEnv(), EchoEnv().problems())],
@@ -73,7 +74,7 @@ def test_lam_zero_reproduces_sdpo_loss_and_gradients_exactly(model_dir, tmp_path
     loss_sd, grads_sd = loss_and_grads(plain, batch)
     assert torch.equal(loss_credit, loss_sd)
     assert all(torch.equal(a, b) for a, b in zip(grads_credit, grads_sd, strict=True))
-    lam_half = make("credit", model_dir, tmp_path / "half", lam=0.5, n_contrast=2)
+    lam_half = make("credit", model_dir, tmp_path / "half", lam=0.5, n_contrast=2, **mode)
     loss_half, _ = loss_and_grads(lam_half, batch)
     assert not torch.equal(loss_half, loss_sd)
 

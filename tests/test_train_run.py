@@ -15,7 +15,7 @@ import pytest
 import torch
 from train_support import EchoEnv, tiny_fields
 
-from creditlens import credit, runs
+from creditlens import cli, credit, runs
 from creditlens.training.config import TrainConfig, load_config
 from creditlens.training.run import train
 
@@ -158,3 +158,31 @@ def test_torchrun_two_processes_write_one_token_log_per_step(tmp_path):
     ]
     for step in (1, 2):
         assert sorted(run.tokens(step)["sample"].unique()) == [0, 1, 2, 3]
+
+
+def test_cli_trains_the_shortcut_env_and_refuses_a_changed_resume(tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    argv = [
+        "train",
+        "--algo",
+        "credit",
+        "--env",
+        "shortcut",
+        "--model",
+        "tiny",
+        "--max-steps",
+        "2",
+        "--out",
+        out,
+    ]
+    argv += ["--set", "num_prompts=2", "--set", "max_completion_length=6", "--set", "n_train_problems=16"]
+    argv += ["--set", "n_eval_problems=2", "--set", "eval_every=2", "--set", "env_args={cue: 1.0}"]
+    assert cli.main(argv) == 0
+    check_run(Path(out), "credit", 2)
+    assert runs.load_run(out).manifest["config"]["env_args"] == {"cue": 1.0}
+    assert cli.main(argv + ["--resume"]) == 0
+    check_run(Path(out), "credit", 2)
+    assert cli.main(argv + ["--resume", "--set", "lam=0.25"]) == 2
+    assert "config differs" in capsys.readouterr().err
+    assert cli.main(["train", "--algo", "sd", "--env", "shortcut", "--set", "lamda=1", "--out", out]) == 2
+    assert "unknown config key 'lamda'" in capsys.readouterr().err
