@@ -6,6 +6,7 @@ import importlib.metadata
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ def resolve_model(name: str | None, env: Environment, run_dir: Path) -> str:
     """A local directory holding the start model (TRL re-loads the teacher and reference from it).
 
     ``None`` picks the env's default: the warm-started tiny model for ``shortcut``, else the embedded
-    SmolLM2. ``"tiny"`` is saved once into ``run_dir/start_model``.
+    SmolLM2. ``"tiny"`` is saved once into ``run_dir/start_model`` (atomically: staged, then renamed).
     """
     if name is None:
         if getattr(env, "name", "") == "shortcut":
@@ -53,10 +54,13 @@ def resolve_model(name: str | None, env: Environment, run_dir: Path) -> str:
         return str(models.embedded_model_dir())
     if name == models.TINY_MODEL:
         target = run_dir / "start_model"
-        if not (target / "config.json").is_file():
+        if not target.is_dir():
             model, tokenizer = models.load(name)
-            model.save_pretrained(target)
-            tokenizer.save_pretrained(target)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".start_model."))
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            staging.rename(target)
         return str(target)
     return name
 
