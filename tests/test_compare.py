@@ -1,0 +1,134 @@
+"""``creditlens compare`` on synthetic run directories, checked against independent computations."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats
+
+from creditlens import cli, compare, runs, schema
+
+TOKENS = ["ok", "answer", ":", "c", "a", "h", "e", ".", "<|im_end|>"]  # labels: 3 generic, 4 specific, 2 generic
+SPECIFIC_POSITIONS = {3, 4, 5, 6}
+BATCH = (2, 3)  # num_prompts, num_generations
+
+
+def _write_run(root, name, algo, seed, lam, scores, rng, with_tokens=True):
+    run_dir = root / name
+    config = {"lam": lam, "num_prompts": BATCH[0], "num_generations": BATCH[1], "env_args": {"cue": 0.5}}
+    runs.write_manifest(run_dir, {"name": name, "algo": algo, "env": "shortcut", "seed": seed, "config": config})
+    for step, score in zip((0, 10, 20), scores, strict=True):
+        runs.append_jsonl(run_dir / runs.EVAL, {"step": step, "score": score})
+    for step in range(1, 21):
+        runs.append_jsonl(run_dir / runs.METRICS, {"step": step, "response_length": float(rng.integers(5, 10)),
+                                                   "time_step": float(rng.uniform(0.1, 1.0))})
+    if not with_tokens:
+        return run_dir
+    for step in (5, 10):
+        b, t, k = 6, len(TOKENS), 2
+        teacher, student = -torch.rand(b, t, dtype=torch.float64) * 3, -torch.rand(b, t, dtype=torch.float64) * 3
+        contrast = -torch.rand(b, k, t, dtype=torch.float64) * 3
+        mask = torch.ones(b, t, dtype=torch.bool)
+        mask[0, 2] = False
+        table = schema.build_token_table(
+            example_ids=[f"e{i}" for i in range(b)], prompt_ids=[f"p{i // 3}" for i in range(b)],
+            token_ids=torch.arange(t).repeat(b, 1), tokens=[TOKENS] * b, teacher_lp=teacher, student_lp=student,
+            contrast_lp=contrast, mask=mask, lam=lam or 0.0,
+            example_columns={"step": [step] * b, "sample": list(range(b))},
+            token_columns={"advantage": torch.randn(b, t, dtype=torch.float64)},
+        )
+        runs.write_step_tokens(run_dir, step, table)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    rng = np.random.default_rng(0)
+    scores = {}
+    for algo, lam in (("sd", None), ("credit", 0.5)):
+        for seed in range(3):
+            s = [float(x) for x in rng.uniform(0, 1, 3)]
+            scores[(algo, seed)] = s
+            _write_run(root, f"{algo}-s{seed}", algo, seed, lam, s, rng)
+    _write_run(root, "grpo-s0", "grpo", 0, None, [0.1, 0.2, 0.3], rng, with_tokens=False)
+    return root, scores
+
+
+def test_scores_and_intervals_match_scipy(study):
+    root, scores = study
+    result = compare.compare_runs([root])
+    table = result.to_dataframe().set_index("group")
+    for algo, group in (("sd", "sd"), ("credit", "credit lam=0.5")):
+        finals = [scores[(algo, s)][-1] for s in range(3)]
+        bests = [max(scores[(algo, s)]) for s in range(3)]
+        for column, values in (("final_score", finals), ("best_score", bests)):
+            low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+            assert table.loc[group, column] == pytest.approx(np.mean(values))
+            assert table.loc[group, f"{column}_low"] == pytest.approx(low)
+            assert table.loc[group, f"{column}_high"] == pytest.approx(high)
+    assert table.loc["grpo", "n_runs"] == 1 and math.isnan(table.loc["grpo", "final_score_low"])
+    curve = result.curves.set_index(["group", "step"]).loc[("sd", 10)]
+    at_10 = [scores[("sd", s)][1] for s in range(3)]
+    assert curve["low"] == pytest.approx(stats.t.interval(0.95, 2, np.mean(at_10), stats.sem(at_10))[0])
+
+
+def test_tokens_and_seconds_to_target_by_hand(study):
+    root, _ = study
+    target = 0.5
+    per_run = compare.compare_runs([root], target=target).per_run.set_index("run")
+    for name in per_run.index:
+        run = runs.load_run(root / name)
+        evals, metrics = run.evals(), run.metrics()
+        hits = [int(s) for s, v in zip(evals["step"], evals["score"], strict=True) if v >= target]
+        row = per_run.loc[name]
+        if not hits:
+            assert math.isnan(row["tokens_to_target"])
+            continue
+        before = [m for m in metrics.to_dict("records") if m["step"] <= min(hits)]
+        assert row["tokens_to_target"] == pytest.approx(sum(m["response_length"] * 6 for m in before))
+        assert row["seconds_to_target"] == pytest.approx(sum(m["time_step"] for m in before))
+
+
+def test_generic_share_and_auroc_by_hand(study):
+    root, _ = study
+    per_run = compare.compare_runs([root]).per_run.set_index("run")
+    table = runs.load_run(root / "credit-s1").tokens()
+    counted = table[table["mask"]]
+    share = counted["shortcut"].abs().sum() / (counted["shortcut"].abs().sum() + counted["specific"].abs().sum())
+    assert per_run.loc["credit-s1", "generic_share"] == pytest.approx(share)
+    is_specific = counted["position"].isin(SPECIFIC_POSITIONS).to_numpy()
+    for column in ("sd_reward", "credit_reward", "specific", "advantage"):
+        values = counted[column].to_numpy()
+        for transform, key in ((lambda v: v, f"auroc_{column}"), (np.abs, f"auroc_abs_{column}")):
+            v = transform(values)
+            pairs = list(itertools.product(v[is_specific], v[~is_specific]))
+            brute = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+            assert per_run.loc["credit-s1", key] == pytest.approx(brute)
+    assert math.isnan(per_run.loc["grpo-s0", "auroc_sd_reward"])
+
+
+def test_auroc_edge_cases():
+    assert compare.auroc([1, 2, 3, 4], [False, False, True, True]) == 1.0
+    assert compare.auroc([1, 2, 3, 4], [True, True, False, False]) == 0.0
+    assert compare.auroc([1, 1, 1, 1], [True, False, True, False]) == 0.5
+    assert math.isnan(compare.auroc([1, 2], [True, True]))
+
+
+def test_cli_writes_table_and_figures(study, tmp_path, capsys):
+    root, _ = study
+    out = tmp_path / "report"
+    assert cli.main(["compare", str(root), "--out", str(out), "--target", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "credit lam=0.5" in printed and "| sd | 3 |" in printed
+    for name in ("comparison.csv", "comparison.parquet", "comparison.md", "runs.csv", "curves.csv",
+                 "learning_curves.png", "credit_histograms.png"):
+        assert (out / name).stat().st_size > 0
+    assert pd.read_parquet(out / "comparison.parquet")["n_runs"].sum() == 7
+    assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(["compare", str(tmp_path / "nothing"), "--out", str(out)]) == 2
