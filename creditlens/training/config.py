@@ -8,6 +8,7 @@ FSDP, vLLM server settings, ...); TRL validates those.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,8 @@ def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size:
         vllm_mode=config.vllm_mode,
         disable_tqdm=True,
     )
+    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError("config: tensorboard: true needs the tensorboard package (pip install 'tensorboard>=2.15')")
     if config.gradient_checkpointing:
         common["activation_checkpointing"] = True
     if config.batch_size // world_size % config.gradient_accumulation_steps:
