@@ -157,9 +157,10 @@ class Comparison:
         self.curves.to_csv(out / "curves.csv", index=False)
         written = [out / n for n in ("comparison.csv", "comparison.parquet", "comparison.md", "runs.csv", "curves.csv")]
         written.append(plot_learning_curves(self.curves, out / "learning_curves.png", self.confidence))
-        histogram = plot_credit_histograms(self.runs, out / "credit_histograms.png")
-        if histogram is not None:
-            written.append(histogram)
+        for figure in (plot_credit_histograms(self.runs, out / "credit_histograms.png"),
+                       plot_auroc(self.table, out / "credit_auroc.png")):
+            if figure is not None:
+                written.append(figure)
         return written
 
 
@@ -284,6 +285,35 @@ def plot_credit_histograms(run_list: Sequence[Run], path: str | os.PathLike, max
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_auroc(table: pd.DataFrame, path: str | os.PathLike) -> Path | None:
+    """Bar chart of the AUROC of |credit| (specific vs generic tokens) per group and column; None when
+    no group has labelled tokens."""
+    columns = [c for c in CREDIT_COLUMNS if f"auroc_abs_{c}" in table and table[f"auroc_abs_{c}"].notna().any()]
+    if not columns:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    width = 0.8 / len(columns)
+    positions = np.arange(len(table))
+    for i, column in enumerate(columns):
+        ax.bar(positions + i * width, table[f"auroc_abs_{column}"].fillna(0.0), width, label=column)
+    ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks(positions + width * (len(columns) - 1) / 2, table["group"], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("AUROC of |credit|")
+    ax.set_title("Specific vs generic tokens: where each credit puts its magnitude", fontsize=9)
+    ax.legend(fontsize=7, ncol=len(columns))
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

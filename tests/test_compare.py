@@ -127,7 +127,7 @@ def test_cli_writes_table_and_figures(study, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "credit lam=0.5" in printed and "| sd | 3 |" in printed
     for name in ("comparison.csv", "comparison.parquet", "comparison.md", "runs.csv", "curves.csv",
-                 "learning_curves.png", "credit_histograms.png"):
+                 "learning_curves.png", "credit_histograms.png", "credit_auroc.png"):
         assert (out / name).stat().st_size > 0
     assert pd.read_parquet(out / "comparison.parquet")["n_runs"].sum() == 7
     assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"

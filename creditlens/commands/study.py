@@ -1,0 +1,33 @@
+"""``creditlens study``: the shortcut-testbed study (GRPO vs SD vs CREDIT over seeds) and its report."""
+
+from __future__ import annotations
+
+import argparse
+
+PRESETS = ("full", "bundled")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "study",
+        help="run the GRPO / SD / CREDIT study on the shortcut testbed and write its report",
+        description="Runs every missing run of the preset's grid through `creditlens train` (finished runs "
+        "are kept), prunes checkpoints, and writes OUT/report with `creditlens compare`. "
+        "full: grpo, sd, credit lam 0.25/0.5/1.0 x seeds 0-2 (docs/results.md); "
+        "bundled: grpo, sd, credit lam 0.5, seed 0 (data/runs/).",
+    )
+    parser.add_argument("--preset", choices=PRESETS, default="full", help="which grid to run (default: full)")
+    parser.add_argument("--out", required=True, help="folder of the run directories, e.g. runs/study")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one CPU thread each (default 1)")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints/")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from creditlens.study import run_study
+
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    out = run_study(args.preset, args.out, jobs=args.jobs, keep_checkpoints=args.keep_checkpoints)
+    print(f"creditlens study: runs in {out}, report in {out / 'report'}")
+    return 0
