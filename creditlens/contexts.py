@@ -192,7 +192,9 @@ class ContextBuilder:
         before, after = text.split(_MARK)
         return self.bos + self.encode(before), self.encode(after)
 
-    def teacher(self, example: Example, contrast_prompts: Sequence[str | list] = (), n_response: int = 0) -> tuple:
+    def teacher(
+        self, example: Example, contrast_prompts: Sequence[str | list] = (), n_response: int = 0
+    ) -> tuple[list[int], list[list[int]], int]:
         """Teacher context ids and contrast context ids (``contrast_prompts`` with this feedback).
 
         Returns ``(teacher [L], [contrast_k [L_k]], feedback_dropped)``; the feedback is truncated to the

