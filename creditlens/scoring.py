@@ -118,8 +118,8 @@ class Scorer:
             order = sorted(range(len(examples)), key=lambda i: examples[i].example_id)
             generator = torch.Generator().manual_seed(seed)
             chosen = credit.contrast_indices([examples[i].prompt_id for i in order], contrast, generator)
-            for rank, row in zip(order, chosen.tolist(), strict=True):
-                partners[rank] = [examples[order[j]] for j in row]
+            for i, row in zip(order, chosen.tolist(), strict=True):
+                partners[i] = [examples[order[j]] for j in row]
         return [self.build(e, p) for e, p in zip(examples, partners, strict=True)]
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
@@ -179,7 +179,8 @@ class Scorer:
                 logits = self.model(**inputs, use_cache=False).logits
             if logits.dim() == 3:
                 logits = logits[keep]
-            lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
+            logits = logits.float()
+            lp = (logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)).cpu()
             offset = 0
             for i in batch:
                 n = sequences[i][1]
