@@ -24,6 +24,8 @@ from creditlens.runs import Run
 
 CREDIT_COLUMNS = ("advantage", "sd_reward", "credit_reward", "specific", "shortcut")
 """Per-token columns whose AUROC is reported (``advantage``: what the trainer actually used)."""
+OWN_CREDIT = {"grpo": "advantage", "sd": "sd_reward", "credit": "credit_reward"}
+"""The per-token credit each algorithm trains on (reported as ``auroc_own`` / ``auroc_abs_own``)."""
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -68,10 +70,12 @@ def label_tokens(run: Run, table: pd.DataFrame) -> pd.Series | None:
     if not hasattr(env, "token_labels"):
         return None
     keys = [c for c in ("step", "sample", "example_id") if c in table.columns]
-    labels = pd.Series(index=table.index, dtype=object)
-    for _, rows in table.sort_values("position").groupby(keys, sort=False):
-        labels.loc[rows.index] = env.token_labels(None, rows["token"].tolist())
-    return labels
+    ordered = table.sort_values(keys + ["position"])
+    starts = np.flatnonzero(~ordered.duplicated(subset=keys).to_numpy())
+    tokens = ordered["token"].tolist()
+    bounds = list(starts) + [len(tokens)]
+    labels = [label for a, b in zip(bounds[:-1], bounds[1:], strict=True) for label in env.token_labels(None, tokens[a:b])]
+    return pd.Series(labels, index=ordered.index, dtype=object).reindex(table.index)
 
 
 def _to_target(run: Run, evals: pd.DataFrame, target: float) -> tuple[float, float]:
@@ -101,7 +105,7 @@ def run_summary(run: Run, target: float) -> dict:
     row["best_score"] = run.best_score() if has_evals else math.nan
     row["tokens_to_target"], row["seconds_to_target"] = _to_target(run, evals, target) if has_evals else (math.nan,) * 2
     row["generic_share"] = math.nan
-    for column in CREDIT_COLUMNS:
+    for column in CREDIT_COLUMNS + ("own",):
         row[f"auroc_{column}"] = row[f"auroc_abs_{column}"] = math.nan
     if not run.token_steps():
         return row
@@ -118,6 +122,9 @@ def run_summary(run: Run, target: float) -> dict:
             values = table[column].to_numpy(dtype=np.float64)[counted]
             row[f"auroc_{column}"] = auroc(values, specific)
             row[f"auroc_abs_{column}"] = auroc(np.abs(values), specific)
+    own = OWN_CREDIT.get(run.algo)
+    if own is not None:
+        row["auroc_own"], row["auroc_abs_own"] = row[f"auroc_{own}"], row[f"auroc_abs_{own}"]
     return row
 
 
@@ -220,7 +227,7 @@ def markdown_table(table: pd.DataFrame, target: float, confidence: float = 0.95)
     """Markdown rendering of a group table (see :func:`compare_runs`)."""
     level = f"{confidence:.0%}"
     header = (f"| method | seeds | final score ({level} CI) | best score ({level} CI) | reached {_fmt(target, 2)} "
-              "| tokens to target | seconds to target | generic share | AUROC abs(advantage) |")
+              "| tokens to target | seconds to target | generic share | AUROC of own credit (abs) |")
     lines = [header, "|" + "---|" * 9]
     for row in table.to_dict("records"):
         final = f"{_fmt(row['final_score'])} [{_fmt(row['final_score_low'])}, {_fmt(row['final_score_high'])}]"
@@ -229,7 +236,7 @@ def markdown_table(table: pd.DataFrame, target: float, confidence: float = 0.95)
         lines.append(
             f"| {row['group']} | {row['n_runs']} | {final} | {best} | {row['reached_target']}/{row['n_runs']} | "
             f"{tokens} | {_fmt(row['seconds_to_target'], 1)} | {_fmt(row['generic_share'])} | "
-            f"{_fmt(row.get('auroc_abs_advantage', math.nan))} |"
+            f"{_fmt(row.get('auroc_own', math.nan))} ({_fmt(row.get('auroc_abs_own', math.nan))}) |"
         )
     return "\n".join(lines)
 

@@ -111,6 +111,8 @@ def test_generic_share_and_auroc_by_hand(study):
             brute = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
             assert per_run.loc["credit-s1", key] == pytest.approx(brute)
     assert math.isnan(per_run.loc["grpo-s0", "auroc_sd_reward"])
+    assert per_run.loc["credit-s1", "auroc_abs_own"] == per_run.loc["credit-s1", "auroc_abs_credit_reward"]
+    assert per_run.loc["sd-s0", "auroc_own"] == per_run.loc["sd-s0", "auroc_sd_reward"]
 
 
 def test_auroc_edge_cases():
