@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install sysdeps test demo lint clean
+.PHONY: install sysdeps test demo lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,11 @@ test: $(STAMP) sysdeps
 
 lint: $(STAMP)
 	$(PY) -m ruff check creditlens app tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_scoring.py
+	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_app.py
 
 demo: $(STAMP)
 	$(PY) -m creditlens.cli demo
