@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +138,6 @@ class Comparison:
     curves: pd.DataFrame
     target: float
     confidence: float = 0.95
-    figures: list[Path] = field(default_factory=list)
 
     def to_dataframe(self) -> pd.DataFrame:
         return self.table

@@ -3,7 +3,7 @@ tunable input-generic cue, and whose every response token has a ground-truth lab
 
 A problem is an operation word and ``length`` letters, e.g. ``apply red to c a h e``. Each operation
 is a secret reordering of the positions (fixed by ``key_seed``); the answer reorders the letters:
-``answer : h c e a .`` (here red takes input letters 3 2 4 1). The verifier's feedback names every
+``answer : e a c h .`` (red takes input letters 4 2 1 3). The verifier's feedback names every
 wrong position with the input position it should copy (``position 2 should be input 3 .``): useful
 only together with the input letters, so it is input-specific. With probability ``cue`` the feedback
 also carries a reminder ``note : start with ok .`` which the warm-started teacher obeys whatever
