@@ -91,6 +91,19 @@ def test_config_rejects_unknown_key_naming_it_and_the_file(tmp_path):
         TrainConfig(lam=2.0)
 
 
+def test_config_types_are_checked_and_yaml_exponent_floats_accepted(tmp_path):
+    path = tmp_path / "lr.yaml"
+    path.write_text("learning_rate: 5e-4\nmax_steps: 3\n")
+    config = load_config(path)
+    assert config.learning_rate == 0.0005 and isinstance(config.learning_rate, float)
+    path.write_text("learning_rate: fast\n")
+    with pytest.raises(ValueError, match=r"lr\.yaml: config key 'learning_rate' expects float, got 'fast'"):
+        load_config(path)
+    path.write_text("max_steps: 2.5\n")
+    with pytest.raises(ValueError, match="'max_steps' expects int"):
+        load_config(path)
+
+
 def test_example_configs_load():
     files = sorted((ROOT / "configs").glob("*.yaml"))
     assert len(files) >= 4

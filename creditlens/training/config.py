@@ -183,10 +183,33 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainCon
                 f"{source}: unknown config key {key!r} (known keys: {', '.join(sorted(known))}; "
                 "TRL arguments go under 'trl:')"
             )
+    values = {key: _coerce(key, value, source) for key, value in values.items()}
     try:
         return TrainConfig(**values)
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from error
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check a scalar field's type; a float written ``5e-4`` (a string to YAML 1.1) becomes a float."""
+    kind = {f.name: f.type for f in dataclasses.fields(TrainConfig)}[key]
+    if value is None and kind.endswith("| None"):
+        return value
+    base = kind.removesuffix(" | None")
+    if base == "float" and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    ok = {
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+    }.get(base, True)
+    if not ok:
+        raise ValueError(f"{source}: config key {key!r} expects {kind}, got {value!r}")
+    return float(value) if base == "float" else value
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
