@@ -200,11 +200,15 @@ class Scorer:
 
         ``contrast`` K other-prompt contexts per example (0: plain SD, contrast columns NaN),
         ``lam`` the CREDIT lambda, ``pool`` "mean" or "logmeanexp", ``seed`` the contrast choice.
+        Rows come sorted by ``example_id`` (numeric ids by value) and position, so the table does
+        not depend on the order of ``examples``.
         """
         if pool not in credit.POOLS:
             raise ValueError(f"pool: must be one of {credit.POOLS}, got {pool!r}")
         normalised = self.examples(examples)
         built = self.plan(normalised, contrast, seed)
+        order = sorted(range(len(built)), key=lambda i: _id_key(built[i].example_id))
+        normalised, built = [normalised[i] for i in order], [built[i] for i in order]
         sequences: list[tuple[list[int], int]] = []
         for b in built:
             n = len(b.response)
@@ -243,3 +247,8 @@ class Scorer:
             pool=pool,
             example_columns=texts,
         )
+
+
+def _id_key(example_id: str) -> tuple[int, int, str]:
+    """Sort key of example ids: numeric ids by value first, then the others as text."""
+    return (0, int(example_id), "") if example_id.isdigit() else (1, 0, example_id)

@@ -84,7 +84,9 @@ def test_independent_of_batch_size_order_and_padding(tiny, examples, batch_size,
     model, tok = tiny
     reference = by_key(Scorer(model, tok, batch_size=8, progress=False).score(examples, contrast=2))
     scorer = Scorer(model, tok, batch_size=batch_size, padding_side=padding_side, progress=False)
-    table = by_key(scorer.score(examples[::-1] if reverse else examples, contrast=2))
+    raw = scorer.score(examples[::-1] if reverse else examples, contrast=2)
+    assert raw["example_id"].unique().tolist() == reference["example_id"].unique().tolist()
+    table = by_key(raw)
     assert table["contrast_examples"].tolist() == reference["contrast_examples"].tolist()
     for column in ("student_logprob", "teacher_logprob", "contrast_baseline", "credit_reward", "specific"):
         np.testing.assert_allclose(table[column], reference[column], atol=TOL, err_msg=column)
