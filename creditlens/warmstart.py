@@ -14,9 +14,7 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from tokenizers import models as tok_models
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from creditlens.cache import cache_dir
+from creditlens.cache import cache_dir, staged_dir
 from creditlens.envs.shortcut import CUE_FEEDBACK, FILLER, ShortcutEnv
 
 INFO_FILE = "warmstart.json"
@@ -232,10 +230,7 @@ def _key(env: ShortcutEnv, config: WarmStartConfig) -> str:
 
 def build(env: ShortcutEnv, config: WarmStartConfig, out_dir: str | os.PathLike) -> dict:
     """Train, evaluate and save model + tokenizer + ``warmstart.json`` to ``out_dir`` atomically."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with staged_dir(Path(out_dir), INFO_FILE) as staging:
         model, tokenizer = train(env, config)
         scores = evaluate(model, tokenizer, ShortcutEnv(**env.task_config()), n=config.eval_problems)
         model.save_pretrained(staging)
@@ -243,13 +238,6 @@ def build(env: ShortcutEnv, config: WarmStartConfig, out_dir: str | os.PathLike)
         tokenizer.save_pretrained(staging)
         info = {"task": env.task_config(), "config": asdict(config), "scores": scores}
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        try:
-            staging.rename(out_dir)
-        except OSError:
-            if not (out_dir / INFO_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return info
 
 

@@ -57,3 +57,18 @@ def test_embedded_model_generates_sensible_text():
     ids = torch.tensor([tok(ids, add_special_tokens=False)["input_ids"]])
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.shape[1] :])
+
+
+def test_staged_dir_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "built"
+    with pytest.raises(OSError, match="build failed"), cache.staged_dir(target, "done.txt") as staging:
+        (staging / "half.txt").write_text("x")
+        raise OSError("build failed")
+    assert list(tmp_path.iterdir()) == []
+    with cache.staged_dir(target, "done.txt") as staging:
+        (staging / "done.txt").write_text("ok")
+    assert (target / "done.txt").read_text() == "ok"
+    assert list(tmp_path.iterdir()) == [target]
+    with cache.staged_dir(target, "done.txt") as staging:  # another process won the race: its copy stays
+        (staging / "done.txt").write_text("late")
+    assert (target / "done.txt").read_text() == "ok" and list(tmp_path.iterdir()) == [target]

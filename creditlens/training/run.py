@@ -6,7 +6,6 @@ import importlib.metadata
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from accelerate import PartialState
 from transformers import AutoTokenizer
 
 from creditlens import envs, models, runs
+from creditlens.cache import staged_dir
 from creditlens.envs.base import Environment
 from creditlens.training.config import ALGOS, TrainConfig, trl_args
 from creditlens.training.credit_trainer import CreditTrainer
@@ -56,11 +56,9 @@ def resolve_model(name: str | None, env: Environment, run_dir: Path) -> str:
         target = run_dir / "start_model"
         if not target.is_dir():
             model, tokenizer = models.load(name)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".start_model."))
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-            staging.rename(target)
+            with staged_dir(target, "config.json") as staging:
+                model.save_pretrained(staging)
+                tokenizer.save_pretrained(staging)
         return str(target)
     return name
 
