@@ -209,7 +209,9 @@ def pick_example(source: Source, key: str = "") -> pd.DataFrame:
     """Sidebar select box of the responses of ``source``; returns the rows of the chosen one."""
     if source.index.empty:
         fail(f"`{source.label}` has no tokens.")
+    counted = source.index["n_counted"].to_numpy().nonzero()[0]
     choice = st.sidebar.selectbox("Response", range(len(source.index)), key=f"example{key}",
+                                  index=int(counted[0]) if len(counted) else 0,
                                   format_func=lambda i: example_label(source.index.iloc[i]))
-    keys = source.index.iloc[choice].drop(["n_tokens", "sd_sum", "outcome_reward"], errors="ignore")
+    keys = source.index.iloc[choice].drop(["n_tokens", "n_counted", "sd_sum", "outcome_reward"], errors="ignore")
     return viz.select_example(source.table, keys.to_dict())

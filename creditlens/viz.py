@@ -183,11 +183,11 @@ def token_heatmap_figure(tokens: pd.DataFrame, component: str = "sd_reward", vma
 
 def examples_index(table: pd.DataFrame) -> pd.DataFrame:
     """One row per response of ``table`` (keys ``step``/``sample`` when present, ``example_id``)
-    with its number of tokens, SD sum and outcome reward, in the order they appear."""
+    with its number of tokens, of counted tokens, SD sum and outcome reward, in the order they appear."""
     keys = [c for c in ("step", "sample") if c in table.columns] + ["example_id"]
     counted = table["sd_reward"].where(table["mask"], 0.0)
     grouped = table.assign(_counted=counted).groupby(keys, sort=False)
-    index = grouped.agg(n_tokens=("position", "size"), sd_sum=("_counted", "sum"))
+    index = grouped.agg(n_tokens=("position", "size"), n_counted=("mask", "sum"), sd_sum=("_counted", "sum"))
     if "outcome_reward" in table.columns:
         index["outcome_reward"] = grouped["outcome_reward"].first()
     return index.reset_index()

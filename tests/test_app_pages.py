@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from creditlens import runs, schema
+
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import appdata  # noqa: E402
 
@@ -280,3 +282,27 @@ def test_navigation_through_every_page_and_a_single_file_root(data, monkeypatch)
     single = run_page("tokens", data / "runs" / "sd-seed0" / "tokens" / "step_000000.parquet", monkeypatch)
     no_exception(single)
     assert len(spans(single)) == appdata.exact_model().length
+
+
+def test_token_page_opens_on_a_response_with_counted_tokens(tmp_path, monkeypatch):
+    """A passed sample has no feedback (every token masked): the page starts on the first one that counts."""
+    root = tmp_path / "runs"
+    appdata.make_runs_dir(root)
+    run_dir = next(p.parent for p in sorted(root.rglob("manifest.json")))
+    run = runs.load_run(run_dir)
+    step = run.token_steps()[0]
+    table = run.tokens(step)
+    first = table["example_id"].iloc[0]
+    masked = table["example_id"] == first
+    table.loc[masked, "mask"] = False
+    table.loc[masked, list(schema.REWARD_COLUMNS)] = 0.0
+    for other in run.token_steps():
+        if other != step:
+            runs.token_path(run_dir, other).unlink()
+    runs.write_step_tokens(run_dir, step, table)
+    monkeypatch.setenv("CREDITLENS_RUNS_DIR", str(run_dir))
+    at = AppTest.from_file(str(PAGES["tokens"]), default_timeout=30).run()
+    no_exception(at)
+    shown = spans(at)
+    assert shown and all(value != 0 for _, value, _, _ in shown)
+    assert at.sidebar.selectbox(key="example").value == 1

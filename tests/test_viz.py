@@ -156,4 +156,5 @@ def test_examples_index_counts_masked_tokens_out(exact):
     expected = table[table["mask"]].groupby("example_id", sort=False)["sd_reward"].sum()
     np.testing.assert_allclose(index.set_index("example_id")["sd_sum"], expected)
     assert (index["n_tokens"] == appdata.exact_model().length).all()
+    assert (index["n_counted"] == appdata.exact_model().length - 1).all()
     assert isinstance(index, pd.DataFrame)
