@@ -125,7 +125,11 @@ class Run:
 
     @property
     def model(self) -> str:
-        return str(self.manifest.get("model", "?"))
+        """The ``--model`` given, else the name of the resolved model directory (an env's default)."""
+        if self.manifest.get("model"):
+            return str(self.manifest["model"])
+        path = self.manifest.get("model_path")
+        return Path(path).name if path else "?"
 
     @property
     def seed(self) -> int | None:

@@ -38,6 +38,11 @@ def test_round_trip(tmp_path):
     assert len(run.tokens()) == 6
     assert run.best_score() == 0.4 and run.final_score() == 0.3
     assert [r.name for r in runs.list_runs(tmp_path)] == ["r1"]
+    assert run.model == "?"
+    runs.write_manifest(run_dir, {"model": None, "model_path": "/cache/shortcut-abc"})
+    assert runs.load_run(run_dir).model == "shortcut-abc"
+    runs.write_manifest(run_dir, {"model": "tiny", "model_path": "/runs/r1/start_model"})
+    assert runs.load_run(run_dir).model == "tiny"
 
 
 def test_partial_last_line_is_dropped_but_corrupt_middle_line_is_an_error(tmp_path):
