@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -63,6 +64,18 @@ def served_app(tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        assert port_is_free(port), f"a server still listens on port {port} after `creditlens app` stopped"
+
+
+def port_is_free(port: int, timeout: float = 5.0) -> bool:
+    """True once nothing listens on ``port`` (an orphaned streamlit server would keep it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("localhost", port)) != 0:
+                return True
+        time.sleep(0.2)
+    return False
 
 
 def test_token_page_renders_coloured_spans_in_chromium(served_app):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -49,7 +48,5 @@ def run(args: argparse.Namespace) -> int:
     env = dict(os.environ, **({"CREDITLENS_RUNS_DIR": runs_dir} if runs_dir else {}))
     print(f"creditlens dashboard: http://{args.host}:{port}  (runs: {runs_dir or 'default'}; Ctrl+C to stop)",
           flush=True)
-    try:
-        return subprocess.call(streamlit_command(runs_dir, port, args.host), env=env)
-    except KeyboardInterrupt:
-        return 0
+    command = streamlit_command(runs_dir, port, args.host)
+    os.execve(command[0], command, env)  # streamlit replaces this process: stopping it leaves no orphan
