@@ -213,5 +213,4 @@ def pick_example(source: Source, key: str = "") -> pd.DataFrame:
     choice = st.sidebar.selectbox("Response", range(len(source.index)), key=f"example{key}",
                                   index=int(counted[0]) if len(counted) else 0,
                                   format_func=lambda i: example_label(source.index.iloc[i]))
-    keys = source.index.iloc[choice].drop(["n_tokens", "n_counted", "sd_sum", "outcome_reward"], errors="ignore")
-    return viz.select_example(source.table, keys.to_dict())
+    return viz.select_example(source.table, source.index.iloc[choice].to_dict())

@@ -181,10 +181,13 @@ def token_heatmap_figure(tokens: pd.DataFrame, component: str = "sd_reward", vma
     return fig
 
 
+EXAMPLE_KEYS = ("run", "step", "sample", "example_id")  # the columns that identify one response
+
+
 def examples_index(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per response of ``table`` (keys ``step``/``sample`` when present, ``example_id``)
-    with its number of tokens, of counted tokens, SD sum and outcome reward, in the order they appear."""
-    keys = [c for c in ("step", "sample") if c in table.columns] + ["example_id"]
+    """One row per response of ``table`` (its ``EXAMPLE_KEYS`` columns) with its number of tokens,
+    of counted tokens, SD sum and outcome reward, in the order they appear."""
+    keys = [c for c in EXAMPLE_KEYS if c in table.columns]
     counted = table["sd_reward"].where(table["mask"], 0.0)
     grouped = table.assign(_counted=counted).groupby(keys, sort=False)
     index = grouped.agg(n_tokens=("position", "size"), n_counted=("mask", "sum"), sd_sum=("_counted", "sum"))
@@ -194,10 +197,12 @@ def examples_index(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def select_example(table: pd.DataFrame, example: dict) -> pd.DataFrame:
-    """Rows of one response (``example`` maps key columns to values), sorted by position."""
+    """Rows of one response, sorted by position. ``example`` maps ``EXAMPLE_KEYS`` columns to values
+    (a row of :func:`examples_index` as a dict works; its other entries are ignored)."""
     keep = np.ones(len(table), dtype=bool)
     for key, value in example.items():
-        keep &= (table[key] == value).to_numpy()
+        if key in EXAMPLE_KEYS:
+            keep &= (table[key] == value).to_numpy()
     return table.loc[keep].sort_values("position")
 
 

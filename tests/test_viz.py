@@ -158,3 +158,13 @@ def test_examples_index_counts_masked_tokens_out(exact):
     assert (index["n_tokens"] == appdata.exact_model().length).all()
     assert (index["n_counted"] == appdata.exact_model().length - 1).all()
     assert isinstance(index, pd.DataFrame)
+
+
+def test_select_example_takes_an_index_row_and_ignores_its_statistics(exact):
+    _, table, _ = exact
+    table = table.assign(outcome_reward=np.nan)  # NaN never equals NaN: it must not be used as a key
+    row = viz.examples_index(table).iloc[1].to_dict()
+    rows = viz.select_example(table, row)
+    expected = table[table["example_id"] == row["example_id"]].sort_values("position")
+    pd.testing.assert_frame_equal(rows, expected)
+    assert len(rows) == row["n_tokens"]
