@@ -18,3 +18,11 @@ def test_readme_quickstart_is_make_demo_then_make_test():
     quickstart = text.split("## Quickstart", 1)[1].split("##", 1)[0]
     commands = [line.strip() for line in quickstart.splitlines() if line.startswith("    ")]
     assert commands == ["make demo", "make test"]
+
+
+def test_readme_python_example_runs():
+    text = README.read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
