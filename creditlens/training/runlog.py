@@ -76,6 +76,12 @@ class RunLogMixin:
         self.add_callback(RunLogCallback(self))
 
     # ---- rollouts and token records -------------------------------------------------------------
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """The environment's verdicts (TRL's reward functions), timed as the scoring phase."""
+        with self.timer("scoring"):
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
     def _remember_rollouts(self, inputs: list[dict], contexts: list[str] | None = None) -> torch.Tensor:
         """Store prompt, outcome and feedback of this process's rollouts; returns their global indices."""
         offset = self.accelerator.process_index * len(inputs)

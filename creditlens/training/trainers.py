@@ -40,10 +40,6 @@ class SDTrainer(RunLogMixin, SDPOTrainer):
         with self.timer("generation"):
             return super().sample_rollouts(inputs)
 
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        with self.timer("scoring"):
-            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-
     def _forward_logits(self, model, input_ids, attention_mask, logits_to_keep):
         if torch.is_grad_enabled():
             return super()._forward_logits(model, input_ids, attention_mask, logits_to_keep)
@@ -98,10 +94,6 @@ class GRPORunTrainer(RunLogMixin, GRPOTrainer):
     def _generate(self, prompts):
         with self.timer("generation"):
             return super()._generate(prompts)
-
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        with self.timer("scoring"):
-            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
     def _get_per_token_logps_and_entropies(
         self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
