@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,6 +146,13 @@ def test_resume_after_sigkill_continues_without_gaps_or_duplicates(tmp_path):
 
 
 @pytest.mark.slow
+def free_port() -> int:
+    """A port nothing listens on now: a fixed rendezvous port fails while an earlier run's lingers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_torchrun_two_processes_write_one_token_log_per_step(tmp_path):
     out = tmp_path / "ddp"
     command = [
@@ -154,7 +162,7 @@ def test_torchrun_two_processes_write_one_token_log_per_step(tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29533",
+        str(free_port()),
         str(SCRIPT),
         "credit",
         str(out),
