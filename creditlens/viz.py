@@ -42,6 +42,15 @@ PMI_COLUMNS = ("pmi", "pmi_estimate", "pmi_est", "pmi_mc", "pmi_hat")
 PMI_SE_COLUMNS = ("pmi_se", "log_pf_x_se", "pmi_stderr", "pmi_std_err", "pmi_sem", "gap_se", "se")
 
 
+def _figure_axes(ax, figsize: tuple[float, float]):
+    """``(figure, axes)``: a new figure of ``figsize`` when ``ax`` is None, else ``ax`` and its figure."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        return plt.subplots(figsize=figsize)
+    return ax.figure, ax
+
+
 def available_components(table: pd.DataFrame) -> list[str]:
     """Components of :data:`COMPONENTS` present in ``table`` with at least one finite value."""
     return [
@@ -162,10 +171,7 @@ def token_heatmap_figure(tokens: pd.DataFrame, component: str = "sd_reward", vma
         places.append((column, line))
         column += max(len(text), 1)
     n_lines = line + 1
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(min(14, 0.12 * width + 1), 0.35 * n_lines + 0.9))
-    else:
-        fig = ax.figure
+    fig, ax = _figure_axes(ax, (min(14, 0.12 * width + 1), 0.35 * n_lines + 0.9))
     for (x, y), text, colour in zip(places, texts, colours, strict=True):
         ax.text(x, -y, text, family="monospace", fontsize=9, va="center", ha="left",
                 bbox=dict(boxstyle="square,pad=0.15", facecolor=colour, edgecolor="none"))
@@ -260,13 +266,9 @@ def learning_curve_frame(runs: Sequence[Run], metric: str = "eval:score") -> pd.
 
 def learning_curves(runs: Sequence[Run], metric: str = "eval:score", ax=None):
     """Matplotlib figure with one line per run of ``metric`` against the training step."""
-    import matplotlib.pyplot as plt
 
     frame = learning_curve_frame(runs, metric)
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 4))
-    else:
-        fig = ax.figure
+    fig, ax = _figure_axes(ax, (7, 4))
     for name, part in frame.groupby("run", sort=False):
         ax.plot(part["step"], part["value"], marker="o", markersize=3, label=f"{name} ({part['algo'].iloc[0]})")
     ax.set_xlabel("training step")
@@ -441,15 +443,11 @@ class CreditDecomposition(_Rendered):
     def scatter(self, ax=None, max_points: int = 5000, seed: int = 0):
         """Matplotlib scatter of specific vs input-generic SD credit (``shortcut``) per token,
         coloured by ``label`` when the table has ground-truth labels."""
-        import matplotlib.pyplot as plt
 
         points = self.to_dataframe()
         if len(points) > max_points:
             points = points.sample(max_points, random_state=seed)
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(5.5, 4.5))
-        else:
-            fig = ax.figure
+        fig, ax = _figure_axes(ax, (5.5, 4.5))
         groups = points.groupby("label") if "label" in points.columns else [("token", points)]
         for name, part in groups:
             ax.scatter(part["specific"], part["shortcut"], s=8, alpha=0.6, label=str(name))
@@ -485,13 +483,9 @@ class PMICheck(_Rendered):
 
     def figure(self, ax=None):
         """SD sum (x) against the pMI estimate (y) with 2-standard-error bars and the line y = x."""
-        import matplotlib.pyplot as plt
 
         frame = self.frame
-        if ax is None:
-            fig, ax = plt.subplots(figsize=(5, 4.5))
-        else:
-            fig = ax.figure
+        fig, ax = _figure_axes(ax, (5, 4.5))
         errors = 2 * frame["pmi_se"].fillna(0.0)
         ax.errorbar(frame["sd_sum"], frame["pmi"], yerr=errors, fmt="o", ms=4, capsize=2, alpha=0.8,
                     label="examples (bars: 2 s.e.)")
