@@ -16,12 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from creditlens.errors import DownloadError
+
 CACHE_ENV = "CREDITLENS_CACHE"
 PIP = [sys.executable, "-m", "pip"]
-
-
-class DownloadError(RuntimeError):
-    """pip could not fetch a wheel; the message holds pip's last error line."""
 
 
 def cache_dir() -> Path:

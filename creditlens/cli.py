@@ -1,27 +1,44 @@
-"""The ``creditlens`` command line: every module in ``creditlens.commands`` adds one subcommand."""
+"""The creditlens command line: score, train, compare and inspect credit assignment in self-distillation.
+
+Each subcommand lives in one module of creditlens/commands/ (listed in COMMANDS below), which defines
+register(subparsers) and run(args). Bad input ends in one line, "creditlens CMD: error: MESSAGE",
+and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 import sys
 
-from creditlens import __version__, commands
+from creditlens import __version__
+from creditlens.commands import app, compare, demo, envs, score, study, train
+from creditlens.errors import CreditlensError
+
+COMMANDS = (train, score, compare, study, envs, app, demo)  # the order of `creditlens --help`
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one subparser per module of :mod:`creditlens.commands`."""
-    parser = argparse.ArgumentParser(prog="creditlens", description=__doc__)
+    """The top-level parser with one subparser per module of ``COMMANDS``."""
+    parser = argparse.ArgumentParser(prog="creditlens", description=__doc__.split("\n\n")[0],
+                                     epilog="Run `creditlens COMMAND --help` for the options of a command.")
     parser.add_argument("--version", action="version", version=f"creditlens {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in sorted(m.name for m in pkgutil.iter_modules(commands.__path__)):
-        importlib.import_module(f"creditlens.commands.{module}").register(subparsers)
+    for command in COMMANDS:
+        command.register(subparsers)
     return parser
 
 
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (an ``OSError`` keeps its file name)."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        text = f"{error.filename}: {error.strerror}"
+    else:
+        text = str(error) or type(error).__name__
+    return " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen subcommand; errors print one line and exit 2."""
+    """Parse ``argv`` and run the chosen subcommand; bad input prints one line and returns 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -29,9 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"creditlens {args.command}: error: {error}", file=sys.stderr)
+    except (CreditlensError, ValueError, OSError) as error:
+        print(f"creditlens {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"creditlens {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -23,15 +23,12 @@ from typing import Any
 import pandas as pd
 
 from creditlens import schema
+from creditlens.errors import RunError
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
 EVAL = "eval.jsonl"
 TOKENS_DIR = "tokens"
-
-
-class RunError(ValueError):
-    """A run directory that cannot be read; the message names the path."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:

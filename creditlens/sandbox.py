@@ -14,6 +14,7 @@ truncated. Where bwrap is missing or cannot start, the same prelude runs without
 from __future__ import annotations
 
 import itertools
+import numbers
 import os
 import shutil
 import signal
@@ -25,6 +26,8 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
+
+from creditlens.errors import SandboxError
 
 ISOLATIONS = ("auto", "bwrap", "rlimits")
 
@@ -111,20 +114,39 @@ def run_python(
     ``isolation`` is "auto" (bwrap, else rlimits with a warning), "bwrap" (error when unavailable)
     or "rlimits". Thread-safe.
     """
-    if isolation not in ISOLATIONS:
-        raise ValueError(f"run_python: isolation={isolation!r}; choose one of {ISOLATIONS}")
+    _check_arguments(source, timeout_s, memory_mb, stdin, max_processes, max_open_files, max_output_bytes,
+                     tmp_size_mb, isolation)
     mode, reason = isolation, "isolation='rlimits' was requested"
     if mode != "rlimits":
         problem = _bwrap_unavailable()
         if problem and mode == "bwrap":
-            raise RuntimeError(f"run_python: bubblewrap unavailable ({problem}); install the Debian "
+            raise SandboxError(f"run_python: bubblewrap unavailable ({problem}); install the Debian "
                                "package 'bubblewrap' or pass isolation='auto'")
         mode, reason = ("rlimits", problem) if problem else ("bwrap", "")
     if mode == "rlimits":
         warnings.warn(f"creditlens.sandbox: {reason}; running with rlimits and a separate process group "
                       "only: no namespace, network or file-system isolation", RuntimeWarning, stacklevel=2)
-    return _run(source, timeout_s, memory_mb, stdin, max_processes, max_open_files,
+    return _run(source, float(timeout_s), int(memory_mb), stdin, max_processes, max_open_files,
                 max_output_bytes, tmp_size_mb, mode)
+
+
+def _check_arguments(source, timeout_s, memory_mb, stdin, max_processes, max_open_files, max_output_bytes,
+                     tmp_size_mb, isolation) -> None:
+    """Raise :class:`SandboxError` naming the first argument of :func:`run_python` that is unusable."""
+    if not isinstance(source, str):
+        raise SandboxError(f"run_python: source must be a str of Python code, got {type(source).__name__}")
+    if stdin is not None and not isinstance(stdin, str):
+        raise SandboxError(f"run_python: stdin must be a str or None, got {type(stdin).__name__} "
+                           "(decode bytes first)")
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real) or not 0 < timeout_s < 86_400:
+        raise SandboxError(f"run_python: timeout_s must be a number of seconds in (0, 86400), got {timeout_s!r}")
+    for name, value in (("memory_mb", memory_mb), ("max_processes", max_processes),
+                        ("max_open_files", max_open_files), ("max_output_bytes", max_output_bytes),
+                        ("tmp_size_mb", tmp_size_mb)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise SandboxError(f"run_python: {name} must be a whole number >= 1, got {value!r}")
+    if isolation not in ISOLATIONS:
+        raise SandboxError(f"run_python: isolation={isolation!r}; choose one of {ISOLATIONS}")
 
 
 def _run(source, timeout_s, memory_mb, stdin, max_processes, max_open_files, max_output_bytes,

@@ -20,6 +20,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from creditlens.errors import SchemaError
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -59,10 +61,6 @@ OPTIONAL_COLUMNS: dict[str, str] = {
 
 CONTRAST_COLUMNS = ("contrast_baseline", "specific", "generic", "shortcut", "credit_reward")
 REWARD_COLUMNS = ("sd_reward", "specific", "generic", "shortcut", "credit_reward", "contrast_baseline")
-
-
-class SchemaError(ValueError):
-    """A per-token table that breaks the schema; the message names the source and the column."""
 
 
 def _kind_ok(series: pd.Series, kind: str) -> bool:
@@ -155,7 +153,7 @@ def build_token_table(
         columns.update(
             contrast_baseline=parts.baseline,
             specific=parts.specific,
-            generic=parts.generic,
+            generic=parts.baseline,
             shortcut=parts.shortcut,
             credit_reward=credit.credit_rewards(teacher_lp, contrast_lp, student_lp, counted, lam, pool),
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from creditlens import sandbox
+from creditlens.errors import SandboxError
 from creditlens.sandbox import run_python
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None or sandbox._bwrap_unavailable() is not None,
@@ -207,5 +208,5 @@ def test_missing_bwrap_falls_back_with_a_warning(monkeypatch):
     with pytest.warns(RuntimeWarning, match="'bwrap' is not on PATH"):
         result = run_python("print('hi')")
     assert result.ok and result.isolation == "rlimits" and result.stdout == "hi\n"
-    with pytest.raises(RuntimeError, match="bubblewrap"):
+    with pytest.raises(SandboxError, match="bubblewrap"):
         run_python("print('hi')", isolation="bwrap")

@@ -28,10 +28,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    try:
-        problems = get(args.name).problems(args.split, n=args.n, seed=args.seed)
-    except RuntimeError as error:  # data download failed: one-line error from the CLI
-        raise ValueError(str(error)) from None
+    problems = get(args.name).problems(args.split, n=args.n, seed=args.seed)
     for problem in problems:
         print(f"=== {problem.id}")
         for message in problem.prompt:
