@@ -16,6 +16,9 @@ from typing import Any
 import torch
 import yaml
 
+from creditlens import credit
+from creditlens.errors import ConfigError
+
 ALGOS = ("grpo", "sd", "credit")
 DISTILLATION_MODES = ("sampled_token", "topk_logits", "full_logits")
 TEACHERS = ("ema", "base", "live")
@@ -110,6 +113,10 @@ class TrainConfig:
     lam: float = field(default=0.5, metadata={"help": "CREDIT lambda in [0, 1]; 0 reproduces SD exactly."})
     n_contrast: int = field(default=1, metadata={"help": "K, contrast inputs per sample (teacher forwards)."})
     pool: str = field(default="mean", metadata={"help": "Pooling of contrast log-probs: mean or logmeanexp."})
+    form: str = field(
+        default=credit.DEFAULT_FORM,
+        metadata={"help": f"CREDIT reward form, one of {credit.FORMS} (see docs/CREDIT-MATH.md)."},
+    )
 
     # --- logging, evaluation, checkpoints ---
     log_tokens_every: int = field(default=1, metadata={"help": "Write the per-token table every N steps."})
@@ -135,11 +142,22 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            setattr(self, item.name, _coerce(item.name, getattr(self, item.name), "config"))
         checks = [
+            (self.seed >= 0, "seed must be >= 0"),
             (self.max_steps >= 1, "max_steps must be >= 1"),
             (self.num_prompts >= 1, "num_prompts must be >= 1"),
             (self.num_generations >= 1, "num_generations must be >= 1"),
             (self.max_completion_length >= 1, "max_completion_length must be >= 1"),
+            (self.n_eval_problems >= 0, "n_eval_problems must be >= 0"),
+            (self.n_train_problems is None or self.n_train_problems >= 1, "n_train_problems must be >= 1"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.learning_rate >= 0, "learning_rate must be >= 0"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.max_grad_norm >= 0, "max_grad_norm must be >= 0"),
+            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
             (
                 self.distillation_mode in DISTILLATION_MODES,
                 f"distillation_mode must be one of {DISTILLATION_MODES}",
@@ -147,16 +165,18 @@ class TrainConfig:
             (self.teacher in TEACHERS, f"teacher must be one of {TEACHERS}"),
             (0.0 <= self.lam <= 1.0, "lam must be in [0, 1]"),
             (self.n_contrast >= 1, "n_contrast must be >= 1"),
-            (self.pool in ("mean", "logmeanexp"), "pool must be mean or logmeanexp"),
+            (self.pool in credit.POOLS, f"pool must be one of {credit.POOLS}"),
+            (self.form in credit.FORMS, f"form must be one of {credit.FORMS}"),
             (self.log_tokens_every >= 1, "log_tokens_every must be >= 1"),
             (self.eval_every >= 0, "eval_every must be >= 0 (0: only at step 0 and at the end)"),
             (self.save_every >= 1, "save_every must be >= 1"),
+            (self.save_total_limit >= 1, "save_total_limit must be >= 1"),
             (isinstance(self.trl, dict), "trl must be a mapping of TRL argument names to values"),
             (isinstance(self.env_args, dict), "env_args must be a mapping of environment arguments"),
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"config: {message}")
+                raise ConfigError(f"config: {message}")
 
     @property
     def batch_size(self) -> int:
@@ -173,25 +193,24 @@ def config_fields() -> dict[str, dataclasses.Field]:
 
 
 def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Build a config from a mapping; an unknown key raises ``ValueError`` naming it and ``source``."""
+    """Build a config from a mapping; a bad key or value raises ``ConfigError`` naming it and ``source``."""
     if not isinstance(values, dict):
-        raise ValueError(f"{source}: expected a mapping of config fields, got {type(values).__name__}")
+        raise ConfigError(f"{source}: expected a mapping of config fields, got {type(values).__name__}")
     known = config_fields()
     for key in values:
         if key not in known:
-            raise ValueError(
+            raise ConfigError(
                 f"{source}: unknown config key {key!r} (known keys: {', '.join(sorted(known))}; "
                 "TRL arguments go under 'trl:')"
             )
-    values = {key: _coerce(key, value, source) for key, value in values.items()}
     try:
         return TrainConfig(**values)
-    except ValueError as error:
-        raise ValueError(f"{source}: {error}") from error
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {str(error).removeprefix('config: ')}") from error
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
-    """Check a scalar field's type; a float written ``5e-4`` (a string to YAML 1.1) becomes a float."""
+    """Check a field's type; a float written ``5e-4`` (a string to YAML 1.1) becomes a float."""
     kind = {f.name: f.type for f in dataclasses.fields(TrainConfig)}[key]
     if value is None and kind.endswith("| None"):
         return value
@@ -206,9 +225,10 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         "int": isinstance(value, int) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
         "str": isinstance(value, str),
+        "dict[str, Any]": isinstance(value, dict),
     }.get(base, True)
     if not ok:
-        raise ValueError(f"{source}: config key {key!r} expects {kind}, got {value!r}")
+        raise ConfigError(f"{source}: config key {key!r} expects {kind}, got {value!r}")
     return float(value) if base == "float" else value
 
 
@@ -218,9 +238,17 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     source = "defaults"
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such config file")
-        values = yaml.safe_load(path.read_text()) or {}
+        if not path.is_file():
+            what = "a directory" if path.is_dir() else "no such file"
+            raise ConfigError(f"--config {path}: {what}; give a YAML config file (see configs/)")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"--config {path}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+        except yaml.YAMLError as error:
+            where = getattr(error, "problem_mark", None)
+            line = f" line {where.line + 1}" if where is not None else ""
+            raise ConfigError(f"--config {path}:{line}: YAML syntax error ({getattr(error, 'problem', error)})") from None
         source = str(path)
     if isinstance(values, dict) and overrides:
         source = f"{source} with overrides {sorted(overrides)}"
@@ -234,17 +262,22 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ConfigError(
+                f"--set {item!r}: the value is not valid YAML ({getattr(error, 'problem', error)})"
+            ) from None
     return out
 
 
 def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size: int = 1) -> Any:
     """The TRL config (``GRPOConfig`` for grpo, ``SDPOConfig`` for sd/credit) of this run."""
     if algo not in ALGOS:
-        raise ValueError(f"--algo must be one of {ALGOS}, got {algo!r}")
+        raise ConfigError(f"--algo must be one of {ALGOS}, got {algo!r}")
     if config.batch_size % world_size:
-        raise ValueError(
+        raise ConfigError(
             f"config: num_prompts * num_generations = {config.batch_size} must be divisible by the "
             f"{world_size} processes"
         )
@@ -282,11 +315,11 @@ def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size:
         disable_tqdm=True,
     )
     if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ValueError("config: tensorboard: true needs the tensorboard package (pip install 'tensorboard>=2.15')")
+        raise ConfigError("config: tensorboard: true needs the tensorboard package (pip install 'tensorboard>=2.15')")
     if config.gradient_checkpointing:
         common["activation_checkpointing"] = True
     if config.batch_size // world_size % config.gradient_accumulation_steps:
-        raise ValueError("config: the per-process batch must be divisible by gradient_accumulation_steps")
+        raise ConfigError("config: the per-process batch must be divisible by gradient_accumulation_steps")
     if algo == "grpo":
         from trl import GRPOConfig
 
