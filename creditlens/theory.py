@@ -43,7 +43,7 @@ class IdentityErrors:
 
     sd_sum_vs_pmi: float  # |sum_t r_t - pMI|
     credit_sum_vs_contrastive_pmi: float  # |sum_t r_t^CREDIT - (pMI - lam mean_j log pi(y|x_j,f))|
-    teacher_split: float  # |specific + generic - teacher_lp|
+    teacher_split: float  # |specific + baseline - teacher_lp|
     sd_split: float  # |specific + shortcut - sd|
 
     def max(self) -> float:
@@ -228,6 +228,6 @@ def verify_identities(batch: ExactBatch, lam: float = 0.5) -> IdentityErrors:
         credit_sum_vs_contrastive_pmi=float(
             torch.maximum((credit_sum - expected_credit).abs(), (sums.credit - expected_credit).abs()).max()
         ),
-        teacher_split=float((parts.specific + parts.generic - batch.teacher_lp).abs().max()),
+        teacher_split=float((parts.specific + parts.baseline - batch.teacher_lp).abs().max()),
         sd_split=float((parts.specific + parts.shortcut - parts.sd).abs().max()),
     )

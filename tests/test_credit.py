@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -44,7 +45,6 @@ def test_matches_elementwise_reference(pool):
     parts = credit.decompose(teacher, contrast, student, pool=pool)
     torch.testing.assert_close(parts.sd, ref["sd"])
     torch.testing.assert_close(parts.baseline, ref["baseline"])
-    torch.testing.assert_close(parts.generic, ref["baseline"])
     torch.testing.assert_close(parts.specific, ref["specific"])
     torch.testing.assert_close(parts.shortcut, ref["baseline"] - student)
     torch.testing.assert_close(
@@ -85,7 +85,7 @@ def test_mask_zeroes_outputs_and_ignores_nan_padding():
     contrast[1, :, 1] = float("-inf")
     parts = credit.decompose(teacher, contrast, student, mask=mask)
     reward = credit.credit_rewards(teacher, contrast, student, mask=mask)
-    for value in (parts.sd, parts.specific, parts.generic, parts.baseline, parts.shortcut, reward):
+    for value in (parts.sd, parts.specific, parts.baseline, parts.shortcut, reward):
         assert torch.isfinite(value).all()
         assert (value[mask == 0] == 0).all()
     clean_t, clean_c, clean_s = _random_inputs(b=2, t=4)
@@ -206,10 +206,10 @@ def test_identities_hold_for_random_inputs(b, k, t, lam, seed, pool):
     mask = (torch.rand(b, t, generator=torch.Generator().manual_seed(seed)) > 0.3).long()
     parts = credit.decompose(teacher, contrast, student, mask=mask, pool=pool)
     keep = mask.bool()
-    torch.testing.assert_close((parts.specific + parts.generic)[keep], teacher[keep], rtol=0, atol=1e-12)
+    torch.testing.assert_close((parts.specific + parts.baseline)[keep], teacher[keep], rtol=0, atol=1e-12)
     torch.testing.assert_close(parts.specific + parts.shortcut, parts.sd, rtol=0, atol=1e-12)
     reward = credit.credit_rewards(teacher, contrast, student, mask=mask, lam=lam, pool=pool)
-    torch.testing.assert_close(reward, parts.sd - lam * parts.generic, rtol=0, atol=1e-12)
+    torch.testing.assert_close(reward, parts.sd - lam * parts.baseline, rtol=0, atol=1e-12)
     assert (reward[~keep] == 0).all()
 
 
@@ -223,3 +223,156 @@ def test_contrast_baseline_matches_reference_and_masks():
     assert baseline[2, 4] == 0
     with pytest.raises(ValueError, match="mask"):
         credit.contrast_baseline(contrast, torch.ones(3, 4))
+
+
+def _form_reference(teacher, contrast, student, lam, pool, form):
+    """The three forms of section 4 of the math page, written out per element with numpy scalars."""
+    b, k, t = contrast.shape
+    out = np.zeros((b, t))
+    for i in range(b):
+        for s in range(t):
+            tl, sl = float(teacher[i, s]), float(student[i, s])
+            values = np.array([float(contrast[i, j, s]) for j in range(k)])
+            base = values.mean() if pool == "mean" else np.log(np.exp(values).mean())
+            if form == "teacher":
+                out[i, s] = tl - sl - lam * base
+            elif form == "shortcut":
+                out[i, s] = tl - sl - lam * (base - sl)
+            else:  # the true input's probability pooled with K copies of the pooled contrast probability
+                pooled = np.log((np.exp(tl) + k * np.exp(base)) / (k + 1))
+                out[i, s] = (1 - lam) * (tl - sl) + lam * (tl - pooled)
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("form", credit.FORMS)
+@pytest.mark.parametrize("pool", credit.POOLS)
+def test_every_form_matches_reference_and_lam_zero_is_sd(form, pool):
+    teacher, contrast, student = _random_inputs(b=3, k=3, t=4, seed=5)
+    reward = credit.credit_rewards(teacher, contrast, student, lam=0.4, pool=pool, form=form)
+    torch.testing.assert_close(reward, _form_reference(teacher, contrast, student, 0.4, pool, form))
+    sd = credit.sd_rewards(teacher, student)
+    assert torch.equal(credit.credit_rewards(teacher, contrast, student, lam=0.0, pool=pool, form=form), sd)
+
+
+def test_forms_on_a_token_equally_likely_under_every_input():
+    """B_t = log pi_T: teacher gives a bonus -lam*B > 0, shortcut scales SD by 1-lam, contrastive too,
+    and at lam = 1 shortcut and contrastive give exactly 0."""
+    teacher = torch.tensor([[-3.0]], dtype=torch.float64)
+    contrast = torch.full((1, 2, 1), -3.0, dtype=torch.float64)
+    student = torch.tensor([[-1.0]], dtype=torch.float64)
+    get = lambda form, lam: credit.credit_rewards(teacher, contrast, student, lam=lam, form=form).item()  # noqa: E731
+    assert get("teacher", 0.5) == pytest.approx(-2.0 + 1.5)
+    assert get("shortcut", 0.5) == pytest.approx(-1.0)
+    assert get("contrastive", 0.5) == pytest.approx(-1.0)
+    assert get("shortcut", 1.0) == 0.0 and get("contrastive", 1.0) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_contrastive_form_is_bounded_by_log_k_plus_one():
+    """At lam = 1 the contrastive reward is log pi_T - L_t <= log(K+1), approached when contrasts vanish."""
+    teacher = torch.tensor([[-0.5, -0.5]], dtype=torch.float64)
+    contrast = torch.tensor([[[-60.0, -0.5], [-60.0, -0.5], [-60.0, -0.5]]], dtype=torch.float64)
+    student = torch.tensor([[-9.0, -9.0]], dtype=torch.float64)
+    reward = credit.credit_rewards(teacher, contrast, student, lam=1.0, form="contrastive")
+    assert reward[0, 0].item() == pytest.approx(math.log(4), abs=1e-12)
+    assert reward[0, 1].item() == pytest.approx(0.0, abs=1e-12)
+    teacher_form = credit.credit_rewards(teacher, contrast, student, lam=1.0, form="teacher")
+    assert teacher_form[0, 0].item() == pytest.approx(68.5)  # unbounded: grows with -B_t
+
+
+@pytest.mark.parametrize("form", credit.FORMS)
+def test_forms_keep_masked_positions_zero_and_ignore_nan_padding(form):
+    teacher, contrast, student = _random_inputs(b=2, t=4)
+    clean = credit.credit_rewards(teacher, contrast, student, lam=0.5, form=form)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
+    teacher[0, 3] = float("nan")
+    contrast[1, :, 1] = float("-inf")
+    reward = credit.credit_rewards(teacher, contrast, student, mask=mask, lam=0.5, form=form)
+    keep = mask.bool()
+    assert torch.equal(reward[keep], clean[keep]) and (reward[~keep] == 0).all()
+
+
+def _target_reference(teacher, contrast, student, lam, pool, form):
+    """numpy: log_softmax over the last axis of the form's per-entry score."""
+    t, c = teacher.numpy(), contrast.numpy()
+    k = c.shape[1]
+    base = c.mean(1) if pool == "mean" else np.log(np.exp(c).mean(1))
+    if form == "teacher":
+        score = t - lam * base
+    else:
+        s = student.numpy()
+        if form == "contrastive":
+            base = np.log((np.exp(t) + k * np.exp(base)) / (k + 1))
+        score = t - lam * (base - s)
+    score = score - score.max(-1, keepdims=True)
+    return torch.tensor(score - np.log(np.exp(score).sum(-1, keepdims=True)))
+
+
+@pytest.mark.parametrize("form", credit.FORMS)
+@pytest.mark.parametrize("pool", credit.POOLS)
+def test_target_logprobs_match_reference_and_sampled_reward(form, pool):
+    gen = torch.Generator().manual_seed(2)
+    teacher = torch.log_softmax(torch.randn(2, 3, 6, generator=gen, dtype=torch.float64), -1)
+    contrast = torch.log_softmax(torch.randn(2, 3, 3, 6, generator=gen, dtype=torch.float64), -1)
+    student = torch.log_softmax(torch.randn(2, 3, 6, generator=gen, dtype=torch.float64), -1)
+    target = credit.credit_target_logprobs(teacher, contrast, 0.3, pool, form, student_logprobs=student)
+    torch.testing.assert_close(target, _target_reference(teacher, contrast, student, 0.3, pool, form))
+    assert credit.credit_target_logprobs(teacher, contrast, 0.0, pool, form, student_logprobs=student) is teacher
+    # log target(v) - log pi_S(v) is the sampled-token reward of token v, up to one constant per position
+    for v in range(6):
+        rewards = credit.credit_rewards(
+            teacher[..., v], contrast[..., v], student[..., v], lam=0.3, pool=pool, form=form
+        )
+        token_gap = target[..., v] - student[..., v] - rewards
+        if v == 0:
+            first = token_gap
+        torch.testing.assert_close(token_gap, first)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"teacher_logprobs": np.zeros((1, 2, 3))}, "teacher_logprobs"),
+        ({"teacher_logprobs": torch.zeros(1, 2, 3, dtype=torch.long)}, "teacher_logprobs"),
+        ({"teacher_logprobs": torch.full((1, 2, 3), float("nan"))}, "teacher_logprobs"),
+        ({"contrast_logprobs": torch.zeros(1, 1, 2, 3, dtype=torch.int32)}, "contrast_logprobs"),
+        ({"contrast_logprobs": np.zeros((1, 1, 2, 3))}, "contrast_logprobs"),
+        ({"contrast_logprobs": torch.zeros(1, 0, 2, 3)}, "contrast_logprobs"),
+        ({"form": "shortcut"}, "student_logprobs"),
+        ({"form": "contrastive", "student_logprobs": torch.full((1, 2, 3), float("nan"))}, "student_logprobs"),
+        ({"form": "shortcut", "student_logprobs": torch.zeros(1, 2, 4)}, "student_logprobs"),
+        ({"form": "nce"}, "form"),
+        ({"lam": 2.0}, "lam"),
+    ],
+)
+def test_target_logprobs_bad_input_names_the_argument(kwargs, match):
+    args = {"teacher_logprobs": torch.zeros(1, 2, 3), "contrast_logprobs": torch.zeros(1, 1, 2, 3)}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        credit.credit_target_logprobs(**args)
+
+
+def test_check_form_and_pool_contrast_and_contrast_indices_bad_input():
+    for form in credit.FORMS:
+        credit.check_form(form)
+    assert credit.DEFAULT_FORM in credit.FORMS
+    with pytest.raises(ValueError, match=r"form: must be one of \('teacher', 'shortcut', 'contrastive'\)"):
+        credit.check_form("bogus")
+    with pytest.raises(ValueError, match="form"):
+        credit.credit_rewards(*_random_inputs(), form="bogus")
+    with pytest.raises(ValueError, match="K >= 1"):
+        credit.pool_contrast(torch.zeros(2, 0, 3))
+    with pytest.raises(ValueError, match="group_ids"):
+        credit.contrast_indices(None, 1)
+    with pytest.raises(ValueError, match="1-D"):
+        credit.contrast_indices(torch.zeros(2, 2), 1)
+
+
+@pytest.mark.parametrize("form", credit.FORMS)
+def test_sequence_sums_credit_is_the_token_sum_of_the_form(form):
+    teacher, contrast, student = _random_inputs(b=2, k=3, t=6)
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    sums = credit.sequence_sums(teacher, contrast, student, mask=mask, lam=0.7, form=form)
+    reference = _form_reference(teacher, contrast, student, 0.7, "mean", form)
+    for i, n in enumerate((6, 4)):
+        assert sums.credit[i].item() == pytest.approx(float(reference[i, :n].sum()))
+        assert sums.baseline[i].item() == pytest.approx(float(contrast[i, :, :n].mean(0).sum()))
