@@ -3,8 +3,13 @@
 The scorer, the trainer's run logs, the dashboard and the notebooks all read and write this table
 as Parquet. ``TOKEN_COLUMNS`` are required, ``OPTIONAL_COLUMNS`` are checked when present, and any
 other column is kept as is. Contrast-dependent columns (``contrast_baseline``, ``specific``,
-``generic``, ``shortcut``, ``credit_reward``) are NaN when a table was scored without contrasts
-(K = 0). Rows with ``mask`` False carry 0 in every reward column (the credit math's convention).
+``shortcut``, ``credit_reward``) are NaN when a table was scored without contrasts (K = 0). Rows with
+``mask`` False carry 0 in every reward column (the credit math's convention).
+
+Vocabulary: ``contrast_baseline`` is B_t (a log-prob); ``specific = teacher_logprob - contrast_baseline``
+is what this input explains; ``shortcut = contrast_baseline - student_logprob`` is what the feedback
+raises whatever the input, so ``sd_reward = specific + shortcut`` exactly. Tables written before
+``shortcut`` was required carry a ``generic`` column (a copy of ``contrast_baseline``); they still read.
 """
 
 from __future__ import annotations
@@ -35,17 +40,18 @@ TOKEN_COLUMNS: dict[str, str] = {
     "teacher_logprob": "float",  # log pi_T(y_t | x, f, y_<t)
     "contrast_baseline": "float",  # B_t, pooled teacher log-prob under K other inputs
     "sd_reward": "float",  # teacher_logprob - student_logprob
-    "specific": "float",  # teacher_logprob - contrast_baseline (input-specific part)
-    "generic": "float",  # contrast_baseline (input-generic part of the teacher log-prob)
-    "credit_reward": "float",  # sd_reward - lam * generic
+    "specific": "float",  # teacher_logprob - contrast_baseline: what this input explains
+    "shortcut": "float",  # contrast_baseline - student_logprob: what the feedback raises whatever the input
+    "credit_reward": "float",  # the CREDIT reward of the table's `form` (creditlens.credit.credit_rewards)
     "mask": "bool",  # False: the token does not count (its reward columns are 0)
 }
 
 OPTIONAL_COLUMNS: dict[str, str] = {
-    "shortcut": "float",  # generic - student_logprob: the input-generic part of sd_reward
     "contrast_logprobs": "list",  # the K teacher log-probs under contrast inputs
     "lam": "float",  # lambda used for credit_reward
     "pool": "str",  # "mean" or "logmeanexp"
+    "form": "str",  # the CREDIT reward form (creditlens.credit.FORMS)
+    "generic": "float",  # legacy tables only: a copy of contrast_baseline
     "n_contrast": "int",  # K
     "run": "str",
     "algo": "str",  # "grpo", "sd" or "credit"
@@ -59,8 +65,8 @@ OPTIONAL_COLUMNS: dict[str, str] = {
     "label": "str",  # ground-truth token label where known ("specific" or "generic")
 }
 
-CONTRAST_COLUMNS = ("contrast_baseline", "specific", "generic", "shortcut", "credit_reward")
-REWARD_COLUMNS = ("sd_reward", "specific", "generic", "shortcut", "credit_reward", "contrast_baseline")
+CONTRAST_COLUMNS = ("contrast_baseline", "specific", "shortcut", "credit_reward")
+REWARD_COLUMNS = ("sd_reward", "specific", "shortcut", "credit_reward", "contrast_baseline")
 
 
 def _kind_ok(series: pd.Series, kind: str) -> bool:
@@ -119,19 +125,22 @@ def build_token_table(
     lengths: Sequence[int] | Tensor | None = None,
     lam: float = 0.5,
     pool: str = "mean",
+    form: str | None = None,
     example_columns: Mapping[str, Sequence] | None = None,
     token_columns: Mapping[str, Tensor | np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Build the per-token table from right-padded ``[B, T]`` tensors (``contrast_lp`` ``[B, K, T]``).
 
     ``lengths[b]`` response tokens of row b become rows (default: all T). ``mask`` ``[B, T]`` marks
-    the tokens that count. ``example_columns`` adds per-example values (length B), ``token_columns``
+    the tokens that count; ``form`` is the CREDIT reward form (default
+    :data:`creditlens.credit.DEFAULT_FORM`). ``example_columns`` adds per-example values (length B), ``token_columns``
     per-token values (``[B, T]``). Rewards come from :mod:`creditlens.credit`.
     """
     import torch  # imported here so that readers of tables (the app) start without torch
 
     from creditlens import credit
 
+    form = credit.DEFAULT_FORM if form is None else form
     batch, length = token_ids.shape
     if lengths is None:
         lengths = [length] * batch
@@ -153,9 +162,8 @@ def build_token_table(
         columns.update(
             contrast_baseline=parts.baseline,
             specific=parts.specific,
-            generic=parts.baseline,
             shortcut=parts.shortcut,
-            credit_reward=credit.credit_rewards(teacher_lp, contrast_lp, student_lp, counted, lam, pool),
+            credit_reward=credit.credit_rewards(teacher_lp, contrast_lp, student_lp, counted, lam, pool, form),
         )
         n_contrast = contrast_lp.shape[1]
     else:
@@ -177,7 +185,8 @@ def build_token_table(
     if n_contrast:
         contrast = _as_numpy(contrast_lp.double())
         data["contrast_logprobs"] = [contrast[r, :, c] for r, c in zip(rows, cols, strict=True)]
-    data.update(lam=np.full(len(rows), float(lam)), pool=np.full(len(rows), pool, dtype=object))
+    data.update(lam=np.full(len(rows), float(lam)), pool=np.full(len(rows), pool, dtype=object),
+                form=np.full(len(rows), form, dtype=object))
     data["n_contrast"] = np.full(len(rows), n_contrast, dtype=np.int64)
     for name, values in (example_columns or {}).items():
         if len(values) != batch:
@@ -227,7 +236,8 @@ def _read_one(path: Path) -> pd.DataFrame:
 def example_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per example (and run/step/sample if present) with trajectory sums over counted tokens.
 
-    ``sd_sum`` is the pMI estimate of section 2 of the math page, ``credit_sum`` the contrastive pMI.
+    ``sd_sum`` is the pMI estimate of section 2 of the math page, ``credit_sum`` the contrastive pMI;
+    ``specific_sum + shortcut_sum = sd_sum``.
     """
     validate_token_table(table)
     keys = [c for c in ("run", "algo", "step", "sample") if c in table.columns] + ["example_id", "prompt_id"]
@@ -235,7 +245,7 @@ def example_summary(table: pd.DataFrame) -> pd.DataFrame:
         "sd_sum": "sd_reward",
         "credit_sum": "credit_reward",
         "specific_sum": "specific",
-        "generic_sum": "generic",
+        "shortcut_sum": "shortcut",
         "teacher_sum": "teacher_logprob",
         "student_sum": "student_logprob",
     }

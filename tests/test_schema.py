@@ -44,8 +44,11 @@ def test_rows_align_positions_ids_and_logprobs():
         sd = batch.teacher_lp[b, t].item() - batch.student_lp[b, t].item()
         assert row.sd_reward == pytest.approx(sd, abs=1e-12)
         assert row.credit_reward == pytest.approx(sd - 0.25 * baseline, abs=1e-12)
+        assert row.specific == pytest.approx(batch.teacher_lp[b, t].item() - baseline, abs=1e-12)
+        assert row.shortcut == pytest.approx(baseline - batch.student_lp[b, t].item(), abs=1e-12)
+        assert row.form == credit.DEFAULT_FORM
         assert row.feedback == f"f{b}"
-    assert set(schema.TOKEN_COLUMNS) <= set(table.columns)
+    assert set(schema.TOKEN_COLUMNS) <= set(table.columns) and "generic" not in table.columns
 
 
 def test_mask_false_rows_have_zero_rewards():
@@ -103,6 +106,9 @@ def test_example_summary_gives_pmi_and_contrastive_pmi():
         expected = batch.pmi[i].item() - 0.5 * batch.contrast_seq_lp[i].mean().item()
         assert summary.loc[f"e{i}", "credit_sum"] == pytest.approx(expected, abs=1e-9)
         assert summary.loc[f"e{i}", "n_tokens"] == 3
+        assert summary.loc[f"e{i}", "specific_sum"] + summary.loc[f"e{i}", "shortcut_sum"] == pytest.approx(
+            batch.pmi[i].item(), abs=1e-9)
+    assert "generic_sum" not in summary.columns
 
 
 @pytest.mark.parametrize(
@@ -137,9 +143,19 @@ def test_read_errors_name_the_file(tmp_path):
     with pytest.raises(schema.SchemaError, match="no .parquet files"):
         schema.read_token_table(tmp_path / "empty")
     table, _ = _table()
-    table.drop(columns="generic").to_parquet(tmp_path / "old.parquet")
-    with pytest.raises(schema.SchemaError, match=r"old.parquet: missing required column\(s\) \['generic'\]"):
+    table.drop(columns="shortcut").to_parquet(tmp_path / "old.parquet")
+    with pytest.raises(schema.SchemaError, match=r"old.parquet: missing required column\(s\) \['shortcut'\]"):
         schema.read_token_table(tmp_path / "old.parquet")
+
+
+def test_legacy_generic_column_is_read_and_checked(tmp_path):
+    table, _ = _table()
+    legacy = table.assign(generic=table["contrast_baseline"])
+    legacy.to_parquet(tmp_path / "legacy.parquet")
+    back = schema.read_token_table(tmp_path / "legacy.parquet")
+    assert back["generic"].tolist() == table["contrast_baseline"].tolist()
+    with pytest.raises(schema.SchemaError, match="legacy.parquet: column 'generic' has dtype .*, expected float"):
+        schema.validate_token_table(table.assign(generic="x"), "legacy.parquet")
 
 
 def test_build_rejects_mismatched_lengths():
