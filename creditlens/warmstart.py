@@ -3,9 +3,13 @@
 Self-distillation needs a model that already uses feedback in context. ``build`` trains a 2-layer
 Llama (word-level tokenizer, ChatML template, no download) on a mix of student examples (prompt ->
 answer) and teacher examples (prompt + feedback on a simulated flawed attempt, in TRL's SDPO
-reprompt format -> answer, led by ``ok`` when the feedback holds the cue). It stops early so the
-student stays imperfect while the teacher repairs most flagged errors; ``evaluate`` measures both.
-``shortcut_model_dir`` caches the result under ``$CREDITLENS_CACHE`` (default ``~/.cache/creditlens``).
+reprompt format -> answer, obeying the cue the feedback holds: led by ``ok`` for the filler cue, the
+cue letter at the cue position for the letter cue). It stops early so the student stays imperfect
+while the teacher repairs most flagged errors; ``evaluate`` measures both. ``shortcut_model_dir``
+caches the result under ``$CREDITLENS_CACHE`` (default ``~/.cache/creditlens``).
+
+This module reads the task only through the ``ShortcutEnv`` instance it is given (it never imports
+``creditlens.envs.shortcut``), so ``ShortcutEnv.default_model`` can call it without an import circle.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import random
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, pre_tokenizers
@@ -25,7 +30,9 @@ from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from creditlens.cache import cache_dir, staged_dir
-from creditlens.envs.shortcut import CUE_FEEDBACK, FILLER, ShortcutEnv
+
+if TYPE_CHECKING:
+    from creditlens.envs.shortcut import ShortcutEnv
 
 INFO_FILE = "warmstart.json"
 SPECIALS = ["<|pad|>", "<|unk|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -50,6 +57,8 @@ class WarmStartConfig:
     solution_fraction: float = 0.1  # share of teacher examples that also show a correct earlier solution
     format_error_fraction: float = 0.1  # share of teacher examples whose flawed attempt broke the format
     attempt_error: float = 0.5  # chance that each letter of a simulated flawed attempt is wrong
+    cue: float = 0.5  # chance that a teacher example's feedback holds a cue
+    letter_cue_fraction: float = 0.5  # share of those cues that are the (harmful) letter cue, not the filler cue
     eval_problems: int = 256  # held-out problems used to measure student and teacher
     seed: int = 0
 
@@ -71,8 +80,13 @@ def build_tokenizer(env: ShortcutEnv) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _response(answer: list[str], cue: bool) -> str:
-    return ("ok " if cue else "") + "answer : " + " ".join(answer) + " ."
+def _response(answer: list[str], filler: bool = False) -> str:
+    return ("ok " if filler else "") + "answer : " + " ".join(answer) + " ."
+
+
+def teaching_envs(env: ShortcutEnv, config: WarmStartConfig) -> dict[str, ShortcutEnv]:
+    """The task of ``env`` once per cue kind (``filler``, ``letter``), with the warm start's cue rate."""
+    return {kind: type(env)(**env.task_config(), cue=config.cue, cue_kind=kind) for kind in ("filler", "letter")}
 
 
 def _flawed_attempt(env: ShortcutEnv, answer: list[str], rng: random.Random, config: WarmStartConfig) -> str:
@@ -83,9 +97,14 @@ def _flawed_attempt(env: ShortcutEnv, answer: list[str], rng: random.Random, con
     return _response(letters, False)
 
 
-def training_example(env: ShortcutEnv, config: WarmStartConfig, rng: random.Random) -> tuple[list[dict], str]:
-    """One ``(chat messages, target response)`` pair: a student example (on the first ``student_ops``
-    share of the operations only) or a teacher example (any operation)."""
+def training_example(
+    envs: dict[str, ShortcutEnv], config: WarmStartConfig, rng: random.Random
+) -> tuple[list[dict], str]:
+    """One ``(chat messages, target response)`` pair from ``envs = teaching_envs(...)``: a student example
+    (on the first ``student_ops`` share of the operations only) or a teacher example (any operation; its
+    feedback holds the filler or the letter cue with rates ``config.cue`` and ``config.letter_cue_fraction``,
+    and the target obeys it)."""
+    env = envs["letter" if rng.random() < config.letter_cue_fraction else "filler"]
     student = rng.random() < config.student_fraction
     ops = env.ops[: max(1, round(config.student_ops * len(env.ops)))] if student else env.ops
     problem = env.make_problem(rng.choice(ops), [rng.choice(env.letters) for _ in range(env.length)])
@@ -95,7 +114,8 @@ def training_example(env: ShortcutEnv, config: WarmStartConfig, rng: random.Rand
     attempt = _flawed_attempt(env, answer, rng, config)
     feedback = env.verify(problem, attempt).feedback
     solution = _response(answer, False) if rng.random() < config.solution_fraction else ""
-    return env.teacher_prompt(problem, feedback, solution), _response(answer, CUE_FEEDBACK in feedback)
+    target = _response(env.follow_cue(answer, feedback), env.cue_feedback in feedback and env.cue_kind == "filler")
+    return env.teacher_prompt(problem, feedback, solution), target
 
 
 def _encode(tokenizer: PreTrainedTokenizerFast, messages: list[dict], target: str) -> tuple[list[int], int]:
@@ -151,6 +171,7 @@ def train(env: ShortcutEnv, config: WarmStartConfig) -> tuple[LlamaForCausalLM, 
 def _train(env: ShortcutEnv, config: WarmStartConfig) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     tokenizer = build_tokenizer(env)
     model = new_model(tokenizer, config)
+    envs = teaching_envs(env, config)
     rng = random.Random(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     warmup = max(1, config.steps // 20)
@@ -159,9 +180,9 @@ def _train(env: ShortcutEnv, config: WarmStartConfig) -> tuple[LlamaForCausalLM,
         lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * s / config.steps)).item()),
     )
     model.train()
-    for _ in tqdm(range(config.steps), desc="warm start", leave=False, disable=None):
+    for _ in tqdm(range(config.steps), desc="warm start: training", unit="step", mininterval=2.0):
         input_ids, attention, labels = _batch(
-            tokenizer, [training_example(env, config, rng) for _ in range(config.batch_size)]
+            tokenizer, [training_example(envs, config, rng) for _ in range(config.batch_size)]
         )
         loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         optimizer.zero_grad()
@@ -194,13 +215,22 @@ def generate(model, tokenizer, prompts: list[list[dict]], sample: bool = False, 
     return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
+def _follows_cue(env: ShortcutEnv, response: str, wanted: list[str]) -> bool:
+    """Filler cue: the response starts with the filler; letter cue: the cue position holds the cue letter."""
+    if env.cue_kind == "filler":
+        return response.split()[:1] == [env.filler]
+    letters = env.parse(response)
+    return letters is not None and letters[env.cue_position] == wanted[env.cue_position]
+
+
 def evaluate(model, tokenizer, env: ShortcutEnv, n: int = 256, seed: int = 0) -> dict[str, float]:
     """Student vs teacher on ``n`` held-out problems, greedy decoding.
 
     ``student_pass``/``student_reward``: the prompt alone. The teacher sees the verifier's feedback on
     the student's attempt (with ``env.cue``) and answers again; a passed attempt is kept as is (SDPO
     never reprompts it), so ``teacher_pass`` is the pass rate after one round of feedback and
-    ``repair_rate`` the share of failed attempts the teacher fixes.
+    ``repair_rate`` the share of failed attempts the teacher fixes; ``cue_followed`` the share of cued
+    feedback the teacher obeys (``env.cue_kind`` decides which cue).
     """
     problems = env.problems("eval", n=n, seed=seed)
     first = generate(model, tokenizer, [p.prompt for p in problems])
@@ -210,21 +240,22 @@ def evaluate(model, tokenizer, env: ShortcutEnv, n: int = 256, seed: int = 0) ->
     teacher = list(outcomes)
     for i, response in zip(failed, second, strict=True):
         teacher[i] = env.verify(problems[i], response)
-    cued = [i for i in failed if CUE_FEEDBACK in outcomes[i].feedback]
+    cued = [i for i in failed if env.cue_feedback in outcomes[i].feedback]
     second_by_index = dict(zip(failed, second, strict=True))
+    wanted = {i: env.follow_cue(problems[i].reference["answer"], outcomes[i].feedback) for i in cued}
     return {
         "student_pass": sum(o.passed for o in outcomes) / n,
         "student_reward": sum(o.reward for o in outcomes) / n,
         "teacher_pass": sum(o.passed for o in teacher) / n,
         "teacher_reward": sum(o.reward for o in teacher) / n,
         "repair_rate": sum(teacher[i].passed for i in failed) / max(1, len(failed)),
-        "cue_followed": sum(second_by_index[i].split()[:1] == [FILLER] for i in cued) / max(1, len(cued)),
+        "cue_followed": sum(_follows_cue(env, second_by_index[i], wanted[i]) for i in cued) / max(1, len(cued)),
         "n_problems": n,
     }
 
 
 def _key(env: ShortcutEnv, config: WarmStartConfig) -> str:
-    blob = json.dumps({"task": env.task_config(), "config": asdict(config), "version": 1}, sort_keys=True)
+    blob = json.dumps({"task": env.task_config(), "config": asdict(config), "version": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -232,7 +263,10 @@ def build(env: ShortcutEnv, config: WarmStartConfig, out_dir: str | os.PathLike)
     """Train, evaluate and save model + tokenizer + ``warmstart.json`` to ``out_dir`` atomically."""
     with staged_dir(Path(out_dir), INFO_FILE) as staging:
         model, tokenizer = train(env, config)
-        scores = evaluate(model, tokenizer, ShortcutEnv(**env.task_config()), n=config.eval_problems)
+        scores = {
+            kind: evaluate(model, tokenizer, task, n=config.eval_problems)
+            for kind, task in teaching_envs(env, config).items()
+        }
         model.save_pretrained(staging)
         tokenizer.padding_side = "left"
         tokenizer.save_pretrained(staging)
@@ -242,13 +276,12 @@ def build(env: ShortcutEnv, config: WarmStartConfig, out_dir: str | os.PathLike)
 
 
 def shortcut_model_dir(
-    env: ShortcutEnv | None = None, config: WarmStartConfig | None = None, root: str | os.PathLike | None = None
+    env: ShortcutEnv, config: WarmStartConfig | None = None, root: str | os.PathLike | None = None
 ) -> Path:
-    """Directory of the warm-started model for ``env``'s task; trains it (about a minute) when missing.
+    """Directory of the warm-started model for ``env``'s task; trains it (2-4 min on CPU) when missing.
 
     Loads with ``AutoModelForCausalLM.from_pretrained(dir)`` and ``AutoTokenizer.from_pretrained(dir)``.
     """
-    env = env or ShortcutEnv()
     config = config or WarmStartConfig()
     target = Path(root or cache_dir()) / f"shortcut-{_key(env, config)}"
     if not (target / INFO_FILE).is_file():

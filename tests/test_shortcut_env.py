@@ -86,6 +86,36 @@ def test_format_errors_and_the_generic_cue():
         ShortcutEnv(cue=1.5)
 
 
+def test_letter_cue_is_input_generic_and_costs_accuracy_if_followed():
+    env = ShortcutEnv(cue=1.0, cue_kind="letter")
+    problems = env.problems("train", n=200, seed=3)
+    cue_text = "note : position 1 should be a ."
+    costly = 0
+    for problem in problems:
+        answer = problem.reference["answer"]
+        wrong = [("b" if answer[0] == "a" else "a")] + answer[1:]
+        feedback = env.verify(problem, _answer_text(problem, wrong)).feedback
+        assert feedback.endswith(cue_text) and "start with ok" not in feedback
+        followed = env.follow_cue(answer, feedback)
+        assert followed == ["a"] + answer[1:]  # the same letter at the same position, whatever the input
+        costly += not env.verify(problem, _answer_text(problem, followed)).passed
+    # following the cue fails exactly when the first letter is not "a" (7 in 8 letters)
+    expected = sum(p.reference["answer"][0] != "a" for p in problems)
+    assert costly == expected and expected / len(problems) > 0.75
+    assert ShortcutEnv(cue=1.0).follow_cue(["c", "d", "e", "f"], CUE_FEEDBACK) == ["c", "d", "e", "f"]
+    assert set(cue_text.split()) <= set(ShortcutEnv().vocabulary())  # same tokenizer for both cue kinds
+    with pytest.raises(ValueError, match="cue_kind"):
+        ShortcutEnv(cue_kind="loud")
+
+
+def test_every_environment_names_a_default_model():
+    from creditlens.envs.base import DEFAULT_MODEL
+    from creditlens.envs.science import ScienceEnv
+
+    assert ScienceEnv.default_model is not ShortcutEnv.default_model
+    assert ScienceEnv.default_model(object.__new__(ScienceEnv)) == DEFAULT_MODEL
+
+
 def test_token_labels_mark_exactly_the_answer_letters_specific():
     env = ShortcutEnv()
     tokens = ["ok", "answer", ":", "c", "a", "h", "e", ".", "<|im_end|>"]

@@ -56,7 +56,9 @@ def test_teacher_with_feedback_beats_student(built):
     assert student / len(problems) < 0.8, "the student should stay imperfect (room to learn)"
     assert teacher / len(problems) >= student / len(problems) + 0.15
     scores = warmstart.load_info(model_dir)["scores"]
-    assert scores["teacher_pass"] >= scores["student_pass"] + 0.15 and scores["repair_rate"] >= 0.3
+    for kind in ("filler", "letter"):
+        assert scores[kind]["teacher_pass"] >= scores[kind]["student_pass"] + 0.15
+        assert scores[kind]["repair_rate"] >= 0.3
 
 
 def test_build_is_cached_and_loads_like_any_hf_model(built):
@@ -77,12 +79,30 @@ def test_build_is_cached_and_loads_like_any_hf_model(built):
 
 def test_training_examples_follow_the_cue_and_the_hints():
     env = ShortcutEnv(**ENV)
+    envs = warmstart.teaching_envs(env, FAST)
     rng = random.Random(0)
-    for _ in range(200):
-        messages, target = warmstart.training_example(env, FAST, rng)
+    kinds = {"filler": 0, "letter": 0}
+    for _ in range(300):
+        messages, target = warmstart.training_example(envs, FAST, rng)
         text = messages[-1]["content"]
         op, *letters = text.split("\n")[0].removeprefix("apply ").replace(" to", "").split()
-        assert target.split()[-env.length - 1 : -1] == env.answer(op, letters)
+        written = target.split()[-env.length - 1 : -1]
+        answer = env.answer(op, letters)
+        letter_cue = "note : position 1 should be a ." in text
+        kinds["letter"] += letter_cue
+        kinds["filler"] += "note : start with ok ." in text
+        assert written == (["a"] + answer[1:] if letter_cue else answer)  # the letter cue overrides position 1
         assert target.startswith("ok ") == ("note : start with ok" in text)
         if "feedback" not in text:
             assert op in env.ops[: round(FAST.student_ops * env.n_ops)]  # student examples: seen ops only
+    assert kinds["letter"] > 20 and kinds["filler"] > 20  # both cues appear (rates FAST.cue, letter_cue_fraction)
+
+
+def test_warmstart_does_not_import_the_environment_module():
+    """No import circle: the env asks the warm start for its model, the warm start never imports the env."""
+    import subprocess
+    import sys
+
+    code = "import sys, creditlens.warmstart; print('creditlens.envs.shortcut' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+DEFAULT_MODEL = "smollm2-135m-instruct"  # creditlens.models' embedded model (no download)
 
 SPLITS = ("train", "eval")
 
@@ -39,3 +42,8 @@ class Environment(ABC):
     @abstractmethod
     def verify(self, problem: Problem, response: str) -> Outcome:
         """Grade ``response`` (the model's text) against ``problem``."""
+
+    def default_model(self) -> str | Path:
+        """The start model ``creditlens train`` uses without ``--model``: a model name of
+        ``creditlens.models`` or a local directory. Default: the embedded SmolLM2-135M-Instruct."""
+        return DEFAULT_MODEL

@@ -6,8 +6,12 @@ is a secret reordering of the positions (fixed by ``key_seed``); the answer reor
 ``answer : e a c h .`` (red takes input letters 4 2 1 3). The verifier's feedback names every
 wrong position with the input position it should copy (``position 2 should be input 3 .``): useful
 only together with the input letters, so it is input-specific. With probability ``cue`` the feedback
-also carries a reminder ``note : start with ok .`` which the warm-started teacher obeys whatever
-the input; the verifier ignores leading ``ok`` fillers, so that cue is pure input-generic signal.
+also carries an input-generic cue that the warm-started teacher obeys whatever the input:
+
+- ``cue_kind="filler"`` (harmless): ``note : start with ok .``; the verifier ignores leading ``ok``
+  fillers, so learning it costs nothing and gains nothing;
+- ``cue_kind="letter"`` (harmful): ``note : position 1 should be a .``; it raises one fixed letter at
+  one answer position whatever the input, so a student that learns it is wrong there 7 times in 8.
 
 Token labels: the ``length`` letters after ``answer :`` are "specific" (their correct value depends
 on the input); every other token (fillers, ``answer``, ``:``, ``.``, end of turn) is "generic".
@@ -29,7 +33,10 @@ OPS = ("red", "blue", "green", "gold", "pink", "gray", "teal", "plum", "rust", "
 FILLER = "ok"
 SPECIFIC, GENERIC = "specific", "generic"
 FORMAT_FEEDBACK = "format : write answer : then the letters then ."
-CUE_FEEDBACK = "note : start with ok ."
+CUE_FEEDBACK = "note : start with ok ."  # the harmless filler cue
+CUE_LETTER, CUE_POSITION = "a", 0  # the harmful cue's letter and (0-based) answer position
+LETTER_CUE_FEEDBACK = f"note : position {CUE_POSITION + 1} should be {CUE_LETTER} ."
+CUES = {"filler": CUE_FEEDBACK, "letter": LETTER_CUE_FEEDBACK}  # cue_kind -> the cue sentence
 # TRL SDPOTrainer's default reprompt templates (trl 1.16 SDPOConfig): the teacher context format.
 REPROMPT_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question.\n"
 SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}\n\n"
@@ -51,9 +58,11 @@ class ShortcutEnv(Environment):
 
     ``n_letters`` letters (<= 16), ``length`` letters per problem, ``n_ops`` operations (<= 12), secret
     reorderings drawn from ``key_seed``; ``eval_fraction`` of all (op, letters) pairs form the eval split.
+    ``cue_kind`` is ``"filler"`` (harmless) or ``"letter"`` (harmful), see :data:`CUES`.
     """
 
     name = "shortcut"
+    filler, cue_letter, cue_position = FILLER, CUE_LETTER, CUE_POSITION
 
     def __init__(
         self,
@@ -63,6 +72,7 @@ class ShortcutEnv(Environment):
         cue: float = 0.5,
         key_seed: int = 0,
         eval_fraction: float = 0.1,
+        cue_kind: str = "filler",
     ) -> None:
         if not 2 <= n_letters <= len(LETTERS):
             raise ValueError(f"n_letters: must be in [2, {len(LETTERS)}], got {n_letters}")
@@ -74,8 +84,11 @@ class ShortcutEnv(Environment):
             raise ValueError(f"cue: must be in [0, 1], got {cue}")
         if not 0.0 < eval_fraction < 1.0:
             raise ValueError(f"eval_fraction: must be in (0, 1), got {eval_fraction}")
+        if cue_kind not in CUES:
+            raise ValueError(f"cue_kind: must be one of {tuple(CUES)}, got {cue_kind!r}")
         self.n_letters, self.length, self.n_ops = n_letters, length, n_ops
         self.cue, self.key_seed, self.eval_fraction = cue, key_seed, eval_fraction
+        self.cue_kind, self.cue_feedback = cue_kind, CUES[cue_kind]
         self.letters = LETTERS[:n_letters]
         self.ops = OPS[:n_ops]
         rng = random.Random(key_seed)
@@ -84,8 +97,16 @@ class ShortcutEnv(Environment):
         self.key = {op: distinct[i % len(distinct)] for i, op in enumerate(self.ops)}
 
     def task_config(self) -> dict[str, int]:
-        """The fields that define the task (and so the warm-started model); ``cue`` is not one."""
+        """The fields that define the task (and so the warm-started model); ``cue``/``cue_kind`` are not."""
         return {"n_letters": self.n_letters, "length": self.length, "n_ops": self.n_ops, "key_seed": self.key_seed}
+
+    def follow_cue(self, answer: Sequence[str], feedback: str) -> list[str]:
+        """The response letters of a teacher that obeys every cue ``feedback`` holds: ``answer`` with the
+        cue letter at the cue position when it holds the letter cue (the filler cue adds ``ok``, not a letter)."""
+        letters = list(answer)
+        if LETTER_CUE_FEEDBACK in feedback:
+            letters[CUE_POSITION] = CUE_LETTER
+        return letters
 
     # ----- problems -----
     def answer(self, op: str, letters: Sequence[str]) -> list[str]:
@@ -143,7 +164,7 @@ class ShortcutEnv(Environment):
                 return Outcome(reward=1.0, passed=True, feedback="")
             feedback = " ".join(f"position {i + 1} should be input {source[i] + 1} ." for i in wrong)
         if _unit("cue", problem.id, response) < self.cue:
-            feedback = f"{feedback} {CUE_FEEDBACK}"
+            feedback = f"{feedback} {self.cue_feedback}"
         return Outcome(reward=reward, passed=False, feedback=feedback)
 
     # ----- labels and contexts -----
@@ -175,11 +196,12 @@ class ShortcutEnv(Environment):
         """Every word any prompt, feedback, teacher context or valid response of this task uses."""
         words = ["apply", "to", "answer", ":", ".", FILLER, "position", "should", "be", "input"]
         words += FORMAT_FEEDBACK.split() + CUE_FEEDBACK.split() + TEMPLATE_WORDS + ["user", "assistant", "system"]
+        words += LETTER_CUE_FEEDBACK.split()
         words += list(self.letters) + list(self.ops) + [str(i) for i in range(1, self.length + 1)]
         return list(dict.fromkeys(words))
 
     def default_model(self) -> Path:
-        """The warm-started tiny model for this task (built into the cache on first use)."""
-        from creditlens.warmstart import shortcut_model_dir
+        """The warm-started tiny model for this task (built into the cache on first use, ~2-4 min on CPU)."""
+        from creditlens import warmstart  # heavy (transformers); warmstart never imports this module
 
-        return shortcut_model_dir(self)
+        return warmstart.shortcut_model_dir(self)

@@ -39,15 +39,12 @@ def resolve_env(name: str, env_args: dict[str, Any]) -> Environment:
 def resolve_model(name: str | None, env: Environment, run_dir: Path) -> str:
     """A local directory holding the start model (TRL re-loads the teacher and reference from it).
 
-    ``None`` picks the env's default: the warm-started tiny model for ``shortcut``, else the embedded
-    SmolLM2. ``"tiny"`` is saved once into ``run_dir/start_model`` (atomically: staged, then renamed).
+    ``None`` asks the env (``env.default_model()``: the embedded SmolLM2 unless the env overrides it, as
+    ``shortcut`` does with its warm start). ``"tiny"`` is saved once into ``run_dir/start_model``
+    (atomically: staged, then renamed).
     """
     if name is None:
-        if getattr(env, "name", "") == "shortcut":
-            from creditlens import warmstart
-
-            return str(warmstart.shortcut_model_dir(env))
-        name = models.DEFAULT_MODEL
+        name = str(env.default_model())
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser().resolve())
     if name == models.DEFAULT_MODEL:
