@@ -23,9 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-POOLS = ("mean", "logmeanexp")
-FORMS = ("teacher", "shortcut", "contrastive")
-DEFAULT_FORM = "teacher"
+from creditlens.choices import DEFAULT_FORM, FORMS, POOLS  # torch-free, so the CLI's --help lists them
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 

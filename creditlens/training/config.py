@@ -17,9 +17,9 @@ import torch
 import yaml
 
 from creditlens import credit
+from creditlens.choices import ALGOS
 from creditlens.errors import ConfigError
 
-ALGOS = ("grpo", "sd", "credit")
 DISTILLATION_MODES = ("sampled_token", "topk_logits", "full_logits")
 TEACHERS = ("ema", "base", "live")
 
