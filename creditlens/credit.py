@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from creditlens.choices import DEFAULT_FORM, FORMS, POOLS  # torch-free, so the CLI's --help lists them
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
