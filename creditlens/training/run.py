@@ -45,10 +45,6 @@ def resolve_model(name: str | None, env: Environment, run_dir: Path) -> str:
     """
     if name is None:
         name = str(env.default_model())
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser().resolve())
-    if name == models.DEFAULT_MODEL:
-        return str(models.embedded_model_dir())
     if name == models.TINY_MODEL:
         target = run_dir / "start_model"
         if not target.is_dir():
@@ -57,7 +53,7 @@ def resolve_model(name: str | None, env: Environment, run_dir: Path) -> str:
                 model.save_pretrained(staging)
                 tokenizer.save_pretrained(staging)
         return str(target)
-    return name
+    return models.resolve(name)  # the embedded model, or a checked local directory; never a hub download
 
 
 def _git_commit() -> str | None:
