@@ -1,81 +1,122 @@
-"""The shortcut-testbed study: GRPO vs SD vs CREDIT (a ``lam`` sweep) over seeds, through the trainer.
+"""Shortcut-testbed studies: GRPO vs SD vs CREDIT (reward forms x ``lam``) over seeds, through the trainer.
 
 Each run is one ``creditlens train`` process (``OMP_NUM_THREADS=1``, ``jobs`` at a time) on the
 shortcut environment with its warm-started tiny model; checkpoints are pruned afterwards (only the
-logs are kept), then :func:`creditlens.compare.compare_runs` writes ``OUT/report/``. Presets:
-
-- ``full``: grpo, sd and credit with lam in (0.25, 0.5, 1.0), seeds 0-2, ``configs/study_shortcut.yaml``
-  (the numbers of docs/results.md);
-- ``bundled``: grpo, sd and credit lam=0.5, seed 0, ``configs/study_bundled.yaml`` (the small real
-  runs shipped in ``data/runs/``).
+logs are kept), then ``OUT/report/`` gets :func:`creditlens.compare.compare_runs`'s report and
+``study.md``: scores with 95% CIs, the paired difference to SD by seed, and the AUROC with which
+each credit separates the harmful cue's tokens from real answer letters. :data:`PRESETS` holds every
+grid of docs/results.md (``creditlens study --preset NAME``); their pruning rule is written there.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
-from creditlens import runs
-from creditlens.compare import compare_runs
-from creditlens.envs.shortcut import ShortcutEnv
-from creditlens.training.config import load_config
-from creditlens.warmstart import shortcut_model_dir
-
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+FORMS = ("teacher", "shortcut", "contrastive")  # creditlens.credit.FORMS (kept here so the CLI imports fast)
+PILOT_LAMS = (0.1, 0.25, 0.5)
+HARMFUL = "env_args={cue: 0.5, cue_kind: letter}"
+HARMLESS = "env_args={cue: 0.5, cue_kind: filler}"
 
 
 @dataclass(frozen=True)
 class StudyRun:
-    """One cell of the grid: ``algo`` (``lam`` only for credit) and ``seed``."""
+    """One cell of a grid: ``algo`` and ``seed``; CREDIT runs add ``lam`` and (unless the config's) ``form``."""
 
     algo: str
     seed: int
     lam: float | None = None
+    form: str | None = None
+
+    @property
+    def method(self) -> str:
+        """``grpo``, ``sd``, ``credit-lam0.5`` (the config's form) or ``credit-shortcut-lam0.5``."""
+        if self.algo != "credit":
+            return self.algo
+        return "credit-" + ("" if self.form is None else f"{self.form}-") + f"lam{self.lam:g}"
 
     @property
     def name(self) -> str:
-        method = self.algo if self.lam is None else f"credit-lam{self.lam:g}"
-        return f"{method}-s{self.seed}"
+        return f"{self.method}-s{self.seed}"
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A study grid: methods x seeds, one config file."""
+    """A study grid: ``methods`` (runs without a seed) x ``seeds`` on one config, with ``sets`` (``--set``
+    overrides, e.g. the cue kind) applied to every run."""
 
     config: Path
-    lams: tuple[float, ...] = (0.25, 0.5, 1.0)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    baselines: tuple[str, ...] = ("grpo", "sd")
-    overrides: dict[str, str] = field(default_factory=dict)
+    methods: tuple[StudyRun, ...]
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    sets: tuple[str, ...] = ()
+    about: str = ""
 
     def grid(self) -> list[StudyRun]:
         """Every run, seed-major so that a partial study already covers every method."""
-        return [
-            run
-            for seed in self.seeds
-            for run in [StudyRun(a, seed) for a in self.baselines] + [StudyRun("credit", seed, lam) for lam in self.lams]
-        ]
+        return [StudyRun(m.algo, seed, m.lam, m.form) for seed in self.seeds for m in self.methods]
 
 
+def credit_methods(lams: dict[str, float] | Sequence[float], forms: Sequence[str] = FORMS) -> tuple[StudyRun, ...]:
+    """CREDIT methods: every form at every lam of a sequence, or each form at its own lam (a dict)."""
+    if isinstance(lams, dict):
+        return tuple(StudyRun("credit", 0, lams[form], form) for form in forms)
+    return tuple(StudyRun("credit", 0, lam, form) for form in forms for lam in lams)
+
+
+GRPO, SD = StudyRun("grpo", 0), StudyRun("sd", 0)
+# lam per form chosen by the pilot (rule in docs/results.md "Pruning rule"); the grids below use these.
+CHOSEN_LAMS = {"teacher": 0.1, "shortcut": 0.1, "contrastive": 0.1}
 PRESETS = {
-    "full": Preset(CONFIG_DIR / "study_shortcut.yaml"),
-    "bundled": Preset(CONFIG_DIR / "study_bundled.yaml", lams=(0.5,), seeds=(0,)),
+    "pilot": Preset(
+        CONFIG_DIR / "study-sdpo.yaml", (SD, *credit_methods(PILOT_LAMS)), seeds=(0, 1),
+        sets=(HARMFUL, "max_steps=60"), about="pilot: harmful cue, SDPO regime, 60 steps, every lam, seeds 0-1",
+    ),
+    "pilot-harmless-sd": Preset(
+        CONFIG_DIR / "study-sdpo.yaml", (SD,), seeds=(0, 1), sets=(HARMLESS, "max_steps=60"),
+        about="the cue's cost: SD with the harmless cue, to compare with the pilot's SD (harmful cue)",
+    ),
+    "harmful-sdpo": Preset(
+        CONFIG_DIR / "study-sdpo.yaml", (GRPO, SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMFUL,),
+        about="harmful letter cue, SDPO-default regime (GRPO ignores feedback: its runs serve every condition)",
+    ),
+    "harmless-sdpo": Preset(
+        CONFIG_DIR / "study-sdpo.yaml", (SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMLESS,),
+        about="harmless filler cue, SDPO-default regime",
+    ),
+    "harmful-full-logits": Preset(
+        CONFIG_DIR / "study-full-logits.yaml", (SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMFUL,),
+        about="harmful letter cue, full-logits regime (feedback-only teacher)",
+    ),
+    "harmless-full-logits": Preset(
+        CONFIG_DIR / "study-full-logits.yaml", (SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMLESS,),
+        about="harmless filler cue, full-logits regime (feedback-only teacher)",
+    ),
+    "bundled": Preset(
+        CONFIG_DIR / "study-bundled.yaml", (GRPO, SD, StudyRun("credit", 0, 0.5)), seeds=(0,),
+        about="the small real runs shipped in data/runs/",
+    ),
 }
 
 
-def train_command(run: StudyRun, config: Path, out: Path) -> list[str]:
-    """The ``creditlens train`` command line of one run."""
+def train_command(run: StudyRun, preset: Preset, out: Path) -> list[str]:
+    """The ``creditlens train`` command line of one run of ``preset``."""
     command = [sys.executable, "-m", "creditlens.cli", "train", "--algo", run.algo, "--env", "shortcut",
-               "--config", str(config), "--seed", str(run.seed), "--out", str(out / run.name)]
+               "--config", str(preset.config), "--seed", str(run.seed), "--out", str(out / run.name)]
+    sets = list(preset.sets)
     if run.lam is not None:
-        command += ["--set", f"lam={run.lam}"]
+        sets.append(f"lam={run.lam}")
+    if run.form is not None:
+        sets.append(f"form={run.form}")
+    for item in sets:
+        command += ["--set", item]
     return command
 
 
@@ -85,21 +126,35 @@ def prune(run_dir: Path) -> None:
 
 
 def _finished(run_dir: Path, max_steps: int) -> bool:
+    from creditlens import runs
+
     evals = runs.read_jsonl(run_dir / runs.EVAL)
     return any(int(e.get("step", -1)) == max_steps for e in evals)
+
+
+def _max_steps(preset: Preset) -> tuple[int, dict]:
+    from creditlens.training.config import load_config
+
+    overrides = dict(item.split("=", 1) for item in preset.sets)
+    config = load_config(preset.config, overrides)
+    return config.max_steps, config.env_args
 
 
 def run_study(preset: str | Preset, out: str | os.PathLike, jobs: int = 1, keep_checkpoints: bool = False) -> Path:
     """Run every missing cell of ``preset`` into ``out/NAME`` (finished runs are skipped, unfinished ones
     restarted from scratch), then write ``out/report``. Returns ``out``."""
+    from tqdm import tqdm
+
+    from creditlens import envs
+
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     if not preset.config.is_file():
         raise FileNotFoundError(f"{preset.config}: study config not found")
-    config = load_config(preset.config)
-    shortcut_model_dir(ShortcutEnv(**config.env_args))  # build the warm start once, before the parallel runs
+    max_steps, env_args = _max_steps(preset)
+    envs.get("shortcut", **env_args).default_model()  # build the warm start once, before the parallel runs
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in preset.grid() if not _finished(out / r.name, config.max_steps)]
+    todo = [r for r in preset.grid() if not _finished(out / r.name, max_steps)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
     running: list[tuple[StudyRun, subprocess.Popen, float, object]] = []
     failed: list[str] = []
@@ -109,8 +164,7 @@ def run_study(preset: str | Preset, out: str | os.PathLike, jobs: int = 1, keep_
                 run = todo.pop(0)
                 shutil.rmtree(out / run.name, ignore_errors=True)
                 log = open(out / f"{run.name}.log", "w")
-                command = train_command(run, preset.config, out)
-                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                process = subprocess.Popen(train_command(run, preset, out), stdout=log, stderr=subprocess.STDOUT, env=env)
                 running.append((run, process, time.time(), log))
             time.sleep(0.5)
             for item in list(running):
@@ -129,5 +183,116 @@ def run_study(preset: str | Preset, out: str | os.PathLike, jobs: int = 1, keep_
         raise RuntimeError("study runs failed: " + "; ".join(failed))
     for log in out.glob("*.log"):
         log.unlink()
-    compare_runs([out / r.name for r in preset.grid()]).save(out / "report")
+    write_report([out / r.name for r in preset.grid()], out / "report")
     return out
+
+
+def write_report(run_dirs: Sequence[Path], report: Path) -> Path:
+    """``creditlens compare``'s report of ``run_dirs`` plus ``study.md`` (:func:`study_table`)."""
+    from creditlens.compare import compare_runs
+
+    comparison = compare_runs(run_dirs)
+    comparison.save(report)
+    (report / "study.md").write_text(study_table(comparison.per_run, cue_aurocs(run_dirs)) + "\n")
+    return report
+
+
+def paired_differences(per_run, baseline: str = "sd", column: str = "final_score", confidence: float = 0.95):
+    """Per group: mean and t-interval over seeds of ``column`` minus the ``baseline`` group's, paired by seed.
+
+    ``per_run``: a frame with ``group``, ``seed`` and ``column`` (``Comparison.per_run``). Returns
+    ``{group: (mean, low, high, n_pairs)}``; groups without a shared seed get NaN.
+    """
+    from creditlens.compare import t_interval
+
+    base = per_run[per_run["group"] == baseline].set_index("seed")[column]
+    out = {}
+    for group, part in per_run.groupby("group"):
+        pairs = [float(v) - float(base[s]) for s, v in zip(part["seed"], part[column], strict=True) if s in base.index]
+        out[group] = (*t_interval(pairs, confidence), len(pairs)) if pairs else (math.nan,) * 3 + (0,)
+    return out
+
+
+def cue_aurocs(run_dirs: Sequence[Path]) -> dict[str, dict[str, float]]:
+    """Per run (harmful letter cue only): AUROC with which each credit column ranks real answer letters above
+    cue tokens. Cue token: the cue letter at the cue position of a response whose feedback holds the letter
+    cue, when the right letter there is another one; real letter: any other right answer letter.
+    1.0 = the column gives every cue token less credit than every right letter."""
+    import pandas as pd
+
+    from creditlens import envs, runs
+    from creditlens.compare import auroc
+
+    out: dict[str, dict[str, float]] = {}
+    for run_dir in run_dirs:
+        env_args = runs.load_run(run_dir).manifest.get("config", {}).get("env_args", {})
+        if env_args.get("cue_kind") != "letter":
+            continue
+        env = envs.get("shortcut", **env_args)
+        tables = [pd.read_parquet(p) for p in sorted((Path(run_dir) / runs.TOKENS_DIR).glob("*.parquet"))]
+        if not tables:
+            continue
+        table = pd.concat(tables, ignore_index=True)
+        table = table[table["mask"].astype(bool)]
+        cue_rows, right_rows = [], []
+        for _, sample in table.groupby(["step", "example_id"], sort=False):
+            sample = sample.sort_values("position")
+            labels = env.token_labels(None, sample["token"].tolist())
+            letters = [i for i, label in enumerate(labels) if label == "specific"]
+            answer = env.answer(*_op_and_input(sample["prompt"].iloc[0]))
+            cued = env.cue_feedback in str(sample["feedback"].iloc[0])
+            for slot, i in enumerate(letters):
+                token, row = sample["token"].iloc[i], sample.index[i]
+                if cued and slot == env.cue_position and token == env.cue_letter != answer[slot]:
+                    cue_rows.append(row)
+                elif token == answer[slot]:
+                    right_rows.append(row)
+        scores = {"n_cue_tokens": float(len(cue_rows)), "n_right_letters": float(len(right_rows))}
+        for column in ("sd_reward", "specific", "shortcut", "credit_reward", "advantage"):
+            if column in table and table.loc[right_rows + cue_rows, column].notna().all() and cue_rows:
+                values = table.loc[right_rows + cue_rows, column].to_numpy()
+                scores[column] = auroc(values, [True] * len(right_rows) + [False] * len(cue_rows))
+        out[Path(run_dir).name] = scores
+    return out
+
+
+def _op_and_input(prompt: str) -> tuple[str, list[str]]:
+    """``apply red to c a h e`` (first line of a prompt) -> ``("red", ["c", "a", "h", "e"])``."""
+    words = prompt.split("\n")[0].split()
+    return words[1], words[3:]
+
+
+def study_table(per_run, cue: dict[str, dict[str, float]] | None = None, confidence: float = 0.95) -> str:
+    """Markdown: per group final and best score (mean [95% CI] over seeds), the paired difference to SD
+    (final and best), and the mean cue AUROC of the SD reward and of the group's own credit."""
+    import pandas as pd
+
+    from creditlens.compare import t_interval
+
+    cue = cue or {}
+    diff_final = paired_differences(per_run, column="final_score", confidence=confidence)
+    diff_best = paired_differences(per_run, column="best_score", confidence=confidence)
+    lines = [
+        "| method | seeds | final (95% CI) | best (95% CI) | final - SD, paired (95% CI) | best - SD, paired (95% CI) "
+        "| cue AUROC of SD reward | cue AUROC of own credit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda m, lo, hi: "-" if math.isnan(m) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"  # noqa: E731
+    sfmt = lambda m, lo, hi: "-" if math.isnan(m) else f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]"  # noqa: E731
+    for group, part in per_run.groupby("group", sort=True):
+        final = t_interval(part["final_score"].tolist(), confidence)
+        best = t_interval(part["best_score"].tolist(), confidence)
+        runs_cue = [cue[name] for name in part["run"] if name in cue]
+        own = "credit_reward" if part["algo"].iloc[0] == "credit" else "sd_reward"
+
+        def mean_of(key, runs_cue=runs_cue):
+            values = [r[key] for r in runs_cue if key in r]
+            return f"{sum(values) / len(values):.3f}" if values else "-"
+
+        df, db = diff_final[group], diff_best[group]
+        paired = ("-", "-") if group == "sd" else (sfmt(*df[:3]), sfmt(*db[:3]))
+        lines.append(
+            f"| {group} | {len(part)} | {fmt(*final)} | {fmt(*best)} | {paired[0]} | {paired[1]} | "
+            f"{mean_of('sd_reward')} | {mean_of(own) if own != 'sd_reward' else '-'} |"
+        )
+    return "\n".join(lines) if isinstance(per_run, pd.DataFrame) else ""

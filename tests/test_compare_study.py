@@ -1,31 +1,55 @@
-"""The study grid and its configs (the runs themselves go through the trainer, tested with it)."""
+"""The study grids, their configs and the study table (the runs themselves go through the trainer, tested with it)."""
 
 from __future__ import annotations
 
-from creditlens import study
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from creditlens import credit, study
 from creditlens.training.config import load_config
 
 
-def test_full_grid_has_every_method_and_three_seeds():
-    grid = study.PRESETS["full"].grid()
-    methods = {(r.algo, r.lam) for r in grid}
-    assert {("grpo", None), ("sd", None)} <= methods
-    assert len({lam for algo, lam in methods if algo == "credit"}) >= 3
-    for method in methods:
-        assert sorted(r.seed for r in grid if (r.algo, r.lam) == method) == [0, 1, 2]
-    assert len({r.name for r in grid}) == len(grid)
+def test_study_forms_are_the_library_forms():
+    assert study.FORMS == credit.FORMS
+
+
+def test_pilot_covers_every_form_and_lam_and_grids_have_five_seeds():
+    pilot = study.PRESETS["pilot"].grid()
+    methods = {(r.algo, r.form, r.lam) for r in pilot}
+    assert methods == {("sd", None, None)} | {("credit", f, lam) for f in credit.FORMS for lam in study.PILOT_LAMS}
+    for name in ("harmful-sdpo", "harmless-sdpo", "harmful-full-logits", "harmless-full-logits"):
+        grid = study.PRESETS[name].grid()
+        by_method = {}
+        for run in grid:
+            by_method.setdefault(run.method, []).append(run.seed)
+        assert all(sorted(seeds) == [0, 1, 2, 3, 4] for seeds in by_method.values())
+        assert {f"credit-{f}-lam{study.CHOSEN_LAMS[f]:g}" for f in credit.FORMS} | {"sd"} <= set(by_method)
+        assert len({r.name for r in grid}) == len(grid)
 
 
 def test_train_commands_and_configs(tmp_path):
-    run = study.StudyRun("credit", 2, 0.25)
-    command = study.train_command(run, study.PRESETS["full"].config, tmp_path)
-    assert command[command.index("--algo") + 1] == "credit" and "lam=0.25" in command
-    assert command[command.index("--out") + 1] == str(tmp_path / "credit-lam0.25-s2")
-    assert "--set" not in study.train_command(study.StudyRun("sd", 0), study.PRESETS["full"].config, tmp_path)
-    full, bundled = (load_config(study.PRESETS[p].config) for p in ("full", "bundled"))
-    assert full.env_args == bundled.env_args == {"cue": 0.5}
-    assert not full.use_successful_as_teacher and full.distillation_mode == bundled.distillation_mode
+    preset = study.PRESETS["harmful-sdpo"]
+    run = study.StudyRun("credit", 2, 0.25, "shortcut")
+    command = study.train_command(run, preset, tmp_path)
+    sets = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
+    assert command[command.index("--algo") + 1] == "credit"
+    assert {"lam=0.25", "form=shortcut", "env_args={cue: 0.5, cue_kind: letter}"} <= set(sets)
+    assert command[command.index("--out") + 1] == str(tmp_path / "credit-shortcut-lam0.25-s2")
+    assert study.StudyRun("credit", 0, 0.5).name == "credit-lam0.5-s0"  # the config's form (bundled runs)
+    sd_sets = study.train_command(study.StudyRun("sd", 0), preset, tmp_path)
+    assert not any(s.startswith(("lam=", "form=")) for s in sd_sets)
+    sdpo, full, bundled = (load_config(study.CONFIG_DIR / n) for n in
+                           ("study-sdpo.yaml", "study-full-logits.yaml", "study-bundled.yaml"))
+    blend = load_config(study.CONFIG_DIR / "study-sdpo-blend.yaml")
+    assert sdpo.distillation_mode == "sampled_token" and sdpo.use_successful_as_teacher and sdpo.teacher == "ema"
+    assert sdpo.include_feedback and sdpo.distillation_weight == 1.0 and blend.distillation_weight < 1.0
+    assert full.distillation_mode == bundled.distillation_mode == "full_logits" and not full.use_successful_as_teacher
     assert bundled.max_steps < full.max_steps and bundled.log_tokens_every > 1
+    assert load_config(study.CONFIG_DIR / "shortcut-smoke.yaml").max_steps <= 5
 
 
 def test_prune_drops_only_checkpoints(tmp_path):
@@ -35,3 +59,17 @@ def test_prune_drops_only_checkpoints(tmp_path):
     study.prune(tmp_path)
     assert not (tmp_path / "checkpoints").exists() and (tmp_path / "eval.jsonl").exists()
     assert study._finished(tmp_path, 0) and not study._finished(tmp_path, 10)
+
+
+def test_paired_differences_pair_by_seed():
+    per_run = pd.DataFrame({
+        "group": ["sd"] * 3 + ["credit x"] * 3,
+        "seed": [0, 1, 2, 2, 0, 1],
+        "final_score": [0.5, 0.6, 0.7, 0.9, 0.4, 0.65],
+    })
+    mean, low, high, n = study.paired_differences(per_run)["credit x"]
+    diffs = np.array([0.4 - 0.5, 0.65 - 0.6, 0.9 - 0.7])
+    half = scipy_stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / math.sqrt(3)
+    assert n == 3 and mean == pytest.approx(diffs.mean())
+    assert (low, high) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    assert study.paired_differences(per_run)["sd"][:3] == (0.0, 0.0, 0.0)

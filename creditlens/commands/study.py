@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-PRESETS = ("full", "bundled")
+from creditlens.study import PRESETS  # light module: the heavy imports happen inside run_study
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,11 +12,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "study",
         help="run the GRPO / SD / CREDIT study on the shortcut testbed and write its report",
         description="Runs every missing run of the preset's grid through `creditlens train` (finished runs "
-        "are kept), prunes checkpoints, and writes OUT/report with `creditlens compare`. "
-        "full: grpo, sd, credit lam 0.25/0.5/1.0 x seeds 0-2 (docs/results.md); "
-        "bundled: grpo, sd, credit lam 0.5, seed 0 (data/runs/).",
+        "are kept), prunes checkpoints, and writes OUT/report with `creditlens compare`. Presets "
+        "(docs/results.md): " + "; ".join(f"{name}: {preset.about}" for name, preset in PRESETS.items()) + ".",
     )
-    parser.add_argument("--preset", choices=PRESETS, default="full", help="which grid to run (default: full)")
+    parser.add_argument("--preset", choices=list(PRESETS), default="harmful-sdpo",
+                        help="which grid to run (default: harmful-sdpo)")
     parser.add_argument("--out", required=True, help="folder of the run directories, e.g. runs/study")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one CPU thread each (default 1)")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints/")
