@@ -15,7 +15,6 @@ raises whatever the input, so ``sd_reward = specific + shortcut`` exactly. Table
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -198,19 +197,12 @@ def build_token_table(
 
 
 def write_token_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Validate and write a table to Parquet atomically (temp file, then rename)."""
-    path = Path(path)
+    """Validate and write a table to Parquet atomically (:func:`creditlens.runs.atomic_write`)."""
+    from creditlens.runs import atomic_write  # runs imports this module: import at call time
+
     validate_token_table(table, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    return atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))
 
 
 def read_token_table(path: str | os.PathLike) -> pd.DataFrame:
