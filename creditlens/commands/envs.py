@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from creditlens.commands import non_negative_int, positive_int
+from creditlens.envs.base import SPLITS
 from creditlens.envs.registry import describe, get, names
 
 
@@ -14,9 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions.add_parser("list", help="the environment names").set_defaults(run=run_list)
     sample = actions.add_parser("sample", help="print problems of one environment")
     sample.add_argument("name", choices=names())
-    sample.add_argument("--n", type=int, default=3, help="how many problems (default 3)")
-    sample.add_argument("--split", default="train", choices=["train", "eval"])
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--n", type=positive_int, default=3, help="how many problems, >= 1 (default 3)")
+    sample.add_argument("--split", default="train", choices=SPLITS, help="which split (default train)")
+    sample.add_argument("--seed", type=non_negative_int, default=0, help="seed of the split's order (default 0)")
     sample.add_argument("--reference", action="store_true", help="also print the hidden reference data")
     sample.set_defaults(run=run_sample)
 

@@ -5,33 +5,45 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
-from creditlens import schema
-from creditlens.contexts import read_examples
+from creditlens.choices import POOLS
+from creditlens.commands import non_negative_int, positive_int, unit_float
+from creditlens.models import DEFAULT_MODEL, TINY_MODEL
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("score", help="score (prompt, feedback, response) triples with a causal LM")
     parser.add_argument("examples", type=Path, help="JSONL file, one {prompt, feedback, response, ...} per line")
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="'smollm2-135m-instruct', 'tiny' or a local path")
-    parser.add_argument("--contrast", type=int, default=2, help="K contrast inputs per example (0: plain SD)")
-    parser.add_argument("--lam", type=float, default=0.5, help="CREDIT lambda in [0, 1]")
-    parser.add_argument("--pool", default="mean", choices=["mean", "logmeanexp"], help="contrast pooling")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the contrast choice and gap sampling")
-    parser.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
-    parser.add_argument("--gap-samples", type=int, default=0, help="M samples for the compatibility gap (0: skip)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"{DEFAULT_MODEL!r} (embedded), {TINY_MODEL!r} or a local model directory; never "
+                             f"downloaded (default {DEFAULT_MODEL})")
+    parser.add_argument("--contrast", type=non_negative_int, default=2,
+                        help="K contrast inputs per example (0: plain SD)")
+    parser.add_argument("--lam", type=unit_float, default=0.5, help="CREDIT lambda in [0, 1]")
+    parser.add_argument("--pool", default="mean", choices=POOLS, help="contrast pooling")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the contrast choice and gap sampling")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass")
+    parser.add_argument("--gap-samples", type=non_negative_int, default=0,
+                        help="M samples for the compatibility gap (0: skip)")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device to score on: 'cpu' (default), 'cuda', 'cuda:N' or 'mps'")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.set_defaults(run=run)
 
 
 def score_file(args: argparse.Namespace) -> tuple[Path, Path]:
-    """Score ``args.examples`` into ``args.out``; returns the token-table and summary paths."""
-    from creditlens import models
+    """Score ``args.examples`` into ``args.out``; returns the token-table and summary paths.
+
+    ``--out``, ``--device`` and the examples file are checked before the model loads or anything is written.
+    """
+    import pandas as pd
+
+    from creditlens import models, runs, schema
+    from creditlens.contexts import read_examples
     from creditlens.gap import GapConfig, compatibility_gap, summary_with_gap
     from creditlens.scoring import Scorer
 
+    runs.check_out_dir(args.out)
+    models.check_device(args.device)
     rows = read_examples(args.examples)
     model, tokenizer = models.load(args.model, device=args.device)
     scorer = Scorer(model, tokenizer, batch_size=args.batch_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from creditlens.commands import positive_int
 from creditlens.study import PRESETS  # light module: the heavy imports happen inside run_study
 
 
@@ -18,16 +19,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", choices=list(PRESETS), default="harmful-sdpo",
                         help="which grid to run (default: harmful-sdpo)")
     parser.add_argument("--out", required=True, help="folder of the run directories, e.g. runs/study")
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel, one CPU thread each (default 1)")
+    parser.add_argument("--jobs", type=positive_int, default=1, help="runs in parallel, one CPU thread each (default 1)")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints/")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from creditlens.runs import check_out_dir
     from creditlens.study import run_study
 
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    check_out_dir(args.out)
     out = run_study(args.preset, args.out, jobs=args.jobs, keep_checkpoints=args.keep_checkpoints)
     print(f"creditlens study: runs in {out}, report in {out / 'report'}")
     return 0

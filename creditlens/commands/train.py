@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-ENVS = ("code", "tools", "science", "shortcut")
+from creditlens.choices import ALGOS
+from creditlens.commands import non_negative_int, positive_int
+from creditlens.envs.registry import names as env_names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,8 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a model on an environment; the run directory holds manifest, metrics, evals, "
         "per-token tables and checkpoints. Multi-process: launch with torchrun or accelerate.",
     )
-    parser.add_argument("--algo", required=True, choices=("grpo", "sd", "credit"), help="training algorithm")
-    parser.add_argument("--env", required=True, choices=ENVS, help="environment")
+    parser.add_argument("--algo", required=True, choices=ALGOS, help="training algorithm")
+    parser.add_argument("--env", required=True, choices=env_names(), help="environment")
     parser.add_argument(
         "--model",
         default=None,
@@ -27,8 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
-    parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    parser.add_argument("--max-steps", type=int, default=None, help="override the config's max_steps")
+    parser.add_argument("--seed", type=non_negative_int, default=None, help="override the config's seed")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="override the config's max_steps")
     parser.add_argument(
         "--set",
         action="append",
@@ -40,9 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check ``--out`` and the config, then train (the path to the reward: :func:`creditlens.training.run.train`)."""
+    from creditlens.runs import check_out_dir
     from creditlens.training.config import load_config, parse_overrides
     from creditlens.training.run import train
 
+    check_out_dir(args.out)
     overrides = parse_overrides(args.set)
     overrides.update({k: v for k, v in (("seed", args.seed), ("max_steps", args.max_steps)) if v is not None})
     config = load_config(args.config, overrides)
