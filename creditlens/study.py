@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from creditlens.choices import FORMS
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-FORMS = ("teacher", "shortcut", "contrastive")  # creditlens.credit.FORMS (kept here so the CLI imports fast)
 PILOT_LAMS = (0.1, 0.25, 0.5)
 HARMFUL = "env_args={cue: 0.5, cue_kind: letter}"
 HARMLESS = "env_args={cue: 0.5, cue_kind: filler}"

@@ -13,10 +13,6 @@ from creditlens import credit, study
 from creditlens.training.config import load_config
 
 
-def test_study_forms_are_the_library_forms():
-    assert study.FORMS == credit.FORMS
-
-
 def test_pilot_covers_every_form_and_lam_and_grids_have_five_seeds():
     pilot = study.PRESETS["pilot"].grid()
     methods = {(r.algo, r.form, r.lam) for r in pilot}
