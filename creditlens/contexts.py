@@ -13,13 +13,14 @@ tokenised on its own, so the feedback can be truncated at the token level to fit
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
+
+from creditlens.errors import InputError
 
 SDPO_TEMPLATE = (
     "{prompt}\n\n{solution}The following is feedback from your unsuccessful earlier attempt:\n\n"
@@ -251,23 +252,18 @@ class ContextBuilder:
 
 def read_examples(path: str | Path) -> list[dict]:
     """Read a JSONL file of examples (one JSON object per line); errors name the file and line."""
+    from creditlens.runs import read_jsonl_lines  # the one JSONL reader: bad lines name file:line
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such examples file")
+        raise InputError(f"{path}: {'a directory' if path.is_dir() else 'no such file'}; give a JSONL file of examples")
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({error.msg} at column {error.colno})") from error
-            try:
-                as_example(row, len(rows))
-            except ValueError as error:
-                raise ValueError(f"{path}:{lineno}: {error}") from error
-            rows.append(row)
+    for lineno, row in read_jsonl_lines(path, partial_last_line=False, error=InputError):
+        try:
+            as_example(row, len(rows))
+        except ValueError as error:
+            raise InputError(f"{path}:{lineno}: {error}") from error
+        rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: holds no examples")
+        raise InputError(f"{path}: holds no examples")
     return rows
