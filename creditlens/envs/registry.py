@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 from creditlens.envs.base import Environment
+from creditlens.errors import InputError
 
 REGISTRY = {
     "code": ("creditlens.envs.code", "CodeEnv", "HumanEval, 164 problems, run in the sandbox"),
@@ -32,12 +33,12 @@ def get(name: str, **kwargs) -> Environment:
     except ModuleNotFoundError as error:
         if error.name != module_name:
             raise
-        raise ValueError(f"environment {name!r} is registered but {module_name} is not available yet "
+        raise InputError(f"environment {name!r} is registered but {module_name} is not available yet "
                          f"(it should define {class_name})") from None
     return getattr(module, class_name)(**kwargs)
 
 
 def _check(name: str) -> str:
     if name not in REGISTRY:
-        raise ValueError(f"unknown environment {name!r}; choose one of {', '.join(REGISTRY)}")
+        raise InputError(f"unknown environment {name!r}; choose one of {', '.join(REGISTRY)}")
     return name
