@@ -35,19 +35,24 @@ class ExactBatch:
     contrast_lp: Tensor  # [B, K, T]
     pmi: Tensor  # [B] log p(f | x, y) - log p(f | x)
     contrast_seq_lp: Tensor  # [B, K] log pi(y | x_j, f)
+    student_seq_lp: Tensor  # [B] log pi(y | x), from the policy tables
+    teacher_seq_lp: Tensor  # [B] log pi(y | x, f), by Bayes' rule on the whole sequence
+    mixture_seq_lp: Tensor  # [B] log M(y), the contrastive form's token-level mixture (mean pooling)
 
 
 @dataclass(frozen=True)
 class IdentityErrors:
-    """Largest absolute errors of the identities over a batch."""
+    """Largest absolute errors of the identities of docs/CREDIT-MATH.md section 5 over a batch."""
 
     sd_sum_vs_pmi: float  # |sum_t r_t - pMI|
-    credit_sum_vs_contrastive_pmi: float  # |sum_t r_t^CREDIT - (pMI - lam mean_j log pi(y|x_j,f))|
+    teacher_form: float  # |sum_t r^teacher - (pMI - lam mean_j log pi(y|x_j,f))|
+    shortcut_form: float  # |sum_t r^shortcut - (pMI - lam (mean_j log pi(y|x_j,f) - log pi(y|x)))|
+    contrastive_form: float  # |sum_t r^contrastive - ((1-lam) pMI + lam (log pi(y|x,f) - log M(y)))|
     teacher_split: float  # |specific + baseline - teacher_lp|
     sd_split: float  # |specific + shortcut - sd|
 
     def max(self) -> float:
-        return max(self.sd_sum_vs_pmi, self.credit_sum_vs_contrastive_pmi, self.teacher_split, self.sd_split)
+        return max(vars(self).values())
 
 
 def _float64(values: object) -> Tensor:
@@ -155,9 +160,36 @@ class ExactModel:
         marginal = self._joint_prefix[0][x, 0, f]
         return float(np.log(likelihood) - np.log(marginal))
 
+    def sequence_logprob(self, x: int, response: Sequence[int]) -> float:
+        """``log pi(y | x)``: the probability of the whole sequence, a product over the policy tables."""
+        self._check_triple(x, 0, response)
+        prob = 1.0
+        for t in range(self.length):
+            prob *= self.policy[t][x, self._prefix_index(response, t), int(response[t])]
+        return float(np.log(prob))
+
     def sequence_logprob_given_feedback(self, x: int, f: int, response: Sequence[int]) -> float:
         """``log pi(y | x, f) = log pi(y | x) + log p(f | x, y) - log p(f | x)``, from the tables."""
-        return float(self.student_logprobs(x, response).sum() + self.pmi(x, f, response))
+        return self.sequence_logprob(x, response) + self.pmi(x, f, response)
+
+    def next_token_posterior(self, x: int, f: int, prefix: Sequence[int]) -> np.ndarray:
+        """``pi(. | x, f, y_<t)`` over the vocabulary after ``prefix`` (length t < T): ``[V]``."""
+        t = len(prefix)
+        start = self._prefix_index(prefix, t) * self.vocab_size
+        after = self._joint_prefix[t + 1][x, start : start + self.vocab_size, f]
+        return after / self._joint_prefix[t][x, self._prefix_index(prefix, t), f]
+
+    def mixture_logprob(self, x: int, contrast_inputs: Sequence[int], f: int, response: Sequence[int]) -> float:
+        """``log M(y)`` of the contrastive form with mean pooling: M is the token-level policy whose next-token
+        weight is ``(pi(v | x, f, y_<t) + K * prod_j pi(v | x_j, f, y_<t) ** (1/K)) / (K + 1)`` (section 5)."""
+        k = len(contrast_inputs)
+        total = 0.0
+        for t in range(self.length):
+            prefix, token = list(response[:t]), int(response[t])
+            own = self.next_token_posterior(x, f, prefix)[token]
+            geometric = np.exp(np.mean([np.log(self.next_token_posterior(xj, f, prefix)[token]) for xj in contrast_inputs]))
+            total += np.log((own + k * geometric) / (k + 1))
+        return float(total)
 
     def sample_response(self, x: int, rng: np.random.Generator) -> list[int]:
         """Draw y ~ pi(. | x) token by token."""
@@ -177,13 +209,16 @@ class ExactModel:
         """Exact log-probs for B triples and, per triple, K contrast inputs (same f, same y)."""
         if not len(inputs) == len(feedback) == len(responses) == len(contrast_inputs):
             raise ValueError("inputs, feedback, responses and contrast_inputs must all have length B")
-        teacher, student, contrast, pmi, contrast_seq = [], [], [], [], []
+        teacher, student, contrast, pmi, contrast_seq, student_seq, teacher_seq, mixture = ([] for _ in range(8))
         for x, f, y, xs in zip(inputs, feedback, responses, contrast_inputs, strict=True):
             teacher.append(self.teacher_logprobs(x, f, y))
             student.append(self.student_logprobs(x, y))
             contrast.append([self.teacher_logprobs(xj, f, y) for xj in xs])
             pmi.append(self.pmi(x, f, y))
             contrast_seq.append([self.sequence_logprob_given_feedback(xj, f, y) for xj in xs])
+            student_seq.append(self.sequence_logprob(x, y))
+            teacher_seq.append(self.sequence_logprob_given_feedback(x, f, y))
+            mixture.append(self.mixture_logprob(x, xs, f, y))
         return ExactBatch(
             inputs=torch.tensor(list(inputs), dtype=torch.long),
             feedback=torch.tensor(list(feedback), dtype=torch.long),
@@ -194,6 +229,9 @@ class ExactModel:
             contrast_lp=_float64(contrast),
             pmi=_float64(pmi),
             contrast_seq_lp=_float64(contrast_seq),
+            student_seq_lp=_float64(student_seq),
+            teacher_seq_lp=_float64(teacher_seq),
+            mixture_seq_lp=_float64(mixture),
         )
 
     def sample_batch(self, batch_size: int, k: int, seed: int = 0) -> ExactBatch:
@@ -215,19 +253,39 @@ class ExactModel:
         return self.batch(inputs, feedback, responses, contrast_inputs)
 
 
+def form_objectives(batch: ExactBatch, lam: float) -> dict[str, Tensor]:
+    """The sequence-level objective of every reward form (mean pooling), from sequence quantities: ``[B]`` each.
+
+    - teacher:     pMI - lam * mean_j log pi(y | x_j, f)
+    - shortcut:    pMI - lam * (mean_j log pi(y | x_j, f) - log pi(y | x))
+    - contrastive: (1 - lam) * pMI + lam * (log pi(y | x, f) - log M(y)),  M = :meth:`ExactModel.mixture_logprob`
+    """
+    mean_contrast = batch.contrast_seq_lp.mean(dim=1)
+    return {
+        "teacher": batch.pmi - lam * mean_contrast,
+        "shortcut": batch.pmi - lam * (mean_contrast - batch.student_seq_lp),
+        "contrastive": (1 - lam) * batch.pmi + lam * (batch.teacher_seq_lp - batch.mixture_seq_lp),
+    }
+
+
 def verify_identities(batch: ExactBatch, lam: float = 0.5) -> IdentityErrors:
-    """Check the pMI and contrastive-pMI identities of an exact batch through :mod:`creditlens.credit`."""
+    """Check the pMI identity and every form's sequence identity through :mod:`creditlens.credit`."""
     parts = credit.decompose(batch.teacher_lp, batch.contrast_lp, batch.student_lp)
-    sums = credit.sequence_sums(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=lam)
-    credit_sum = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=lam).sum(1)
-    expected_credit = batch.pmi - lam * batch.contrast_seq_lp.mean(dim=1)
+    objectives = form_objectives(batch, lam)
+    errors = {}
+    for form in credit.FORMS:
+        token_sum = credit.credit_rewards(
+            batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=lam, form=form
+        ).sum(1)
+        sums = credit.sequence_sums(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=lam, form=form)
+        errors[f"{form}_form"] = float(
+            torch.maximum((token_sum - objectives[form]).abs(), (sums.credit - objectives[form]).abs()).max()
+        )
     return IdentityErrors(
         sd_sum_vs_pmi=float(
             (credit.sd_rewards(batch.teacher_lp, batch.student_lp).sum(1) - batch.pmi).abs().max()
         ),
-        credit_sum_vs_contrastive_pmi=float(
-            torch.maximum((credit_sum - expected_credit).abs(), (sums.credit - expected_credit).abs()).max()
-        ),
         teacher_split=float((parts.specific + parts.baseline - batch.teacher_lp).abs().max()),
         sd_split=float((parts.specific + parts.shortcut - parts.sd).abs().max()),
+        **errors,
     )

@@ -121,3 +121,58 @@ def test_invalid_tables_are_rejected():
         good.teacher_logprobs(0, 0, [0, 5])
     with pytest.raises(ValueError, match="k=3"):
         good.sample_batch(2, 3)
+
+
+def test_every_form_sums_to_its_sequence_objective_written_out():
+    """Section 5 per form, with the sequence quantities recomputed here by enumeration (not by the batch)."""
+    model = theory.ExactModel.random(n_inputs=4, vocab_size=3, length=3, n_feedback=2, seed=11)
+    batch = model.sample_batch(5, 2, seed=3)
+    lam = 0.37
+    for i in range(5):
+        x, f = int(batch.inputs[i]), int(batch.feedback[i])
+        xs = batch.contrast_inputs[i].tolist()
+        y = batch.responses[i].tolist()
+        brute = [_brute_force(model, xx, f, y) for xx in [x, *xs]]
+        pmi = brute[0]["pmi"]
+        seq_given_f = [b["student_seq"] + b["pmi"] for b in brute]  # log pi(y | x', f) by Bayes
+        contrast_mean = sum(seq_given_f[1:]) / len(xs)
+        mixture = 0.0
+        for t in range(model.length):
+            own = math.exp(brute[0]["teacher"][t])
+            geometric = math.exp(sum(b["teacher"][t] for b in brute[1:]) / len(xs))
+            mixture += math.log((own + len(xs) * geometric) / (len(xs) + 1))
+        expected = {
+            "teacher": pmi - lam * contrast_mean,
+            "shortcut": pmi - lam * (contrast_mean - brute[0]["student_seq"]),
+            "contrastive": (1 - lam) * pmi + lam * (seq_given_f[0] - mixture),
+        }
+        for form, value in expected.items():
+            rewards = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=lam, form=form)
+            assert rewards[i].sum().item() == pytest.approx(value, abs=1e-9), form
+
+
+def test_contrastive_mixture_is_a_distribution_under_logmeanexp_pooling_and_bounded():
+    """With logmeanexp pooling M(y) = prod_t mean_{x' in {x, x_j}} pi(y_t | x', f, y_<t) sums to 1 over y, and
+    the lam = 1 contrastive sum lies in [log pi(y|x,f) - log M(y) <= T log(K+1)]."""
+    model = theory.ExactModel.random(n_inputs=3, vocab_size=3, length=3, seed=5)
+    x, xs, f = 0, [1, 2], 1
+    total = 0.0
+    for y in itertools.product(range(3), repeat=3):
+        prob = 1.0
+        for t in range(3):
+            prob *= np.mean([model.next_token_posterior(xx, f, list(y[:t]))[y[t]] for xx in [x, *xs]])
+        total += prob
+        batch = model.batch([x], [f], [list(y)], [xs])
+        nce = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=1.0,
+                                    pool="logmeanexp", form="contrastive")
+        assert nce.sum().item() <= 3 * math.log(3) + 1e-12
+        assert nce.sum().item() == pytest.approx(batch.teacher_seq_lp.item() - math.log(prob), abs=1e-9)
+    assert total == pytest.approx(1.0, abs=1e-12)
+
+
+def test_verify_identities_detects_a_wrong_form():
+    model = theory.ExactModel.random(n_inputs=4, vocab_size=3, length=3, seed=2)
+    batch = model.sample_batch(5, 2, seed=0)
+    broken = theory.ExactBatch(**{**batch.__dict__, "student_seq_lp": batch.student_seq_lp + 0.5})
+    errors = theory.verify_identities(broken, lam=0.5)
+    assert errors.shortcut_form > 0.2 and errors.teacher_form < 1e-9
