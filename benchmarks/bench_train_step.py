@@ -28,7 +28,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from creditlens.training.config import TrainConfig, trl_args  # noqa: E402
-from creditlens.training.run import build_trainer, resolve_env, resolve_model  # noqa: E402
+from creditlens.training.run import build_trainer, check_model, materialize_model, resolve_env  # noqa: E402
 
 VARIANTS = (("grpo", "grpo", 1), ("sd", "sd", 1), ("credit K=1", "credit", 1), ("credit K=3", "credit", 3))
 PHASES = ("generation", "scoring", "contrast", "backward")
@@ -44,7 +44,7 @@ RATIO_COLUMNS = (
 def build(args: argparse.Namespace, root: Path) -> dict:
     """The four trainers, keyed by variant label."""
     env = resolve_env(args.env, {})
-    model_path = resolve_model(args.model, env, root)
+    model_path = materialize_model(check_model(args.model, env), root)
     trainers = {}
     for label, algo, k in VARIANTS:
         config = TrainConfig(
@@ -58,9 +58,8 @@ def build(args: argparse.Namespace, root: Path) -> dict:
             bf16=args.bf16,
         )
         run_dir = root / label.replace(" ", "").replace("=", "")
-        trainer = build_trainer(
-            algo, env, model_path, config, trl_args(config, algo, run_dir / "ckpt"), run_dir
-        )
+        trainer = build_trainer(algo, env, model_path, config, trl_args(config, algo, run_dir / "ckpt"))
+        trainer.timer.enabled = True
         trainer.current_gradient_accumulation_steps = 1
         trainer.model.train()
         trainers[label] = trainer
@@ -76,7 +75,6 @@ def one_step(trainer, inputs: list[dict], seed: int) -> dict[str, float]:
     total = trainer.timer.now() - start
     trainer.model.zero_grad(set_to_none=True)
     phases = trainer.timer.pop()
-    trainer._records.clear()
     inner = phases["generation"] + phases["scoring"] + phases["contrast"]
     return {
         **{p: phases[p] for p in PHASES[:3]},

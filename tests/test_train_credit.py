@@ -1,11 +1,12 @@
 """The CREDIT trainer against independent computations: lam=0 is SDPO bit for bit, and the advantage
-and logit-mode loss match plain forwards on contexts rebuilt here from the text."""
+and logit-mode losses match plain forwards on contrast contexts rebuilt here from the problems' text."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from train_support import EchoEnv
+from transformers import TrainerCallback
 from trl.experimental.sdpo import SDPOTrainer
 
 from creditlens import models
@@ -14,6 +15,19 @@ from creditlens.training.feedback import EnvReward, build_dataset
 from creditlens.training.run import build_trainer
 
 BASE = dict(num_prompts=3, num_generations=2, max_completion_length=6, n_eval_problems=2, log_kl=False)
+
+
+class Capture(TrainerCallback):
+    """Keeps the trainer's events: rollouts by id and the last micro-batch's token values."""
+
+    def __init__(self):
+        self.rollouts, self.tokens = {}, None
+
+    def on_rollouts_scored(self, rollouts, **_):
+        self.rollouts.update(rollouts)
+
+    def on_tokens_scored(self, **payload):
+        self.tokens = payload
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +41,15 @@ def model_dir(tmp_path_factory):
 
 def make(algo, model_dir, tmp_path, **fields):
     config = TrainConfig(**{**BASE, **fields})
-    args = trl_args(config, algo, tmp_path / algo / "checkpoints")
-    trainer = build_trainer(algo, EchoEnv(), model_dir, config, args, tmp_path / algo)
+    trainer = build_trainer(algo, EchoEnv(), model_dir, config, trl_args(config, algo, tmp_path / algo))
     trainer.current_gradient_accumulation_steps = 1
+    trainer.capture = Capture()
+    trainer.add_callback(trainer.capture)
     return trainer
 
 
 def rollout_batch(trainer):
+    trainer.model.train()
     torch.manual_seed(0)
     generation_batch = next(iter(trainer.get_train_dataloader()))
     return trainer._prepare_inputs(generation_batch)
@@ -47,7 +63,7 @@ def loss_and_grads(trainer, batch):
 
 
 def logprobs(model, prompt_ids, prompt_mask, batch):
-    """log p(y_t | context, y_<t) of the batch's completions after ``prompt_ids``: ``[B, T]``."""
+    """log p(. | context, y_<t) over the vocabulary for the batch's completions after ``prompt_ids``: ``[B, T, V]``."""
     ids = torch.cat([prompt_ids, batch["completion_ids"]], dim=1)
     mask = torch.cat([prompt_mask, batch["completion_mask"]], dim=1)
     with torch.no_grad():
@@ -75,33 +91,40 @@ def test_lam_zero_reproduces_sdpo_loss_and_gradients_exactly(model_dir, tmp_path
     assert torch.equal(loss_credit, loss_sd)
     assert all(torch.equal(a, b) for a, b in zip(grads_credit, grads_sd, strict=True))
     lam_half = make("credit", model_dir, tmp_path / "half", lam=0.5, n_contrast=2, **mode)
-    loss_half, _ = loss_and_grads(lam_half, batch)
-    assert not torch.equal(loss_half, loss_sd)
+    batch_half = rollout_batch(lam_half)
+    loss_half, _ = loss_and_grads(lam_half, batch_half)
+    loss_sd_half, _ = loss_and_grads(plain, batch_half)
+    assert not torch.equal(loss_half, loss_sd_half)
 
 
-def contrast_lp(trainer, batch, env, lam_contexts=True):
-    """Teacher log-probs ``[B, K, T, V]`` on contexts (x_j, f_i, y_i) rebuilt from text here."""
+def contrast_lp(trainer, batch, env):
+    """Teacher log-probs ``[B, K, T, V]`` on the contrast contexts (x_j, f_i, y_i), rebuilt from text here.
+
+    Each contrast prompt the trainer tokenized must be the reprompt of another problem with sample i's own
+    feedback; the forward runs on the ids rebuilt here.
+    """
     tokenizer = trainer.processing_class
     problems = {p.id: p for p in env.problems()}
-    prompts = [r["prompt_id"] for r in trainer._rollouts.values()]
+    own = [trainer.capture.rollouts[i].prompt_id for i in batch["rollout_id"].tolist()]
+    texts = tokenizer.batch_decode(batch["completion_ids"], skip_special_tokens=True)
     out = []
-    completion_text = tokenizer.batch_decode(batch["completion_ids"], skip_special_tokens=True)
     for i in range(batch["completion_ids"].shape[0]):
-        problem = problems[prompts[i]]
-        outcome = env.verify(problem, completion_text[i])
-        feedback = trainer.args.feedback_template.format(feedback_raw=outcome.feedback)
-        rows = []
-        for j in batch["contrast_index"][i].tolist():
-            other = problems[prompts[j]]
-            assert other.id != problem.id
+        feedback = env.verify(problems[own[i]], texts[i]).feedback
+        feedback = trainer.args.feedback_template.format(feedback_raw=feedback)
+        candidates = {}
+        for other in problems.values():
             text = trainer.args.reprompt_template.format(
                 prompt=other.prompt[-1]["content"], solution="", feedback=feedback
             )
-            ids = tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True
-            )
-            ids = torch.tensor([ids if isinstance(ids, list) else ids["input_ids"]])
-            one = {k: batch[k][i : i + 1] for k in ("completion_ids", "completion_mask")}
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+            candidates[other.id] = ids if isinstance(ids, list) else ids["input_ids"]
+        rows = []
+        for k in range(batch["contrast_prompt_ids"].shape[1]):
+            got = batch["contrast_prompt_ids"][i, k][batch["contrast_prompt_mask"][i, k].bool()].tolist()
+            match = [pid for pid, ids in candidates.items() if ids == got]
+            assert match and match[0] != own[i], "a contrast context is not another problem's reprompt"
+            ids = torch.tensor([candidates[match[0]]])
+            one = {key: batch[key][i : i + 1] for key in ("completion_ids", "completion_mask")}
             rows.append(logprobs(trainer.teacher_model, ids, torch.ones_like(ids), one)[0])
         out.append(torch.stack(rows))
     return torch.stack(out)
@@ -112,11 +135,9 @@ def test_sampled_token_advantage_matches_plain_forwards(model_dir, tmp_path):
     trainer = make("credit", model_dir, tmp_path, lam=lam, n_contrast=2, use_successful_as_teacher=False)
     batch = rollout_batch(trainer)
     trainer.compute_loss(trainer.model, batch)
-    record = trainer._records[-1]
+    tokens = trainer.capture.tokens
     ids = batch["completion_ids"].unsqueeze(-1)
-    student = logprobs(trainer.model, batch["prompt_ids"], batch["prompt_mask"], batch).gather(-1, ids)[
-        ..., 0
-    ]
+    student = logprobs(trainer.model, batch["prompt_ids"], batch["prompt_mask"], batch).gather(-1, ids)[..., 0]
     split = batch["teacher_input_ids"].shape[1] - ids.shape[1]
     teacher = logprobs(
         trainer.teacher_model,
@@ -127,13 +148,14 @@ def test_sampled_token_advantage_matches_plain_forwards(model_dir, tmp_path):
     contrast = contrast_lp(trainer, batch, EchoEnv())
     contrast = contrast.gather(-1, ids.unsqueeze(1).expand(-1, contrast.shape[1], -1, -1))[..., 0]
     expected = teacher - lam * contrast.mean(dim=1) - student
-    mask = record["mask"]
-    assert mask.any()
-    torch.testing.assert_close(record["advantage"][mask], expected[mask], atol=2e-5, rtol=1e-5)
-    torch.testing.assert_close(record["contrast_lp"], contrast, atol=2e-5, rtol=1e-5)
+    mask = tokens["loss_mask"].bool()
+    assert mask.any() and bool(tokens["has_contrast"].all())
+    torch.testing.assert_close(tokens["advantage"][mask], expected[mask], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(tokens["contrast_lp"], contrast, atol=2e-5, rtol=1e-5)
 
 
-def test_full_logits_loss_is_divergence_to_credit_target(model_dir, tmp_path):
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_full_logits_loss_is_divergence_to_credit_target(model_dir, tmp_path, alpha):
     lam = 0.5
     trainer = make(
         "credit",
@@ -142,7 +164,7 @@ def test_full_logits_loss_is_divergence_to_credit_target(model_dir, tmp_path):
         lam=lam,
         n_contrast=2,
         distillation_mode="full_logits",
-        distillation_alpha=0.0,
+        distillation_alpha=alpha,
         use_successful_as_teacher=False,
     )
     batch = rollout_batch(trainer)
@@ -156,7 +178,54 @@ def test_full_logits_loss_is_divergence_to_credit_target(model_dir, tmp_path):
         batch,
     )
     target = torch.log_softmax(teacher - lam * contrast_lp(trainer, batch, EchoEnv()).mean(dim=1), -1)
-    per_token = (target.exp() * (target - student)).sum(-1)  # forward KL(target || student), alpha = 0
+    if alpha == 0.0:  # forward KL(target || student)
+        per_token = (target.exp() * (target - student)).sum(-1)
+    else:  # generalized JSD with the mixture m = (p_S + p_target) / 2
+        mixture = torch.log((student.exp() + target.exp()) / 2)
+        per_token = 0.5 * (target.exp() * (target - mixture)).sum(-1) + 0.5 * (
+            student.exp() * (student - mixture)
+        ).sum(-1)
+    mask = batch["completion_mask"] * batch["self_distillation_mask"].unsqueeze(1)
+    expected = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("tail", [False, True])
+def test_topk_loss_uses_credit_target_on_the_student_support(model_dir, tmp_path, tail):
+    lam, k = 0.5, 4
+    trainer = make(
+        "credit",
+        model_dir,
+        tmp_path,
+        lam=lam,
+        n_contrast=2,
+        distillation_mode="topk_logits",
+        distillation_topk=k,
+        distillation_add_tail=tail,
+        distillation_alpha=0.0,
+        use_successful_as_teacher=False,
+    )
+    batch = rollout_batch(trainer)
+    loss = trainer.compute_loss(trainer.model, batch).detach()
+    student = logprobs(trainer.model, batch["prompt_ids"], batch["prompt_mask"], batch)
+    split = batch["teacher_input_ids"].shape[1] - batch["completion_ids"].shape[1]
+    teacher = logprobs(
+        trainer.teacher_model,
+        batch["teacher_input_ids"][:, :split],
+        batch["teacher_attention_mask"][:, :split],
+        batch,
+    )
+    contrast = contrast_lp(trainer, batch, EchoEnv())
+    support = student.topk(k, dim=-1).indices
+    on = lambda lp: lp.gather(-1, support if lp.dim() == 3 else support.unsqueeze(1).expand(-1, lp.shape[1], -1, -1))  # noqa: E731
+    s, t, c = on(student), on(teacher), on(contrast)
+    if tail:
+        bucket = lambda lp: torch.cat([lp, torch.log1p(-lp.exp().sum(-1, keepdim=True))], -1)  # noqa: E731
+        s, t, c = bucket(s), bucket(t), bucket(c)
+    else:
+        s = s - s.logsumexp(-1, keepdim=True)
+    target = torch.log_softmax(t - lam * c.mean(dim=1), -1)
+    per_token = (target.exp() * (target - s)).sum(-1)
     mask = batch["completion_mask"] * batch["self_distillation_mask"].unsqueeze(1)
     expected = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)

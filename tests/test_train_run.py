@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from train_support import EchoEnv, tiny_fields
 
-from creditlens import cli, credit, runs
+from creditlens import cli, runs
 from creditlens.training.config import TrainConfig, load_config
 from creditlens.training.run import train
 
@@ -56,11 +55,9 @@ def check_run(run_dir: Path, algo: str, steps: int) -> None:
     for _, rows in table.groupby(["step", "sample"]):
         rows = rows.sort_values("position")
         assert list(rows["position"]) == list(range(len(rows)))
-    if algo == "credit":
-        teacher = torch.tensor(counted["teacher_logprob"].to_numpy())[None]
-        student = torch.tensor(counted["student_logprob"].to_numpy())[None]
-        contrast = torch.tensor(np.stack(counted["contrast_logprobs"].to_list())).T[None]
-        expected = credit.credit_rewards(teacher, contrast, student, lam=0.5)[0].numpy()
+    if algo == "credit":  # the teacher form at lam 0.5, mean pooling, written out: r_t - lam * B_t
+        contrast = np.stack(counted["contrast_logprobs"].to_list())
+        expected = counted["teacher_logprob"] - 0.5 * contrast.mean(axis=1) - counted["student_logprob"]
         np.testing.assert_allclose(counted["credit_reward"], expected, atol=1e-9)
         np.testing.assert_allclose(counted["advantage"], counted["credit_reward"], atol=1e-5)
     if algo == "sd":
@@ -119,6 +116,35 @@ def test_run_directory_is_complete_and_consistent(algo, tmp_path):
     check_run(out, algo, 2)
     with pytest.raises(ValueError, match="already exists"):
         train(algo, "echo", "tiny", TrainConfig(**tiny_fields(2)), out, env=EchoEnv())
+
+
+def test_refused_starts_change_no_file(tmp_path):
+    """--resume with nothing to resume from, and bad inputs, are one-line errors that write nothing."""
+    logs_only = tmp_path / "logs-only"
+    logs_only.mkdir()
+    (logs_only / runs.METRICS).write_text('{"step": 1}\n')
+    (logs_only / runs.MANIFEST).write_text("{}")
+    before = {p.name: p.read_bytes() for p in logs_only.iterdir()}
+    with pytest.raises(ValueError, match=r"no complete checkpoint.*metrics\.jsonl"):
+        train("credit", "echo", "tiny", TrainConfig(**tiny_fields(2)), logs_only, resume=True, env=EchoEnv())
+    assert {p.name: p.read_bytes() for p in logs_only.iterdir()} == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        train("credit", "echo", "tiny", TrainConfig(**tiny_fields(2)), empty, resume=True, env=EchoEnv())
+    with pytest.raises(ValueError, match="no such run directory"):
+        train("sd", "echo", "tiny", TrainConfig(**tiny_fields(2)), tmp_path / "none", resume=True, env=EchoEnv())
+    bad = [
+        ("tiny", dict(n_contrast=8), "n_contrast=8 needs 9 distinct train prompts"),
+        (str(tmp_path / "missing-model"), {}, "no such directory"),
+        (str(empty), {}, "empty directory"),
+    ]
+    for model, fields, message in bad:
+        out = tmp_path / "fresh"
+        with pytest.raises(ValueError, match=message):
+            train("credit", "echo", model, TrainConfig(**{**tiny_fields(2), **fields}), out, env=EchoEnv())
+        assert not out.exists()
+    assert not any(empty.iterdir())
 
 
 @pytest.mark.slow

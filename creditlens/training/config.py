@@ -273,7 +273,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size: int = 1) -> Any:
-    """The TRL config (``GRPOConfig`` for grpo, ``SDPOConfig`` for sd/credit) of this run."""
+    """The TRL config of this run: ``GRPOConfig`` for grpo, ``CreditConfig`` for credit and for sd (``lam = 0``,
+    which is TRL's ``SDPOConfig`` training exactly)."""
     if algo not in ALGOS:
         raise ConfigError(f"--algo must be one of {ALGOS}, got {algo!r}")
     if config.batch_size % world_size:
@@ -323,11 +324,15 @@ def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size:
     if algo == "grpo":
         from trl import GRPOConfig
 
-        return GRPOConfig(**common, **config.trl)
-    from trl.experimental.sdpo import SDPOConfig
+        return _build(GRPOConfig, {**common, **config.trl})
+    from creditlens.training.credit_config import CreditConfig
 
-    return SDPOConfig(
+    return _build(CreditConfig, dict(
         **common,
+        lam=config.lam if algo == "credit" else 0.0,
+        n_contrast=config.n_contrast,
+        pool=config.pool,
+        form=config.form,
         max_prompt_length=config.max_prompt_length,
         distillation_mode=config.distillation_mode,
         distillation_topk=config.distillation_topk,
@@ -341,5 +346,14 @@ def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size:
         use_successful_as_teacher=config.use_successful_as_teacher,
         success_reward_threshold=config.success_reward_threshold,
         diagnostics_warning_interval=0,
-        **config.trl,
-    )
+    ) | config.trl)
+
+
+def _build(config_class: type, values: dict[str, Any]) -> Any:
+    """``config_class(**values)``; TRL's refusal of a value becomes a ``ConfigError`` naming the config."""
+    try:
+        return config_class(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config (TRL {config_class.__name__}): {error}") from None

@@ -1,88 +1,187 @@
-"""The CREDIT trainer: TRL's SDPO with a batch-contrastive teacher baseline.
+"""``CreditTrainer``: TRL's ``SDPOTrainer`` with CREDIT's batch-contrastive teacher baseline, as a drop-in.
 
-For every sample i (prompt x, feedback f, response y) it runs K extra no-grad teacher forwards on
-(x_j, f, y) where x_j is the prompt of another example of the batch with a different prompt id
-(:func:`creditlens.credit.contrast_indices`) and f is the exact solution/feedback text of sample i's own
-teacher reprompt. Then:
+Swap ``SDPOTrainer, SDPOConfig`` for ``CreditTrainer, CreditConfig`` in a TRL script; nothing else changes
+(same constructor, same dataset columns, same teacher-context builder, same modes). For every sample
+i = (x, f, y) the trainer scores the response under K other prompts x_j with i's own teacher reprompt
+(same solution text, same feedback text, same response tokens): K extra no-grad teacher forwards. The
+contrast prompts follow :mod:`creditlens.training.contrasts`. Then, with ``lam``, ``pool`` and ``form``
+of :class:`~creditlens.training.credit_config.CreditConfig`:
 
-- ``sampled_token`` mode: the per-token advantage is ``credit.credit_rewards`` =
-  ``log pi_T - lam * B_t - log pi_S``, used exactly where SDPO uses ``log pi_T - log pi_S``
-  (loss ``-A_t.detach() * log pi_S``, same importance clipping and aggregation).
-- ``topk_logits`` / ``full_logits`` modes: the teacher distribution is replaced by the CREDIT target
-  ``credit.credit_target_logprobs`` = ``log_softmax(log pi_T - lam * pool_k log pi_T(.|x_k, f, y_<t))``
-  over the vocabulary, then SDPO's divergence runs unchanged (top-K: gathered on the student's top-K
-  and renormalised over them, or with a tail bucket holding the target's remaining mass).
+- ``sampled_token``: the advantage ``log pi_T - log pi_S`` of SDPO's loss becomes
+  ``credit.credit_rewards(teacher_lp, contrast_lp, student_lp, ...)`` (``r_t - lam * B_t`` for ``teacher``).
+- ``topk_logits``: the CREDIT target ``credit.credit_target_logprobs`` on the student's top-k support
+  (contrast log-probs kept only there, ``[B, K, T, k]``), renormalised over it — exactly the full-vocabulary
+  target restricted to the support — or, with ``distillation_add_tail``, over the support plus one tail
+  bucket per distribution.
+- ``full_logits``: the CREDIT target over the vocabulary; the K contrasts are pooled into one ``[B, T, V]``
+  buffer as they are computed, never ``[B, K, T, V]``.
 
-``lam = 0`` gives SDPO's loss and gradients bit for bit (tested).
+``lam = 0`` runs SDPO's own loss (bit-identical, tested). A sample with no other prompt available (see
+contrasts.py) keeps SDPO's target. Per-token values are offered to callbacks through the
+``on_tokens_scored`` event (what creditlens' run logs listen to); without a listener nothing is computed.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.logging import get_logger
 from accelerate.utils import gather_object
-from trl.experimental.sdpo import SDPOTrainer
-from trl.experimental.sdpo.loss_utils import apply_importance_sampling_clipping
+from trl.experimental.sdpo import SDPOConfig, SDPOTrainer
+from trl.experimental.sdpo.loss_utils import add_tail_bucket, apply_importance_sampling_clipping, compute_divergence
 from trl.experimental.sdpo.sdpo_trainer import DistillationLogits
-from trl.trainer.utils import selective_log_softmax
+from trl.trainer.utils import get_config_model_id, selective_log_softmax
 
 from creditlens import credit
-from creditlens.training.trainers import SDTrainer, token_entropy
+from creditlens.errors import ConfigError
+from creditlens.training.contrasts import ContextRecorder, PromptBank, draw_contrasts, prompt_key
+from creditlens.training.credit_config import CreditConfig, as_credit_config
+from creditlens.training.timing import PhaseTimer
+
+logger = get_logger(__name__)
+EVAL_SEED_OFFSET = 500_000_003
 
 
 @dataclass
 class CreditLogits(DistillationLogits):
     """SDPO's aligned logits plus the contrast teacher's log-probs.
 
-    ``contrast_token_lp [B, K, T]`` (sampled tokens); ``contrast_logprobs [B, K, T, V]`` in logit modes.
+    ``contrast_token_lp [B, K, T]`` (sampled tokens); ``has_contrast [B]``; in ``topk_logits`` mode
+    ``support [B, T, k]`` (the student's top-k ids) and ``contrast_support_lp [B, K, T, k]``; in
+    ``full_logits`` mode ``pooled_contrast_lp [B, T, V]`` (the K contrasts already pooled).
     """
 
     contrast_token_lp: torch.Tensor | None = None
-    contrast_logprobs: torch.Tensor | None = None
+    has_contrast: torch.Tensor | None = None
+    support: torch.Tensor | None = None
+    contrast_support_lp: torch.Tensor | None = None
+    pooled_contrast_lp: torch.Tensor | None = None
 
 
-class CreditTrainer(SDTrainer):
-    """SDPO with the CREDIT per-token reward ``r_t - lam * B_t`` (see the module docstring)."""
+class CreditTrainer(SDPOTrainer):
+    """SDPO with the CREDIT per-token reward (see the module docstring); ``SDPOTrainer``'s constructor.
 
-    def __init__(self, *args: Any, lam: float = 0.5, n_contrast: int = 1, pool: str = "mean", **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        if not 0.0 <= lam <= 1.0:
-            raise ValueError(f"lam: must be in [0, 1], got {lam}")
-        if pool not in credit.POOLS:
-            raise ValueError(f"pool: must be one of {credit.POOLS}, got {pool!r}")
-        self.lam, self.n_contrast, self.pool = float(lam), int(n_contrast), pool
+    ``args``: a :class:`CreditConfig`; None builds one with defaults (output dir ``<model>-CREDIT``); a plain
+    ``SDPOConfig`` is upgraded to a ``CreditConfig`` keeping all its values, with the CREDIT fields at their
+    defaults (``lam=0.5``). ``log_contrasts=True`` (attribute) computes contrasts for callbacks even at lam 0.
+    """
 
-    # ---- contrast contexts, built once per generation batch ---------------------------------------
+    config_cls = CreditConfig
+    _tag_names = ["trl", "sdpo", "credit"]
+    _name = "CREDIT"
+
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: SDPOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        peft_config=None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = CreditConfig(output_dir=f"{Path(str(name)).name or 'model'}-CREDIT")
+        elif not isinstance(args, SDPOConfig):
+            raise ConfigError(f"args: expected a CreditConfig (or an SDPOConfig), got {type(args).__name__}")
+        args = as_credit_config(args)
+        super().__init__(
+            model,
+            reward_funcs,
+            args,
+            train_dataset,
+            eval_dataset,
+            processing_class,
+            reward_processing_classes,
+            callbacks,
+            optimizers,
+            peft_config,
+        )
+        self.teacher_context_builder = ContextRecorder(self)
+        self.contrast_bank = PromptBank(args.contrast_bank_size)
+        self.log_contrasts = False
+        self.timer = PhaseTimer(self.accelerator.device, enabled=False)
+        self._contrast_draws = {"train": 0, "eval": 0}
+
+    # ---- contrast contexts, built once per generation batch -------------------------------------
+    def _uses_contrasts(self) -> bool:
+        return self.args.lam > 0 or self.log_contrasts
+
     def _prepare_training_batch(self, inputs):
         batch = super()._prepare_training_batch(inputs)
-        all_prompts = gather_object([x["prompt"] for x in inputs])
-        all_ids = gather_object([str(x["prompt_id"]) for x in inputs])
-        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.state.global_step)
-        picks = credit.contrast_indices(all_ids, self.n_contrast, generator)
-        offset = self.accelerator.process_index * len(inputs)
-        builder = self.teacher_context_builder
-        messages = [
-            builder.contrast_prompt(row, all_prompts[int(j)])
-            for row in range(len(inputs))
-            for j in picks[offset + row].tolist()
-        ]
-        tokenized = builder._tokenize_teacher_messages(messages)
-        shape = (len(inputs), self.n_contrast, -1)
-        batch["contrast_prompt_ids"] = tokenized["prompt_ids"].view(shape)
-        batch["contrast_prompt_mask"] = tokenized["prompt_mask"].view(shape)
-        batch["contrast_index"] = picks[offset : offset + len(inputs)].to(self.accelerator.device)
+        if self._uses_contrasts():
+            batch.update(self._contrast_contexts(inputs))
         return batch
 
+    def _contrast_contexts(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Tokenized contrast teacher prompts ``[B, K, L]`` (+ mask) and ``has_contrast [B]`` of local samples."""
+        builder = self.teacher_context_builder
+        if not isinstance(builder, ContextRecorder):
+            raise TypeError(
+                "teacher_context_builder: CreditTrainer needs a creditlens.training.contrasts.ContextRecorder "
+                f"(it remembers each reprompt's solution and feedback), got {type(builder).__name__}"
+            )
+        mode = "train" if self.model.training else "eval"
+        gathered = gather_object([(prompt_key(x), x["prompt"]) for x in inputs])
+        keys = [key for key, _ in gathered]
+        lookup = {**self.contrast_bank.prompts, **dict(gathered)}
+        seed = self.args.seed * 1_000_003 + self._contrast_draws[mode] + (EVAL_SEED_OFFSET if mode == "eval" else 0)
+        picks = draw_contrasts(keys, self.contrast_bank, self.args.n_contrast, torch.Generator().manual_seed(seed))
+        self._contrast_draws[mode] += 1
+        if mode == "train":
+            self.contrast_bank.add(keys, [prompt for _, prompt in gathered])
+        covered = sum(bool(p) for p in picks) / max(len(picks), 1)
+        self._metrics[mode]["credit/contrast_fraction"].append(covered)
+        if covered < 1.0:
+            logger.warning_once(
+                "CREDIT: some samples have no other prompt to contrast with (a single distinct prompt so far, "
+                "e.g. a one-row dataset); they keep the SDPO target until another prompt is seen. See "
+                "docs/training.md, 'Contrast inputs'."
+            )
+        offset = self.accelerator.process_index * len(inputs)
+        messages, has_contrast = [], []
+        for row, example in enumerate(inputs):
+            mine = picks[offset + row]
+            has_contrast.append(bool(mine))
+            others = [lookup[key] for key in mine] or [example["prompt"]] * self.args.n_contrast
+            messages += [builder.contrast_prompt(row, other) for other in others]
+        tokenized = builder._tokenize_teacher_messages(messages)
+        shape = (len(inputs), self.args.n_contrast, -1)
+        return {
+            "contrast_prompt_ids": tokenized["prompt_ids"].view(shape),
+            "contrast_prompt_mask": tokenized["prompt_mask"].view(shape),
+            "has_contrast": torch.tensor(has_contrast, device=self.accelerator.device),
+        }
+
     # ---- K no-grad contrast teacher forwards -----------------------------------------------------
-    def _compute_teacher_student_logits(self, model, teacher_model, inputs) -> CreditLogits:
+    def _compute_teacher_student_logits(self, model, teacher_model, inputs) -> DistillationLogits:
         base = super()._compute_teacher_student_logits(model, teacher_model, inputs)
+        if "contrast_prompt_ids" not in inputs:
+            return base
+        with self.timer("contrast"):
+            contrast = self._contrast_logprobs(teacher_model, inputs, base.student_logits)
+        return CreditLogits(**vars(base), has_contrast=inputs["has_contrast"], **contrast)
+
+    def _contrast_logprobs(self, teacher_model, inputs, student_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Contrast log-probs of the sampled tokens ``[B, K, T]`` and what the distillation mode needs."""
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        keep_full = self.args.distillation_mode != "sampled_token"
-        token_lps, full_lps = [], []
-        with torch.no_grad(), self._get_teacher_context_for_self_distillation(), self.timer("contrast"):
-            for k in range(self.n_contrast):
+        mode, k_total = self.args.distillation_mode, inputs["contrast_prompt_ids"].size(1)
+        out: dict[str, torch.Tensor] = {}
+        support = None
+        if mode == "topk_logits":
+            support = student_logits.detach().topk(self.args.distillation_topk, dim=-1).indices
+            out["support"] = support
+        token_lps, support_lps, pooled = [], [], None
+        with torch.no_grad(), self._get_teacher_context_for_self_distillation():
+            for k in range(k_total):
                 logits = SDPOTrainer._forward_logits(
                     self,
                     teacher_model,
@@ -91,66 +190,153 @@ class CreditTrainer(SDTrainer):
                     completion_ids.size(1),
                 )
                 token_lps.append(selective_log_softmax(logits, completion_ids))
-                if keep_full:
-                    full_lps.append(torch.log_softmax(logits.float(), dim=-1).to(logits.dtype))
-        return CreditLogits(
-            **vars(base),
-            contrast_token_lp=torch.stack(token_lps, dim=1),
-            contrast_logprobs=torch.stack(full_lps, dim=1) if keep_full else None,
-        )
+                if support is not None:
+                    support_lps.append(selective_log_softmax(logits, support))
+                elif mode == "full_logits":
+                    log_probs = torch.log_softmax(logits, dim=-1)
+                    del logits
+                    if pooled is None:
+                        pooled = log_probs
+                    elif self.args.pool == "mean":
+                        pooled.add_(log_probs)
+                    else:
+                        torch.logaddexp(pooled, log_probs, out=pooled)
+                    del log_probs
+        out["contrast_token_lp"] = torch.stack(token_lps, dim=1)
+        if support is not None:
+            out["contrast_support_lp"] = torch.stack(support_lps, dim=1)
+        if pooled is not None:
+            out["pooled_contrast_lp"] = pooled.div_(k_total) if self.args.pool == "mean" else pooled.sub_(math.log(k_total))
+        return out
 
     # ---- the loss ---------------------------------------------------------------------------------
-    def _compute_self_distillation_loss(self, model, inputs, distillation_logits: CreditLogits):
+    def _compute_self_distillation_loss(self, model, inputs, distillation_logits: DistillationLogits):
         logits = distillation_logits
-        with torch.no_grad():
-            student_lp, teacher_lp = self._sampled_logprobs(logits)
-            advantage = credit.credit_rewards(
-                teacher_lp, logits.contrast_token_lp, student_lp, logits.loss_mask, self.lam, self.pool
-            )
-        if self.args.distillation_mode == "sampled_token":
-            loss = self._sampled_token_loss(model, inputs, logits, advantage)
+        if not isinstance(logits, CreditLogits) or self.args.lam == 0 or logits.loss_mask.sum() == 0:
+            loss = super()._compute_self_distillation_loss(model, inputs, logits)
+            if self.args.distillation_mode == "sampled_token":
+                self._offer_tokens(inputs, logits, advantage=None)
+            else:
+                self._offer_tokens(inputs, logits, advantage=float("nan"))
+            return loss
+        mode = self.args.distillation_mode
+        if mode == "sampled_token":
+            per_token_loss, advantage = self._sampled_token_loss(logits)
+            self._offer_tokens(inputs, logits, advantage=advantage)
+        elif mode == "topk_logits":
+            per_token_loss = self._topk_loss(logits)
+            self._offer_tokens(inputs, logits, advantage=float("nan"))
         else:
-            target = credit.credit_target_logprobs(
-                logits.teacher_logits, logits.contrast_logprobs, self.lam, self.pool
-            )
-            plain = DistillationLogits(
-                completion_ids=logits.completion_ids,
-                completion_mask=logits.completion_mask,
-                loss_mask=logits.loss_mask,
-                student_logits=logits.student_logits,
-                teacher_logits=target,
-            )
-            loss = super(SDTrainer, self)._compute_self_distillation_loss(model, inputs, plain)
-            advantage = torch.full_like(advantage, float("nan"))
-        with torch.no_grad(), self.timer("logging"):
-            self._record_tokens(
-                inputs,
-                student_lp,
-                teacher_lp,
-                advantage,
-                logits.loss_mask,
-                token_entropy(logits.student_logits),
-                contrast_lp=logits.contrast_token_lp,
-            )
-        return loss
+            self._offer_tokens(inputs, logits, advantage=float("nan"))
+            return super()._compute_self_distillation_loss(model, inputs, self._full_target(logits))
+        return self._aggregate(model, inputs, logits, per_token_loss)
 
-    def _sampled_token_loss(
-        self, model, inputs, logits: CreditLogits, advantage: torch.Tensor
-    ) -> torch.Tensor:
-        """SDPO's sampled-token loss (TRL 1.16) with ``advantage [B, T]`` in place of ``log pi_T - log pi_S``."""
-        mask = logits.loss_mask
-        mode = "train" if model.training else "eval"
-        if mask.sum() == 0:
-            self._log_self_distillation_metric(mode, 0.0)
-            return logits.student_logits.sum() * 0.0
+    def _sampled_token_loss(self, logits: CreditLogits) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDPO's sampled-token loss ``-A_t.detach() * log pi_S`` with the CREDIT advantage ``A_t [B, T]``."""
         student_lp = selective_log_softmax(logits.student_logits, logits.completion_ids)
-        per_token_loss = (-advantage).detach() * student_lp
+        with torch.no_grad():
+            teacher_lp = selective_log_softmax(logits.teacher_logits, logits.completion_ids)
+            advantage = credit.credit_rewards(
+                teacher_lp,
+                logits.contrast_token_lp,
+                student_lp.detach(),
+                logits.loss_mask,
+                self.args.lam,
+                self.args.pool,
+                self.args.form,
+            )
+            advantage = torch.where(logits.has_contrast.unsqueeze(1), advantage, teacher_lp - student_lp.detach())
+        return (-advantage).detach() * student_lp, advantage
+
+    def _topk_loss(self, logits: CreditLogits) -> torch.Tensor:
+        """Divergence ``[B, T]`` between the student and the CREDIT target on the student's top-k support."""
+        student = selective_log_softmax(logits.student_logits, logits.support)
+        with torch.no_grad():
+            teacher = selective_log_softmax(logits.teacher_logits, logits.support)
+            contrast = logits.contrast_support_lp
+            if self.args.distillation_add_tail:
+                teacher, contrast = add_tail_bucket(teacher), add_tail_bucket(contrast)
+            plain = teacher if self.args.distillation_add_tail else teacher - teacher.logsumexp(-1, keepdim=True)
+        student = add_tail_bucket(student) if self.args.distillation_add_tail else student
+        target = credit.credit_target_logprobs(
+            teacher,
+            contrast,
+            self.args.lam,
+            self.args.pool,
+            self.args.form,
+            student_logprobs=student.detach() if self.args.form != "teacher" else None,
+        )
+        target = torch.where(logits.has_contrast[:, None, None], target, plain)
+        if not self.args.distillation_add_tail:
+            student = student - student.logsumexp(-1, keepdim=True)
+        return compute_divergence(student, target, self.args.distillation_alpha)
+
+    def _full_target(self, logits: CreditLogits) -> DistillationLogits:
+        """SDPO's inputs with the teacher logits replaced by the CREDIT target log-probs ``[B, T, V]``."""
+        with torch.no_grad():
+            teacher = torch.log_softmax(logits.teacher_logits, dim=-1)
+            k = logits.contrast_token_lp.size(1)
+            pooled = logits.pooled_contrast_lp.unsqueeze(1)
+            if self.args.form == "contrastive":
+                pooled = pooled.expand(-1, k, -1, -1)
+            student = None
+            if self.args.form != "teacher":
+                student = torch.log_softmax(logits.student_logits.detach(), dim=-1)
+            target = credit.credit_target_logprobs(
+                teacher, pooled, self.args.lam, "mean", self.args.form, student_logprobs=student
+            )
+            if not bool(logits.has_contrast.all()):
+                target = torch.where(logits.has_contrast[:, None, None], target, teacher)
+        return DistillationLogits(
+            completion_ids=logits.completion_ids,
+            completion_mask=logits.completion_mask,
+            loss_mask=logits.loss_mask,
+            student_logits=logits.student_logits,
+            teacher_logits=target,
+        )
+
+    def _aggregate(self, model, inputs, logits: CreditLogits, per_token_loss: torch.Tensor) -> torch.Tensor:
+        """SDPO's importance-weight clip and per-sequence mean of a ``[B, T]`` per-token loss (TRL 1.16)."""
         old_lp = inputs.get("old_per_token_logps")
         if self.args.distillation_is_clip is not None and old_lp is not None:
+            student_lp = selective_log_softmax(logits.student_logits, logits.completion_ids)
             per_token_loss = apply_importance_sampling_clipping(
                 per_token_loss, student_lp, old_lp, self.args.distillation_is_clip
             )
+        mask = logits.loss_mask
         loss = ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
         mean_loss = (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0)
+        mode = "train" if model.training else "eval"
         self._log_self_distillation_metric(mode, self.accelerator.gather(mean_loss).mean().item())
         return loss
+
+    # ---- per-token values for callbacks (creditlens' run logs) ---------------------------------------
+    def _offer_tokens(self, inputs, logits: DistillationLogits, advantage: torch.Tensor | float | None) -> None:
+        """Dispatch ``on_tokens_scored`` (training only, and only when a callback listens).
+
+        Payload: ``inputs`` (the micro-batch), ``student_lp``/``teacher_lp``/``advantage``/``loss_mask``
+        ``[B, T]``, ``student_logits [B, T, V]``, ``contrast_lp [B, K, T]`` or None, ``has_contrast [B]`` or None.
+        ``advantage`` None means SDPO's ``teacher_lp - student_lp``; a float fills the tensor (NaN: none).
+        """
+        listening = any(hasattr(c, "on_tokens_scored") for c in self.callback_handler.callbacks)
+        if not listening or not self.model.training:
+            return
+        with torch.no_grad(), self.timer("logging"):
+            ids = logits.completion_ids
+            student_lp = selective_log_softmax(logits.student_logits.detach(), ids)
+            teacher_lp = selective_log_softmax(logits.teacher_logits, ids)
+            if advantage is None:
+                advantage = teacher_lp - student_lp
+            elif isinstance(advantage, float):
+                advantage = torch.full_like(student_lp, advantage)
+            self._dispatch_self_distillation_callback(
+                "on_tokens_scored",
+                inputs=inputs,
+                student_lp=student_lp,
+                teacher_lp=teacher_lp,
+                advantage=advantage.detach(),
+                loss_mask=logits.loss_mask,
+                student_logits=logits.student_logits.detach(),
+                contrast_lp=getattr(logits, "contrast_token_lp", None),
+                has_contrast=getattr(logits, "has_contrast", None),
+            )

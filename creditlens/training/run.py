@@ -1,29 +1,34 @@
-"""One training run: resolve env and model, write the manifest, build the TRL trainer, train, resume."""
+"""One training run: check every input, write the manifest, build the TRL trainer, attach the run log, train.
+
+Nothing is written to ``--out`` before every input has been checked (config, environment, model, the
+TRL arguments, ``--resume``'s checkpoint): a refused start leaves the directory as it was.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
-
-from accelerate import PartialState
-from transformers import AutoTokenizer
 
 from creditlens import envs, models, runs
 from creditlens.cache import staged_dir
 from creditlens.envs.base import Environment
+from creditlens.errors import ConfigError, RunError
 from creditlens.training.config import ALGOS, TrainConfig, trl_args
-from creditlens.training.credit_trainer import CreditTrainer
-from creditlens.training.feedback import EnvReward, build_dataset
-from creditlens.training.runlog import RunContext, last_complete_checkpoint, truncate_run, world_size
-from creditlens.training.trainers import GRPORunTrainer, SDTrainer
 
 PACKAGES = ("creditlens", "torch", "transformers", "trl", "accelerate", "datasets", "tokenizers", "numpy")
 MANIFEST_KEYS = ("algo", "env", "model", "seed", "config")
+
+
+def world_size() -> int:
+    """Number of processes of this launch (``torchrun`` / ``accelerate`` set ``WORLD_SIZE``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def resolve_env(name: str, env_args: dict[str, Any]) -> Environment:
@@ -31,29 +36,34 @@ def resolve_env(name: str, env_args: dict[str, Any]) -> Environment:
     try:
         return envs.get(name, **env_args)
     except TypeError as error:
-        raise ValueError(
+        raise ConfigError(
             f"config env_args {env_args}: not accepted by environment {name!r} ({error})"
         ) from error
 
 
-def resolve_model(name: str | None, env: Environment, run_dir: Path) -> str:
+def check_model(name: str | None, env: Environment) -> str:
+    """Where the start model loads from, checked locally without writing anything (``models.resolve``).
+
+    ``None`` picks the env's default model. Returns a model directory, or ``models.TINY_MODEL``, which
+    :func:`materialize_model` saves into the run directory.
+    """
+    return models.resolve(str(env.default_model()) if name is None else name)
+
+
+def materialize_model(where: str, run_dir: Path) -> str:
     """A local directory holding the start model (TRL re-loads the teacher and reference from it).
 
-    ``None`` asks the env (``env.default_model()``: the embedded SmolLM2 unless the env overrides it, as
-    ``shortcut`` does with its warm start). ``"tiny"`` is saved once into ``run_dir/start_model``
-    (atomically: staged, then renamed).
+    ``models.TINY_MODEL`` is saved once into ``run_dir/start_model`` (atomically: staged, then renamed).
     """
-    if name is None:
-        name = str(env.default_model())
-    if name == models.TINY_MODEL:
-        target = run_dir / "start_model"
-        if not target.is_dir():
-            model, tokenizer = models.load(name)
-            with staged_dir(target, "config.json") as staging:
-                model.save_pretrained(staging)
-                tokenizer.save_pretrained(staging)
-        return str(target)
-    return models.resolve(name)  # the embedded model, or a checked local directory; never a hub download
+    if where != models.TINY_MODEL:
+        return where
+    target = run_dir / runs.START_MODEL_DIR
+    if not target.is_dir():
+        model, tokenizer = models.load(models.TINY_MODEL)
+        with staged_dir(target, "config.json") as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+    return str(target)
 
 
 def _git_commit() -> str | None:
@@ -108,53 +118,51 @@ def _check_resume(run_dir: Path, wanted: dict[str, Any]) -> None:
     manifest = runs.load_run(run_dir).manifest
     for key in MANIFEST_KEYS:
         if manifest.get(key) != wanted[key]:
-            raise ValueError(
+            raise RunError(
                 f"--resume: {key} differs from {run_dir / runs.MANIFEST} ({manifest.get(key)!r} there, "
                 f"{wanted[key]!r} now); resume with the run's own settings"
             )
 
 
-def _check_algo(algo: str, config: TrainConfig) -> None:
-    if algo == "credit" and config.trl.get("use_teacher_server"):
-        raise ValueError(
+def check_contrasts(algo: str, config: TrainConfig, n_prompts: int) -> None:
+    """CREDIT needs ``n_contrast`` other distinct prompts for every sample among the ``n_prompts`` train prompts."""
+    if algo != "credit":
+        return
+    if config.trl.get("use_teacher_server"):
+        raise ConfigError(
             "config: trl.use_teacher_server is not supported by --algo credit (the vLLM teacher server "
             "cannot score the contrast contexts); remove it"
         )
-    if algo == "credit" and (config.num_prompts - 1) * config.num_generations < config.n_contrast:
-        raise ValueError(
-            f"config: credit needs n_contrast={config.n_contrast} examples with another prompt id for every "
-            f"sample, but num_prompts={config.num_prompts} x num_generations={config.num_generations} gives "
-            f"{(config.num_prompts - 1) * config.num_generations}; raise num_prompts or lower n_contrast"
+    if n_prompts - 1 < config.n_contrast:
+        raise ConfigError(
+            f"config: n_contrast={config.n_contrast} needs {config.n_contrast + 1} distinct train prompts "
+            f"(each sample is contrasted with n_contrast other prompts), but the train split has {n_prompts}; "
+            "lower n_contrast or raise n_train_problems"
         )
 
 
-def build_trainer(
-    algo: str, env: Environment, model_path: str, config: TrainConfig, args: Any, run_dir: Path
-) -> Any:
-    """The TRL trainer of ``algo`` (``args`` from :func:`trl_args`) with run logging into ``run_dir``."""
+def build_trainer(algo: str, env: Environment, model_path: str, config: TrainConfig, args: Any) -> Any:
+    """The TRL trainer of ``algo`` (``args`` from :func:`trl_args`), without run logging."""
+    from transformers import AutoTokenizer
+
+    from creditlens.training.feedback import EnvReward, build_dataset
+    from creditlens.training.trainers import GRPOEnvTrainer, SDPOEnvTrainer
+
     if algo not in ALGOS:
-        raise ValueError(f"--algo must be one of {ALGOS}, got {algo!r}")
-    _check_algo(algo, config)
+        raise ConfigError(f"--algo must be one of {ALGOS}, got {algo!r}")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     train_problems = env.problems("train", config.n_train_problems, config.seed)
-    eval_problems = env.problems("eval", config.n_eval_problems, config.seed)
-    reward = EnvReward(env, train_problems)
-    run = RunContext(run_dir, run_dir.name, algo, env, reward, eval_problems, config)
-    kwargs: dict[str, Any] = dict(
+    check_contrasts(algo, config, len({p.id for p in train_problems}))
+    trainer_class = GRPOEnvTrainer if algo == "grpo" else SDPOEnvTrainer
+    return trainer_class(
         model=model_path,
-        reward_funcs=[reward],
+        reward_funcs=[EnvReward(env, train_problems)],
         args=args,
         train_dataset=build_dataset(train_problems, tokenizer),
         processing_class=tokenizer,
-        run=run,
     )
-    if algo == "grpo":
-        return GRPORunTrainer(**kwargs)
-    if algo == "sd":
-        return SDTrainer(**kwargs)
-    return CreditTrainer(**kwargs, lam=config.lam, n_contrast=config.n_contrast, pool=config.pool)
 
 
 def train(
@@ -169,34 +177,51 @@ def train(
     """Train ``algo`` on ``env_name`` into the run directory ``out``; returns it.
 
     ``env`` overrides the registry lookup (tests, custom environments). With ``resume`` the run restarts
-    from its last complete checkpoint and logs past it are dropped first.
+    from its last complete checkpoint and logs past it are dropped first; with nothing to resume from it
+    is a ``RunError`` and no file changes.
     """
+    from accelerate import PartialState
+
+    from creditlens.training.checkpoints import resume_point, truncate_run
+    from creditlens.training.runlog import RunContext, attach_run_log
+
     run_dir = Path(out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"--out {run_dir}: a file, not a directory; choose another --out")
     env = env if env is not None else resolve_env(env_name, config.env_args)
-    args = trl_args(config, algo, run_dir / "checkpoints", world_size())
-    state = PartialState()
+    args = trl_args(config, algo, run_dir / runs.CHECKPOINTS_DIR, world_size())
     has_manifest = (run_dir / runs.MANIFEST).exists()
     if has_manifest and not resume:
-        raise ValueError(
-            f"--out {run_dir}: a run already exists there; pass --resume or choose another --out"
-        )
+        raise RunError(f"--out {run_dir}: a run already exists there; pass --resume or choose another --out")
     wanted = {"algo": algo, "env": env_name, "model": model, "seed": config.seed, "config": config.to_dict()}
-    if resume and has_manifest:
-        _check_resume(run_dir, wanted)
-    step, checkpoint = last_complete_checkpoint(run_dir / "checkpoints") if resume else (0, None)
+    step, checkpoint = 0, None
+    if resume:
+        step, checkpoint = resume_point(run_dir)
+        if has_manifest:
+            _check_resume(run_dir, wanted)
+    where = check_model(model, env)
+    train_problems = env.problems("train", config.n_train_problems, config.seed)
+    if not train_problems:
+        raise ConfigError(f"env {env_name!r}: the train split has no problems; raise n_train_problems")
+    check_contrasts(algo, config, len({p.id for p in train_problems}))
+    state = PartialState()
     state.wait_for_everyone()  # every process has read the directory before the main one changes it
-    with state.main_process_first():
-        model_path = resolve_model(model, env, run_dir)
     if state.is_main_process:
         if resume:
             truncate_run(run_dir, step)
         if not has_manifest:
-            runs.write_manifest(
-                run_dir, manifest_for(run_dir.name, algo, env_name, model, model_path, config)
-            )
+            recorded = str(run_dir / runs.START_MODEL_DIR) if where == models.TINY_MODEL else where
+            runs.write_manifest(run_dir, manifest_for(run_dir.name, algo, env_name, model, recorded, config))
+    with state.main_process_first():
+        model_path = materialize_model(where, run_dir)
     state.wait_for_everyone()
     if checkpoint is not None and step >= config.max_steps:
         return run_dir
-    trainer = build_trainer(algo, env, model_path, config, args, run_dir)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    trainer = build_trainer(algo, env, model_path, config, args)
+    eval_problems = env.problems("eval", config.n_eval_problems, config.seed)
+    attach_run_log(trainer, RunContext(run_dir, run_dir.name, algo, env, eval_problems, config), checkpoint)
+    with warnings.catch_warnings():
+        # transformers 5 deprecates the gradient_checkpointing_* names that TRL's generation helpers call
+        warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     return run_dir

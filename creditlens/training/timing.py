@@ -16,10 +16,12 @@ class PhaseTimer:
     """``with timer("scoring"): ...`` adds the block's seconds to ``totals["scoring"]``.
 
     Nested phases are exclusive (the inner block's time is not counted in the outer one). On CUDA the
-    device is synchronised at every boundary so asynchronous kernels land in the right phase.
+    device is synchronised at every boundary so asynchronous kernels land in the right phase. A timer
+    built with ``enabled=False`` (until a run log switches it on) measures nothing and never synchronises.
     """
 
-    def __init__(self, device: torch.device | str = "cpu"):
+    def __init__(self, device: torch.device | str = "cpu", enabled: bool = True):
+        self.enabled = enabled
         self.cuda = torch.device(device).type == "cuda"
         self.totals: dict[str, float] = defaultdict(float)
         self._stack: list[list] = []
@@ -31,6 +33,9 @@ class PhaseTimer:
 
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
         now = self._now()
         if self._stack:
             outer = self._stack[-1]

@@ -1,5 +1,14 @@
-"""GRPO and SD trainers: TRL's ``GRPOTrainer`` and ``SDPOTrainer`` with environment feedback, phase
-timing and per-token run logs (the CREDIT trainer derives from :class:`SDTrainer`)."""
+"""The trainers ``creditlens train`` builds: TRL's GRPO and SDPO/CREDIT wired to a creditlens environment.
+
+- :class:`GRPOEnvTrainer` (``--algo grpo``): ``trl.GRPOTrainer``.
+- :class:`SDPOEnvTrainer` (``--algo sd`` with ``lam = 0``, ``--algo credit`` with the config's ``lam``):
+  :class:`~creditlens.training.credit_trainer.CreditTrainer`, whose ``lam = 0`` is TRL's ``SDPOTrainer``
+  bit for bit, with the environment's per-rollout feedback in the teacher reprompt.
+
+Both time their phases and announce, per generation batch, the rollouts they made (``on_rollouts_scored``)
+and, per micro-batch, the per-token values their loss used (``on_tokens_scored``): the events the run log
+(:mod:`creditlens.training.runlog`) listens to. Without a listener they train like their TRL bases.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +16,73 @@ from typing import Any
 
 import torch
 from trl import GRPOTrainer
-from trl.experimental.sdpo import SDPOTrainer
-from trl.trainer.utils import selective_log_softmax
 
-from creditlens.training.feedback import FeedbackContextBuilder
-from creditlens.training.runlog import RunContext, RunLogMixin
-
-
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution: ``[B, T, V] -> [B, T]`` (one row at a time, in float32)."""
-    rows = []
-    for row in logits.detach():
-        log_probs = torch.log_softmax(row.float(), dim=-1)
-        rows.append(-(log_probs.exp() * log_probs).sum(dim=-1))
-    return torch.stack(rows)
+from creditlens.training.credit_trainer import CreditTrainer
+from creditlens.training.feedback import EnvReward, FeedbackContextBuilder, prompt_text
+from creditlens.training.timing import PhaseTimer
+from creditlens.training.token_log import Rollout
 
 
-class SDTrainer(RunLogMixin, SDPOTrainer):
-    """TRL's SDPO with per-rollout environment feedback in the teacher's reprompt.
+def notify(trainer: Any, event: str, **payload: Any) -> None:
+    """Call ``event(**payload)`` on every callback of ``trainer`` that defines it."""
+    for callback in trainer.callback_handler.callbacks:
+        handler = getattr(callback, event, None)
+        if handler is not None:
+            handler(**payload)
 
-    The per-token table logs ``student_logprob``, ``teacher_logprob`` and, in ``sampled_token`` mode,
-    the advantage ``r_t = log pi_T - log pi_S`` that multiplies ``grad log pi_S`` in the loss (NaN in
-    the logit modes, whose loss is a divergence, not an advantage).
+
+def listening(trainer: Any, event: str) -> bool:
+    """Whether any callback of ``trainer`` handles ``event``."""
+    return any(hasattr(callback, event) for callback in trainer.callback_handler.callbacks)
+
+
+def env_reward(trainer: Any) -> EnvReward:
+    """The :class:`EnvReward` among the trainer's reward functions."""
+    for reward in trainer.reward_funcs:
+        if isinstance(reward, EnvReward):
+            return reward
+    raise ValueError("reward_funcs: the environment trainers need a creditlens.training.feedback.EnvReward")
+
+
+def announce_rollouts(trainer: Any, inputs: list[dict], contexts: list[str]) -> torch.Tensor:
+    """Number this process's rollouts of a generation batch uniquely in the run; returns the ids ``[B]``.
+
+    Ids are ``batch_counter * global_batch + process_offset + row``; ``on_rollouts_scored`` gets id -> Rollout.
     """
+    accelerator = trainer.accelerator
+    local = len(inputs)
+    first = (trainer.generation_batches * accelerator.num_processes + accelerator.process_index) * local
+    trainer.generation_batches += 1
+    outcomes = env_reward(trainer).last
+    rollouts = {
+        first + i: Rollout(
+            prompt=prompt_text(example["prompt"]),
+            prompt_id=str(example["prompt_id"]),
+            outcome_reward=float(outcome.reward),
+            passed=bool(outcome.passed),
+            feedback=context,
+        )
+        for i, (example, outcome, context) in enumerate(zip(inputs, outcomes, contexts, strict=True))
+    }
+    notify(trainer, "on_rollouts_scored", rollouts=rollouts)
+    return torch.arange(first, first + local, device=accelerator.device)
 
-    def __init__(self, *args: Any, run: RunContext, **kwargs: Any):
+
+class SDPOEnvTrainer(CreditTrainer):
+    """SD (``lam = 0``) or CREDIT on an environment: its feedback goes into the teacher's reprompt."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.teacher_context_builder = FeedbackContextBuilder(self, run.reward)
-        self._init_runlog(run)
+        self.teacher_context_builder = FeedbackContextBuilder(self, env_reward(self))
+        self.generation_batches = 0
 
     def sample_rollouts(self, inputs):
         with self.timer("generation"):
             return super().sample_rollouts(inputs)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        with self.timer("scoring"):
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
     def _forward_logits(self, model, input_ids, attention_mask, logits_to_keep):
         if torch.is_grad_enabled():
@@ -48,56 +92,37 @@ class SDTrainer(RunLogMixin, SDPOTrainer):
 
     def _prepare_training_batch(self, inputs):
         batch = super()._prepare_training_batch(inputs)
-        builder = self.teacher_context_builder
-        contexts = [builder.context_text(i) for i in range(len(inputs))]
-        batch["sample_index"] = self._remember_rollouts(inputs, contexts)
+        if self.model.training:
+            builder = self.teacher_context_builder
+            batch["rollout_id"] = announce_rollouts(
+                self, inputs, [builder.context_text(i) for i in range(len(inputs))]
+            )
         return batch
 
-    def _sampled_logprobs(self, logits) -> tuple[torch.Tensor, torch.Tensor]:
-        """Student and teacher log-probs of the sampled tokens, ``[B, T]`` each."""
-        ids = logits.completion_ids
-        return selective_log_softmax(logits.student_logits, ids), selective_log_softmax(
-            logits.teacher_logits, ids
-        )
 
-    def _compute_self_distillation_loss(self, model, inputs, distillation_logits):
-        loss = super()._compute_self_distillation_loss(model, inputs, distillation_logits)
-        with torch.no_grad(), self.timer("logging"):
-            student_lp, teacher_lp = self._sampled_logprobs(distillation_logits)
-            advantage = teacher_lp - student_lp
-            if self.args.distillation_mode != "sampled_token":
-                advantage = torch.full_like(advantage, float("nan"))
-            self._record_tokens(
-                inputs,
-                student_lp,
-                teacher_lp,
-                advantage,
-                distillation_logits.loss_mask,
-                token_entropy(distillation_logits.student_logits),
-            )
-        return loss
-
-
-class GRPORunTrainer(RunLogMixin, GRPOTrainer):
+class GRPOEnvTrainer(GRPOTrainer):
     """TRL's GRPO on an environment's outcome reward.
 
-    GRPO has no teacher: the table's ``teacher_logprob`` repeats ``student_logprob`` (so ``sd_reward``
-    is 0 and the contrast columns are NaN) and ``advantage`` is the group-normalised outcome advantage
-    broadcast over the response, exactly as the loss uses it.
+    GRPO has no teacher: its ``on_tokens_scored`` gives ``teacher_lp = student_lp`` (so ``sd_reward`` is 0
+    and the contrast columns are NaN) and the group-normalised advantage broadcast over the response,
+    exactly as the loss uses it.
     """
 
-    def __init__(self, *args: Any, run: RunContext, **kwargs: Any):
+    def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.timer = PhaseTimer(self.accelerator.device, enabled=False)
+        self.generation_batches = 0
         self._captured: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._init_runlog(run)
 
     def _generate(self, prompts):
         with self.timer("generation"):
             return super()._generate(prompts)
 
-    def _get_per_token_logps_and_entropies(
-        self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
-    ):
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        with self.timer("scoring"):
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         if not torch.is_grad_enabled():
             with self.timer("scoring"):
                 return super()._get_per_token_logps_and_entropies(
@@ -112,15 +137,25 @@ class GRPORunTrainer(RunLogMixin, GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        output["sample_index"] = self._remember_rollouts(inputs)
+        if self.model.training:
+            output["rollout_id"] = announce_rollouts(self, inputs, [o.feedback for o in env_reward(self).last])
         return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        student_lp, entropy = self._captured
-        advantage = inputs["advantages"]
-        if advantage.dim() == 1:
-            advantage = advantage.unsqueeze(1)
-        advantage = advantage.expand_as(student_lp)
-        self._record_tokens(inputs, student_lp, student_lp, advantage, inputs["completion_mask"], entropy)
+        if self.model.training and self._captured is not None and listening(self, "on_tokens_scored"):
+            with self.timer("logging"):
+                student_lp, entropy = self._captured
+                advantage = inputs["advantages"]
+                advantage = (advantage.unsqueeze(1) if advantage.dim() == 1 else advantage).expand_as(student_lp)
+                notify(
+                    self,
+                    "on_tokens_scored",
+                    inputs=inputs,
+                    student_lp=student_lp,
+                    teacher_lp=student_lp,
+                    advantage=advantage,
+                    loss_mask=inputs["completion_mask"],
+                    entropy=entropy,
+                )
         return loss

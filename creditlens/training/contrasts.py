@@ -1,0 +1,117 @@
+"""Contrast inputs of CREDIT: which other prompts a sample is scored under, and the contexts built from them.
+
+The rule (docs/training.md, "Contrast inputs"):
+
+1. A prompt's identity is its ``prompt_id`` column when the dataset has one, else the prompt itself
+   (a string as is, chat messages as canonical JSON) — :func:`prompt_key`.
+2. The candidates of sample i are the other distinct prompts of its generation batch (gathered over all
+   processes), then the prompts of a bounded bank of earlier generation batches (:class:`PromptBank`,
+   most recent first), never sample i's own prompt.
+3. K = ``n_contrast`` candidates are drawn uniformly without replacement, with replacement when fewer
+   than K exist; a sample with no candidate at all gets no contrast and keeps the SD reward.
+4. Draws use a ``torch.Generator`` seeded from the run seed and a batch counter, so every process draws
+   the same contrasts and a rerun draws them again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder, _extract_last_user_text
+
+Prompt = str | list[dict[str, Any]]
+
+
+def prompt_key(example: dict[str, Any]) -> str:
+    """Identity of an example's prompt: its ``prompt_id`` when present, else the prompt's own text."""
+    if example.get("prompt_id") is not None:
+        return f"id:{example['prompt_id']}"
+    prompt = example["prompt"]
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+class PromptBank:
+    """The last ``size`` distinct prompts of earlier generation batches, keyed by :func:`prompt_key`."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.prompts: OrderedDict[str, Prompt] = OrderedDict()
+
+    def add(self, keys: list[str], prompts: list[Prompt]) -> None:
+        """Remember a generation batch's prompts (most recent last); the oldest beyond ``size`` drop out."""
+        for key, prompt in zip(keys, prompts, strict=True):
+            self.prompts.pop(key, None)
+            self.prompts[key] = prompt
+        while len(self.prompts) > self.size:
+            self.prompts.popitem(last=False)
+
+
+def draw_contrasts(
+    keys: list[str], bank: PromptBank, k: int, generator: torch.Generator
+) -> list[list[str]]:
+    """K contrast prompt keys for each of ``keys`` (one per sample of the global batch); [] when none exist.
+
+    Shapes: ``keys`` has B entries; the result is B lists of length K or 0 (see the module docstring).
+    """
+    in_batch = list(dict.fromkeys(keys))
+    seen = set(in_batch)
+    earlier = [key for key in reversed(bank.prompts) if key not in seen]
+    picks = []
+    for key in keys:
+        candidates = [c for c in in_batch if c != key] + [c for c in earlier if c != key]
+        if not candidates:
+            picks.append([])
+        elif len(candidates) >= k:
+            order = torch.randperm(len(candidates), generator=generator)[:k].tolist()
+            picks.append([candidates[i] for i in order])
+        else:
+            order = torch.randint(len(candidates), (k,), generator=generator).tolist()
+            picks.append([candidates[i] for i in order])
+    return picks
+
+
+class ContextRecorder(SuccessfulRolloutTeacherContextBuilder):
+    """TRL's teacher-context builder that remembers, per local sample, the solution and feedback it used.
+
+    After :meth:`build`, ``used[i]`` is the (solution text, feedback text) put into local sample i's
+    teacher reprompt, or None when the sample got no reprompt. :meth:`contrast_prompt` rebuilds that
+    reprompt around another prompt, with the same templates.
+    """
+
+    def __init__(self, trainer: Any):
+        super().__init__(trainer)
+        self.used: list[tuple[str, str] | None] = []
+        self._calls: list[tuple[str, str]] = []
+
+    def build(self, output: dict, prompts: list, rewards: Any, feedbacks: list | None = None) -> dict:
+        self._calls = []
+        result = super().build(output, prompts, rewards, feedbacks=feedbacks)
+        rows = result["self_distillation_mask"].nonzero().flatten().tolist()
+        self.used = [None] * len(prompts)
+        for row, parts in zip(rows, self._calls, strict=True):
+            self.used[row] = parts
+        return result
+
+    def _build_reprompt_text(self, prompt_text: str, solution_text: str, feedback_text: str) -> str:
+        self._calls.append((solution_text, feedback_text))
+        return super()._build_reprompt_text(prompt_text, solution_text, feedback_text)
+
+    def context_text(self, row: int) -> str:
+        """The solution and feedback text of local sample ``row``'s teacher context ("" when none)."""
+        parts = self.used[row]
+        return "" if parts is None else parts[0] + parts[1]
+
+    def contrast_prompt(self, row: int, other: Prompt) -> Prompt:
+        """Teacher prompt of local sample ``row`` with its input replaced by ``other``: (x_j, f, .)."""
+        parts = self.used[row]
+        if parts is None:
+            return other
+        if isinstance(other, list):
+            text = SuccessfulRolloutTeacherContextBuilder._build_reprompt_text(
+                self, _extract_last_user_text(other), *parts
+            )
+            return other[:-1] + [{"role": "user", "content": text}]
+        return SuccessfulRolloutTeacherContextBuilder._build_reprompt_text(self, other, *parts)

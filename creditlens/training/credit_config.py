@@ -1,0 +1,112 @@
+"""``CreditConfig``: TRL's ``SDPOConfig`` plus the CREDIT fields, validated once when the config is built."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from trl.experimental.sdpo import SDPOConfig
+
+from creditlens import credit
+from creditlens.errors import ConfigError
+
+CREDIT_FIELDS = ("lam", "n_contrast", "pool", "form", "contrast_bank_size")
+
+
+@dataclass
+class CreditConfig(SDPOConfig):
+    r"""Configuration of :class:`creditlens.training.CreditTrainer`: every ``SDPOConfig`` field, plus
+
+    Parameters:
+        lam (`float`, *optional*, defaults to `0.5`):
+            CREDIT lambda in [0, 1]: weight of the contrast baseline. `0` trains exactly like `SDPOTrainer`.
+        n_contrast (`int`, *optional*, defaults to `1`):
+            K, the contrast inputs per sample; each costs one extra no-grad teacher forward.
+        pool (`str`, *optional*, defaults to `"mean"`):
+            Pooling of the K contrast log-probs: `"mean"` (of log-probs) or `"logmeanexp"` (of probabilities).
+        form (`str`, *optional*, defaults to `"teacher"`):
+            Reward form, one of `creditlens.credit.FORMS` (docs/CREDIT-MATH.md).
+        contrast_bank_size (`int`, *optional*, defaults to `64`):
+            Distinct prompts of earlier generation batches kept as contrast candidates, for batches with too
+            few distinct prompts of their own (e.g. one prompt per generation batch); 0 keeps none.
+
+    Unlike ``SDPOConfig``, an unset ``bf16`` becomes ``False`` on a machine without a bf16 accelerator (and
+    without ``use_cpu=True``), so the same script also runs on CPU, in float32.
+    """
+
+    lam: float = field(
+        default=0.5, metadata={"help": "CREDIT lambda in [0, 1]; 0 trains exactly like SDPOTrainer."}
+    )
+    n_contrast: int = field(
+        default=1, metadata={"help": "K, contrast inputs per sample (one no-grad teacher forward each)."}
+    )
+    pool: str = field(default="mean", metadata={"help": f"Pooling of contrast log-probs, one of {credit.POOLS}."})
+    form: str = field(default=credit.DEFAULT_FORM, metadata={"help": f"Reward form, one of {credit.FORMS}."})
+    contrast_bank_size: int = field(
+        default=64,
+        metadata={"help": "Distinct earlier prompts kept as contrast candidates (0: only the current batch)."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.bf16 is None and not self.fp16 and not self.use_cpu and not _has_bf16_device():
+            self.bf16 = False  # TRL's default (bf16) would refuse a CPU-only machine; train in float32 there
+        super().__post_init__()
+        check_credit_fields(self)
+
+
+def _has_bf16_device() -> bool:
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_credit_fields(config: SDPOConfig) -> None:
+    """Raise ``ConfigError`` naming the field and its allowed values for any setting CREDIT cannot honour."""
+    checks = [
+        (_is_number(config.lam) and 0.0 <= config.lam <= 1.0, f"lam: must be a number in [0, 1], got {config.lam!r}"),
+        (_is_int(config.n_contrast) and config.n_contrast >= 1, f"n_contrast: must be an int >= 1, got {config.n_contrast!r}"),
+        (config.pool in credit.POOLS, f"pool: must be one of {credit.POOLS}, got {config.pool!r}"),
+        (config.form in credit.FORMS, f"form: must be one of {credit.FORMS}, got {config.form!r}"),
+        (
+            _is_int(config.contrast_bank_size) and config.contrast_bank_size >= 0,
+            f"contrast_bank_size: must be an int >= 0, got {config.contrast_bank_size!r}",
+        ),
+        (
+            not config.use_teacher_server,
+            "use_teacher_server: must be False for CREDIT (the vLLM teacher server scores only the sample's own "
+            "teacher context, not the contrast contexts); set use_teacher_server=False",
+        ),
+        (
+            config.distillation_weight > 0.0 or config.lam == 0.0,
+            "distillation_weight: must be > 0 for CREDIT with lam > 0 (at 0 the loss is GRPO's policy loss alone "
+            "and the CREDIT term is never used); raise distillation_weight or use SDPOConfig",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(f"CreditConfig {message}")
+
+
+def as_credit_config(args: SDPOConfig) -> CreditConfig:
+    """An ``SDPOConfig`` upgraded to a ``CreditConfig`` with the CREDIT fields at their defaults.
+
+    The SDPO fields keep their (already validated) values; the CREDIT fields are checked as usual.
+    """
+    if isinstance(args, CreditConfig):
+        return args
+    upgraded = copy.copy(args)
+    upgraded.__class__ = CreditConfig
+    for item in fields(CreditConfig):
+        if item.name in CREDIT_FIELDS:
+            setattr(upgraded, item.name, item.default)
+    check_credit_fields(upgraded)
+    return upgraded
