@@ -134,10 +134,9 @@ def _finished(run_dir: Path, max_steps: int) -> bool:
 
 
 def _max_steps(preset: Preset) -> tuple[int, dict]:
-    from creditlens.training.config import load_config
+    from creditlens.training.config import load_config, parse_overrides
 
-    overrides = dict(item.split("=", 1) for item in preset.sets)
-    config = load_config(preset.config, overrides)
+    config = load_config(preset.config, parse_overrides(list(preset.sets)))
     return config.max_steps, config.env_args
 
 
