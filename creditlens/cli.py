@@ -8,7 +8,9 @@ and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from typing import NoReturn
 
 from creditlens import __version__
 from creditlens.commands import app, compare, demo, envs, score, study, train
@@ -17,10 +19,17 @@ from creditlens.errors import CreditlensError
 COMMANDS = (train, score, compare, study, envs, app, demo)  # the order of `creditlens --help`
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, like every other creditlens error (exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one subparser per module of ``COMMANDS``."""
-    parser = argparse.ArgumentParser(prog="creditlens", description=__doc__.split("\n\n")[0],
-                                     epilog="Run `creditlens COMMAND --help` for the options of a command.")
+    """The top-level parser with one subparser per module of ``COMMANDS`` (subparsers are ``Parser`` too)."""
+    parser = Parser(prog="creditlens", description=__doc__.split("\n\n")[0],
+                    epilog="Run `creditlens COMMAND --help` for the options of a command.")
     parser.add_argument("--version", action="version", version=f"creditlens {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
@@ -39,6 +48,7 @@ def one_line(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; bad input prints one line and returns 2."""
+    os.environ["HF_HUB_OFFLINE"] = "1"  # creditlens never contacts a model hub (models.resolve finds models locally)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
