@@ -377,3 +377,12 @@ def test_port_type_is_shared_by_app_and_demo():
     assert port_number("0") == 0 and port_number("65535") == 65535
     with pytest.raises(argparse.ArgumentTypeError, match="0..65535"):
         port_number("65536")
+
+
+def test_cli_help_imports_neither_torch_nor_pandas():
+    """Start-up speed without a timed test: building every subcommand's parser loads no heavy library
+    (benchmarks/bench_cli.py measures the time)."""
+    code = ("import sys; from creditlens import cli; cli.build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'trl', 'pandas', 'numpy', 'pyarrow') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
