@@ -256,6 +256,86 @@ def cue_aurocs(run_dirs: Sequence[Path]) -> dict[str, dict[str, float]]:
     return out
 
 
+def rollout_profile(run_dir: Path):
+    """What a run's training rollouts did, per logged step, from its per-token tables: a frame with
+    ``step``, ``format_ok`` (share that parse), ``passed``, ``cue_letter`` (share whose first answer letter is
+    the cue letter while the right one is another: the harmful cue learnt), ``filler`` (share starting with
+    ``ok``), and the mean training signal (``advantage``, else ``credit_reward``/``sd_reward``) on
+    ``cue_tokens``, ``right_letters`` and ``wrong_letters`` (letter tokens not equal to the right letter)."""
+    import pandas as pd
+
+    from creditlens import envs, runs
+
+    run = runs.load_run(run_dir)
+    env = envs.get("shortcut", **run.manifest.get("config", {}).get("env_args", {}))
+    rows = []
+    for path in sorted((Path(run_dir) / runs.TOKENS_DIR).glob("*.parquet")):
+        table = pd.read_parquet(path)
+        signal = next((c for c in ("advantage", "credit_reward", "sd_reward") if c in table and table[c].notna().any()), None)
+        counts = {"format_ok": 0, "passed": 0, "cue_letter": 0, "filler": 0, "n": 0}
+        values: dict[str, list[float]] = {"cue_tokens": [], "right_letters": [], "wrong_letters": []}
+        for _, sample in table.groupby("example_id", sort=False):
+            sample = sample.sort_values("position")
+            response = str(sample["response"].iloc[0])
+            answer = env.answer(*_op_and_input(str(sample["prompt"].iloc[0])))
+            letters = env.parse(response)
+            counts["n"] += 1
+            counts["filler"] += response.split()[:1] == [env.filler]
+            counts["format_ok"] += letters is not None
+            counts["passed"] += letters == answer
+            counts["cue_letter"] += letters is not None and letters[env.cue_position] == env.cue_letter != answer[env.cue_position]
+            if signal is None:
+                continue
+            labels = env.token_labels(None, sample["token"].tolist())
+            slots = [i for i, label in enumerate(labels) if label == "specific"]
+            cued = env.cue_feedback in str(sample["feedback"].iloc[0])
+            counted = sample["mask"].astype(bool).to_numpy()
+            for slot, i in enumerate(slots):
+                if not counted[i]:
+                    continue
+                token, value = sample["token"].iloc[i], float(sample[signal].iloc[i])
+                if cued and env.cue_kind == "letter" and slot == env.cue_position and token == env.cue_letter != answer[slot]:
+                    values["cue_tokens"].append(value)
+                elif token == answer[slot]:
+                    values["right_letters"].append(value)
+                else:
+                    values["wrong_letters"].append(value)
+        n = max(1, counts.pop("n"))
+        row = {"step": int(table["step"].iloc[0]), **{k: v / n for k, v in counts.items()}}
+        row.update({k: (sum(v) / len(v) if v else float("nan")) for k, v in values.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mechanism_figure(groups: dict[str, Sequence[Path]], title: str = ""):
+    """A matplotlib Figure, one line per method (mean over its runs): held-out score, rollouts with the
+    cue letter, well-formed rollouts, and the training signal on cue tokens, by step."""
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from creditlens import runs
+
+    figure = Figure(figsize=(13, 3.4))
+    axes = figure.subplots(1, 4)
+    for method, run_dirs in groups.items():
+        evals = pd.concat([pd.DataFrame(runs.read_jsonl(Path(d) / runs.EVAL)) for d in run_dirs])
+        curve = evals.groupby("step")["score"].mean()
+        (line,) = axes[0].plot(curve.index, curve.values, label=method)
+        profile = pd.concat([rollout_profile(Path(d)) for d in run_dirs]).groupby("step").mean()
+        for ax, column in zip(axes[1:], ("cue_letter", "format_ok", "cue_tokens"), strict=True):
+            if column in profile and profile[column].notna().any():
+                ax.plot(profile.index, profile[column], color=line.get_color())
+    for ax, name in zip(axes, ("held-out score", "rollouts with the cue letter", "well-formed rollouts",
+                              "training signal on cue tokens"), strict=True):
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    axes[0].legend(fontsize=7)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
 def _op_and_input(prompt: str) -> tuple[str, list[str]]:
     """``apply red to c a h e`` (first line of a prompt) -> ``("red", ["c", "a", "h", "e"])``."""
     words = prompt.split("\n")[0].split()
