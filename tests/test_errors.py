@@ -239,7 +239,7 @@ def test_compare_rejects_damaged_run_directories(cli_error, tmp_path, damage, fr
 def test_compare_out_is_an_existing_file(cli_error, tmp_path):
     run_dir = _damaged_run(tmp_path, lambda d: None)
     (tmp_path / "report").write_text("an old report")
-    cli_error(["compare", run_dir, "--out", tmp_path / "report"], "report")
+    cli_error(["compare", run_dir, "--out", tmp_path / "report"], "--out", "report: an existing file")
 
 
 # --- the Python API: a CreditlensError (a ValueError) naming the argument --------------------------

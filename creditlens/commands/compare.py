@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from creditlens.compare import compare_runs
+    from creditlens.runs import check_out_dir
 
+    check_out_dir(args.out)  # before minutes of reading runs: an existing file or unwritable --out is refused
     if not 0.0 < args.confidence < 1.0:
         raise ValueError(f"--confidence must be in (0, 1), got {args.confidence}")
     comparison = compare_runs(args.runs, target=args.target, confidence=args.confidence)
