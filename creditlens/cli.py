@@ -13,10 +13,10 @@ import sys
 from typing import NoReturn
 
 from creditlens import __version__
-from creditlens.commands import app, compare, demo, envs, score, study, train
+from creditlens.commands import app, compare, demo, envs, headroom, score, study, train
 from creditlens.errors import CreditlensError
 
-COMMANDS = (train, score, compare, study, envs, app, demo)  # the order of `creditlens --help`
+COMMANDS = (train, score, compare, study, envs, headroom, app, demo)  # the order of `creditlens --help`
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,0 +1,329 @@
+"""Self-teaching headroom: does the feedback-conditioned model (the SD teacher) beat the student?
+
+For N problems of an environment the student samples ``num_generations`` attempts each; every attempt is
+verified. The first ``max_teacher_asks`` failed attempts of each problem are then answered again by the
+same model re-prompted SDPO-style (``trl.experimental.sdpo``'s reprompt, solution and feedback templates):
+
+- **feedback**: the prompt, then the verifier's feedback on that failed attempt;
+- **sibling**: the same with a successful attempt of the same problem ("Correct solution:") placed
+  before the feedback, as SDPO's teacher sees it (only where the problem has a success).
+
+A teacher pass rate is compared with the student's *matched* pass rate: for each failed attempt, the
+pass rate of the student's other attempts at the same problem (leave-one-out), so both rates are about
+the same problems. ``headroom = teacher pass rate - matched student pass rate``.
+
+The failed attempts are also scored token by token (:class:`creditlens.scoring.Scorer`, the SD teacher's
+context with the sibling when there is one, K contrast prompts of other problems): mean ``sd_reward``,
+``specific``, ``shortcut`` and the generic share ``sum|shortcut| / (sum|specific| + sum|shortcut|)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from creditlens import credit
+from creditlens.contexts import ContextConfig
+from creditlens.envs.base import Environment, Problem
+from creditlens.errors import ConfigError, InputError, ModelError
+from creditlens.scoring import Scorer, ScorerConfig
+
+
+@dataclass
+class HeadroomConfig:
+    """Sampling and scoring settings; the sampling fields carry the same names as ``TrainConfig``'s."""
+
+    num_generations: int = 4  # student attempts per problem
+    max_completion_length: int = 256  # most new tokens per attempt (student and teacher)
+    temperature: float = 1.0  # sampling temperature (student and teacher)
+    top_p: float = 1.0  # nucleus sampling
+    top_k: int = 0  # top-k sampling (0: off, TRL's default)
+    seed: int = 0  # seed of the problem order and of sampling
+    split: str = "train"  # problems from this split of the environment
+    env_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the environment
+    max_teacher_asks: int = 2  # failed attempts per problem answered again by the teacher (the first ones)
+    n_contrast: int = 1  # K contrast prompts per scored attempt (0: no decomposition)
+    pool: str = "mean"  # contrast pooling: mean or logmeanexp
+    lam: float = 0.25  # CREDIT lambda of the logged credit_reward column
+    batch_size: int = 8  # sequences per scoring forward pass
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad field."""
+        if self.num_generations < 1:
+            raise ConfigError(f"num_generations: must be >= 1, got {self.num_generations}")
+        if self.max_completion_length < 1:
+            raise ConfigError(f"max_completion_length: must be >= 1, got {self.max_completion_length}")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature: must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.max_teacher_asks < 1:
+            raise ConfigError(f"max_teacher_asks: must be >= 1, got {self.max_teacher_asks}")
+        if self.n_contrast < 0:
+            raise ConfigError(f"n_contrast: must be >= 0, got {self.n_contrast}")
+        if self.pool not in credit.POOLS:
+            raise ConfigError(f"pool: must be one of {credit.POOLS}, got {self.pool!r}")
+
+
+def load_headroom_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> HeadroomConfig:
+    """Read the :class:`HeadroomConfig` fields of a YAML file (a training config works: its other
+    ``TrainConfig`` fields are ignored); any other key is an error naming the key and the file."""
+    from creditlens.training.config import TrainConfig
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such config file")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of config fields")
+    values = {**values, **(overrides or {})}
+    own = {f.name for f in dataclasses.fields(HeadroomConfig)}
+    train = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - own - train)
+    if unknown:
+        raise ConfigError(f"{path or 'overrides'}: unknown key {unknown[0]!r}; headroom reads {sorted(own)}")
+    config = HeadroomConfig(**{k: v for k, v in values.items() if k in own})
+    config.check()
+    return config
+
+
+def sdpo_templates() -> tuple[str, str, str]:
+    """TRL SDPO's default ``(reprompt_template, solution_template, feedback_template)``: the trainer's teacher."""
+    from trl.experimental.sdpo import SDPOConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(SDPOConfig)}
+    return defaults["reprompt_template"], defaults["solution_template"], defaults["feedback_template"]
+
+
+def reprompt(problem: Problem, feedback: str, solution: str | None = None) -> list[dict[str, str]]:
+    """The teacher's chat messages: ``problem.prompt`` with its last user turn rewritten by SDPO's template."""
+    template, solution_template, feedback_template = sdpo_templates()
+    messages = [dict(m) for m in problem.prompt]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    messages[last]["content"] = template.format(
+        prompt=messages[last]["content"],
+        solution=solution_template.format(successful_previous_attempt=solution) if solution else "",
+        feedback=feedback_template.format(feedback_raw=feedback) if feedback else "",
+    )
+    return messages
+
+
+def scorer_context() -> ContextConfig:
+    """A :class:`ContextConfig` whose teacher context is exactly SDPO's reprompt (:func:`reprompt`)."""
+    template, solution_template, feedback_template = sdpo_templates()
+    return ContextConfig(
+        template=template.replace("{feedback}", feedback_template.replace("{feedback_raw}", "{feedback}")),
+        solution_template=solution_template.replace("{successful_previous_attempt}", "{solution}"),
+    )
+
+
+def check_model(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+    """Raise :class:`ModelError` when the model cannot be prompted as a chat model (no chat template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(f"model {name!r}: its tokenizer has no chat template, so it cannot answer the environment's "
+                         "chat prompts; use an instruction-tuned model (e.g. smollm2-135m-instruct)")
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[dict[str, str]]],
+    config: HeadroomConfig,
+    num_return_sequences: int = 1,
+) -> list[list[int]]:
+    """Sample completions of chat ``prompts``: ``len(prompts) * num_return_sequences`` lists of token ids
+    (prompt-major), each ending at its first end-of-sequence token (kept) or at ``max_completion_length``."""
+    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    device = next(model.parameters()).device
+    output = model.generate(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        do_sample=True,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        max_new_tokens=config.max_completion_length,
+        num_return_sequences=num_return_sequences,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    completions = output[:, batch["input_ids"].shape[1]:].tolist()
+    out = []
+    for ids in completions:
+        end = ids.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in ids else len(ids)
+        out.append(ids[:end])
+    return out
+
+
+def _attempt_rows(env: Environment, problems: list[Problem], model: PreTrainedModel,
+                  tokenizer: PreTrainedTokenizerBase, config: HeadroomConfig, progress: bool) -> list[dict]:
+    """Student attempts and the teacher's re-answers, one dict per student attempt."""
+    rows: list[dict] = []
+    for index, problem in enumerate(tqdm(problems, desc=f"headroom {env.name}", unit="problem", disable=not progress)):
+        torch.manual_seed(config.seed * 1_000_003 + index)
+        student = generate(model, tokenizer, [problem.prompt], config, config.num_generations)
+        texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in student]
+        outcomes = [env.verify(problem, text) for text in texts]
+        passed = [o.passed for o in outcomes]
+        sibling = next((t for t, ok in zip(texts, passed, strict=True) if ok), None)
+        failed = [i for i, ok in enumerate(passed) if not ok][: config.max_teacher_asks]
+        asks = [("feedback", i, reprompt(problem, outcomes[i].feedback)) for i in failed]
+        if sibling is not None:
+            asks += [("sibling", i, reprompt(problem, outcomes[i].feedback, sibling)) for i in failed]
+        answers = generate(model, tokenizer, [a[2] for a in asks], config) if asks else []
+        teacher: dict[tuple[str, int], str] = {
+            (kind, i): tokenizer.decode(ids, skip_special_tokens=True) for (kind, i, _), ids in zip(asks, answers, strict=True)
+        }
+        verdict = {key: env.verify(problem, text).passed for key, text in teacher.items()}
+        for i, (ids, text, outcome) in enumerate(zip(student, texts, outcomes, strict=True)):
+            others = passed[:i] + passed[i + 1:]
+            rows.append({
+                "problem_id": problem.id, "attempt": i, "response": text, "response_ids": ids,
+                "passed": outcome.passed, "reward": outcome.reward, "feedback": outcome.feedback,
+                "student_loo_pass": sum(others) / len(others) if others else float("nan"),
+                "solution": sibling if not outcome.passed else None,
+                "teacher_feedback_response": teacher.get(("feedback", i)),
+                "teacher_feedback_passed": verdict.get(("feedback", i)),
+                "teacher_sibling_response": teacher.get(("sibling", i)),
+                "teacher_sibling_passed": verdict.get(("sibling", i)),
+            })
+    return rows
+
+
+def _rate(values: pd.Series) -> tuple[float, int]:
+    values = values.dropna().astype(float)
+    return (float(values.mean()) if len(values) else float("nan")), int(len(values))
+
+
+def _ci95(p: float, n: int) -> float:
+    """Half-width of the normal-approximation 95% interval of a rate ``p`` over ``n`` trials."""
+    return 1.96 * math.sqrt(p * (1 - p) / n) if n else float("nan")
+
+
+def summarize(attempts: pd.DataFrame, tokens: pd.DataFrame | None) -> dict[str, Any]:
+    """The headroom numbers of an attempts frame (one row per student attempt) and its token table."""
+    out: dict[str, Any] = {"n_problems": int(attempts["problem_id"].nunique()), "n_attempts": len(attempts)}
+    out["student_pass_rate"], _ = _rate(attempts["passed"])
+    out["student_pass_at_k"] = float(attempts.groupby("problem_id")["passed"].any().mean())
+    out["student_ci95"] = _ci95(out["student_pass_rate"], len(attempts))
+    failed = attempts[~attempts["passed"].astype(bool)]
+    out["n_failed"] = len(failed)
+    for kind in ("feedback", "sibling"):
+        asked = failed[failed[f"teacher_{kind}_passed"].notna()]
+        rate, n = _rate(asked[f"teacher_{kind}_passed"])
+        matched, _ = _rate(asked["student_loo_pass"])
+        out[f"n_{kind}"] = n
+        out[f"teacher_{kind}_pass_rate"] = rate
+        out[f"teacher_{kind}_ci95"] = _ci95(rate, n)
+        out[f"student_matched_{kind}"] = matched
+        out[f"headroom_{kind}"] = rate - matched if n else float("nan")
+    if tokens is not None and len(tokens) and "shortcut" in tokens:
+        counted = tokens[tokens["mask"].astype(bool)]
+        specific, shortcut = counted["specific"].abs().sum(), counted["shortcut"].abs().sum()
+        out["n_tokens"] = len(counted)
+        out["generic_share"] = float(shortcut / (specific + shortcut)) if specific + shortcut > 0 else float("nan")
+        for column in ("sd_reward", "specific", "shortcut"):
+            out[f"mean_{column}"] = float(counted[column].mean())
+    return out
+
+
+def token_table(attempts: pd.DataFrame, problems: list[Problem], model: PreTrainedModel,
+                tokenizer: PreTrainedTokenizerBase, config: HeadroomConfig, progress: bool) -> pd.DataFrame | None:
+    """Per-token SD decomposition (:mod:`creditlens.schema` table) of the failed attempts, or None when
+    there is nothing to contrast (no contrast asked, or fewer than ``n_contrast + 1`` problems failed)."""
+    by_id = {p.id: p for p in problems}
+    failed = attempts[~attempts["passed"].astype(bool)]
+    if config.n_contrast < 1 or failed["problem_id"].nunique() < config.n_contrast + 1:
+        return None
+    examples = [
+        {"prompt": by_id[row.problem_id].prompt, "feedback": row.feedback, "response": list(row.response_ids),
+         "prompt_id": row.problem_id, "example_id": f"{row.problem_id}#{row.attempt}", "solution": row.solution}
+        for row in failed.itertuples()
+    ]
+    scorer = Scorer(model, tokenizer, ScorerConfig(batch_size=config.batch_size, progress=progress,
+                                                   context=scorer_context()))
+    return scorer.score(examples, contrast=config.n_contrast, lam=config.lam, pool=config.pool, seed=config.seed)
+
+
+def headroom(
+    env: Environment,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    n: int,
+    config: HeadroomConfig | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame | None]:
+    """Measure the self-teaching headroom of ``model`` on ``n`` problems of ``env``.
+
+    Returns ``(summary, attempts, tokens)``: the numbers (:func:`summarize`), one row per student attempt
+    (``n * num_generations`` rows) and the per-token table of the failed attempts (None without contrasts).
+    """
+    config = config or HeadroomConfig()
+    config.check()
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise InputError(f"n: must be an integer >= 1, got {n!r}")
+    check_model(tokenizer, getattr(model.config, "_name_or_path", "") or type(model).__name__)
+    problems = env.problems(config.split, n=n, seed=config.seed)
+    attempts = pd.DataFrame(_attempt_rows(env, problems, model, tokenizer, config, progress))
+    tokens = token_table(attempts, problems, model, tokenizer, config, progress)
+    summary = {"env": env.name, **summarize(attempts, tokens), "config": dataclasses.asdict(config)}
+    return summary, attempts, tokens
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A plain-text table of one summary."""
+    def pct(key: str) -> str:
+        value = summary.get(key, float("nan"))
+        return "n/a" if value != value else f"{100 * value:.1f}%"
+
+    lines = [
+        f"env {summary['env']}: {summary['n_problems']} problems x {summary['config']['num_generations']} attempts",
+        f"  student pass rate              {pct('student_pass_rate'):>8}  +-{pct('student_ci95')}  "
+        f"(pass@{summary['config']['num_generations']} {pct('student_pass_at_k')})",
+        f"  failed attempts                {summary['n_failed']:>8}",
+    ]
+    for kind, label in (("feedback", "teacher + feedback"), ("sibling", "teacher + sibling + feedback")):
+        lines.append(
+            f"  {label:<30} {pct(f'teacher_{kind}_pass_rate'):>8}  +-{pct(f'teacher_{kind}_ci95')}  "
+            f"on {summary[f'n_{kind}']} failed attempts; matched student {pct(f'student_matched_{kind}')}, "
+            f"headroom {pct(f'headroom_{kind}')}"
+        )
+    if "generic_share" in summary:
+        lines.append(
+            f"  SD credit of failed attempts: generic share {summary['generic_share']:.3f}, mean sd_reward "
+            f"{summary['mean_sd_reward']:+.3f} = specific {summary['mean_specific']:+.3f} + shortcut "
+            f"{summary['mean_shortcut']:+.3f} nats/token over {summary['n_tokens']} tokens"
+        )
+    return "\n".join(lines)
+
+
+def write(out: str | Path, summary: dict[str, Any], attempts: pd.DataFrame, tokens: pd.DataFrame | None) -> Path:
+    """Write ``headroom.json``, ``attempts.jsonl`` and (when scored) ``tokens.parquet`` into ``out``."""
+    from creditlens import schema
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "headroom.json").write_text(json.dumps(summary, indent=1) + "\n")
+    attempts.drop(columns=["response_ids"]).to_json(out / "attempts.jsonl", orient="records", lines=True)
+    if tokens is not None:
+        schema.write_token_table(tokens, out / "tokens.parquet")
+    return out / "headroom.json"
