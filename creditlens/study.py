@@ -75,29 +75,34 @@ def credit_methods(lams: dict[str, float] | Sequence[float], forms: Sequence[str
 GRPO, SD = StudyRun("grpo", 0), StudyRun("sd", 0)
 # lam per form chosen by the pilot (rule in docs/results.md "Pruning rule"); the grids below use these.
 CHOSEN_LAMS = {"teacher": 0.1, "shortcut": 0.1, "contrastive": 0.1}
+MAIN_STEPS = "max_steps=80"  # the main grids' length (docs/results.md, plan amendment of 18:40 UTC)
 PRESETS = {
-    "pilot": Preset(
-        CONFIG_DIR / "study-sdpo.yaml", (SD, *credit_methods(PILOT_LAMS)), seeds=(0, 1),
-        sets=(HARMFUL, "max_steps=60"), about="pilot: harmful cue, SDPO regime, 60 steps, every lam, seeds 0-1",
+    "cue-cost-harmful-sd": Preset(
+        CONFIG_DIR / "study-sdpo.yaml", (SD,), seeds=(0, 1), sets=(HARMFUL, "max_steps=60"),
+        about="the cue's cost, before the study: SD with the harmful letter cue, 60 steps, seeds 0-1",
     ),
-    "pilot-harmless-sd": Preset(
+    "cue-cost-harmless-sd": Preset(
         CONFIG_DIR / "study-sdpo.yaml", (SD,), seeds=(0, 1), sets=(HARMLESS, "max_steps=60"),
-        about="the cue's cost: SD with the harmless cue, to compare with the pilot's SD (harmful cue)",
+        about="the same with the harmless filler cue",
+    ),
+    "pilot": Preset(
+        CONFIG_DIR / "study-sdpo.yaml", credit_methods(PILOT_LAMS), seeds=(0, 1), sets=(HARMFUL, "max_steps=40"),
+        about="pilot that picks lam per form: harmful cue, SDPO regime, 40 steps, every form and lam, seeds 0-1",
     ),
     "harmful-sdpo": Preset(
-        CONFIG_DIR / "study-sdpo.yaml", (GRPO, SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMFUL,),
+        CONFIG_DIR / "study-sdpo.yaml", (GRPO, SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMFUL, MAIN_STEPS),
         about="harmful letter cue, SDPO-default regime (GRPO ignores feedback: its runs serve every condition)",
     ),
     "harmless-sdpo": Preset(
-        CONFIG_DIR / "study-sdpo.yaml", (SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMLESS,),
+        CONFIG_DIR / "study-sdpo.yaml", (SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMLESS, MAIN_STEPS),
         about="harmless filler cue, SDPO-default regime",
     ),
     "harmful-full-logits": Preset(
-        CONFIG_DIR / "study-full-logits.yaml", (SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMFUL,),
+        CONFIG_DIR / "study-full-logits.yaml", (SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMFUL, MAIN_STEPS),
         about="harmful letter cue, full-logits regime (feedback-only teacher)",
     ),
     "harmless-full-logits": Preset(
-        CONFIG_DIR / "study-full-logits.yaml", (SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMLESS,),
+        CONFIG_DIR / "study-full-logits.yaml", (SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMLESS, MAIN_STEPS),
         about="harmless filler cue, full-logits regime (feedback-only teacher)",
     ),
     "bundled": Preset(
