@@ -47,10 +47,13 @@ def one_line(error: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen subcommand; bad input prints one line and returns 2."""
+    """Parse ``argv`` and run the chosen subcommand; returns the exit code (bad input: one line, 2)."""
     os.environ["HF_HUB_OFFLINE"] = "1"  # creditlens never contacts a model hub (models.resolve finds models locally)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a usage error already printed as one line
+        return int(stop.code or 0)
     if args.command is None:
         parser.print_help()
         return 2

@@ -129,7 +129,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tiny):
         tokenizer.chat_template = models.CHATML_TEMPLATE
     capsys.readouterr()
     cases = [
-        (["--env", "nope", "--model", "tiny"], "unknown environment 'nope'"),
+        (["--env", "nope", "--model", "tiny"], "invalid choice: 'nope'"),
         (["--env", "science", "--model", str(tmp_path / "missing")], "missing"),
         (["--env", "science", "--model", "tiny", "--n", "0"], "--n: must be >= 1"),
         (["--env", "science", "--model", str(plain)], "no chat template"),
