@@ -26,3 +26,45 @@ def test_readme_python_example_runs():
     assert blocks
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def _subparsers():
+    from creditlens import cli
+
+    parser = cli.build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return parser, action.choices
+
+
+def test_every_command_is_in_the_readme_table_and_docs_cli():
+    _, commands = _subparsers()
+    table = README.read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    refusals = (README.parent / "docs" / "cli.md").read_text()
+    for name in commands:
+        assert f"| `creditlens {name}" in table, f"README's command table lacks `creditlens {name}`"
+        assert f"creditlens {name}" in refusals.split("\n## ", 1)[1], f"docs/cli.md has no section for {name}"
+
+
+def test_help_has_no_rst_markup_and_every_option_says_what_it_is():
+    parser, commands = _subparsers()
+    assert "``" not in parser.format_help() and ":func:" not in parser.format_help()
+    for name, sub in commands.items():
+        for action in sub._actions:
+            if action.dest == "help" or action.__class__.__name__ == "_SubParsersAction":
+                continue
+            assert action.help, f"creditlens {name} {action.option_strings or action.dest}: no help text"
+
+
+def test_readme_signposts_the_hops_to_the_reward():
+    """The three hops of the README's layout section exist in the code as written there."""
+    layout = README.read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    root = README.parent
+    for path in ("creditlens/cli.py", "creditlens/commands/"):
+        assert path in layout
+    hops = [("creditlens/cli.py", "train"), ("creditlens/commands/train.py", "from creditlens.training.run import train"),
+            ("creditlens/training/run.py", "def build_trainer("), ("creditlens/training/run.py", "SDPOEnvTrainer"),
+            ("creditlens/training/trainers.py", "class SDPOEnvTrainer(CreditTrainer)"),
+            ("creditlens/training/credit_trainer.py", "class CreditTrainer"),
+            ("creditlens/training/credit_trainer.py", "credit.credit_rewards("), ("creditlens/credit.py", "def credit_rewards(")]
+    for path, text in hops:
+        assert path in layout and text in (root / path).read_text(), (path, text)
