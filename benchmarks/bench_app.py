@@ -1,7 +1,7 @@
 """Time to open the dashboard's Token credit page on a run of 100k logged tokens.
 
 Writes a synthetic run (one step, ``--responses`` x ``--length`` tokens, K = 2 contrasts) through
-``creditlens.runs``, then drives ``app/pages/1_Token_credit.py`` with Streamlit's AppTest:
+``creditlens.runs``, then drives ``creditlens/app/pages/1_Token_credit.py`` with Streamlit's AppTest:
 cold (empty cache: read + validate the Parquet and render), warm (the cached table, another
 response), and the heatmap HTML alone. The issue's target is under 2 s for the cold open.
 
@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from creditlens import runs, schema, viz
+from creditlens.commands.app import APP_ENTRY
 
-APP_PAGE = Path(__file__).resolve().parents[1] / "app" / "pages" / "1_Token_credit.py"
+APP_PAGE = APP_ENTRY.parent / "pages" / "1_Token_credit.py"
 
 
 def synthetic_run(root: Path, responses: int, length: int, k: int = 2, seed: int = 0) -> Path:
@@ -62,7 +63,7 @@ def main() -> None:
         n_tokens = args.responses * args.length
         size = runs.token_path(run_dir, 10).stat().st_size / 2**20
         os.environ["CREDITLENS_RUNS_DIR"] = folder
-        AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "Runs.py"), default_timeout=60).run()
+        AppTest.from_file(str(APP_ENTRY), default_timeout=60).run()
 
         start = time.perf_counter()
         at = AppTest.from_file(str(APP_PAGE), default_timeout=60).run()

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from creditlens import envs, runs, viz
 from creditlens.runs import Run
+from creditlens.stats import auroc, generic_share, t_interval
 
 CREDIT_COLUMNS = ("advantage", "sd_reward", "credit_reward", "specific", "shortcut")
 """Per-token columns whose AUROC is reported (``advantage``: what the trainer actually used)."""
@@ -28,33 +28,14 @@ OWN_CREDIT = {"grpo": "advantage", "sd": "sd_reward", "credit": "credit_reward"}
 """The per-token credit each algorithm trains on (reported as ``auroc_own`` / ``auroc_abs_own``)."""
 
 
-def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: Student-t interval of the mean over seeds; low/high NaN with one value."""
-    data = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
-    if data.size == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(data.mean())
-    if data.size < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, data.size - 1) * data.std(ddof=1) / math.sqrt(data.size))
-    return mean, mean - half, mean + half
-
-
-def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
-    """P(score of a random positive > score of a random negative), ties count 1/2 (Mann-Whitney U)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    positive = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    ranks = stats.rankdata(scores)
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def group_label(run: Run) -> str:
-    """``grpo``, ``sd`` or ``credit lam=0.5``: the method a run belongs to (seeds are pooled)."""
+    """``grpo``, ``sd``, ``credit lam=0.5`` or ``credit shortcut lam=0.5``: the method a run belongs to
+    (seeds are pooled); a CREDIT run's reward form is named unless it is ``teacher`` (runs written
+    before forms existed used it)."""
     if run.algo == "credit":
-        return f"credit lam={float(run.manifest.get('config', {}).get('lam', math.nan)):g}"
+        config = run.manifest.get("config", {})
+        form = config.get("form", "teacher")
+        return f"credit {'' if form == 'teacher' else form + ' '}lam={float(config.get('lam', math.nan)):g}"
     return run.algo
 
 
@@ -111,7 +92,7 @@ def run_summary(run: Run, target: float) -> dict:
         return row
     table = run.tokens()
     if table["shortcut"].notna().any() if "shortcut" in table else False:
-        row["generic_share"] = viz.generic_share(table)
+        row["generic_share"] = generic_share(table)
     labels = label_tokens(run, table)
     if labels is None:
         return row
@@ -146,27 +127,44 @@ class Comparison:
         """The group table as a Markdown table (scores as ``mean [low, high]``)."""
         return markdown_table(self.table, self.target, self.confidence)
 
-    def show(self) -> None:
+    def show(self, as_html: bool = False) -> str | None:
+        """Print the Markdown table, or return the HTML table with ``as_html``."""
+        if as_html:
+            return self._repr_html_()
         print(self.to_markdown())
+        return None
 
     def _repr_html_(self) -> str:
         return self.table.to_html(index=False, float_format="{:.3f}".format, na_rep="-")
 
     def save(self, out: str | os.PathLike) -> list[Path]:
-        """Write comparison.{csv,parquet,md}, runs.csv, curves.csv and the PNG figures into ``out``."""
+        """Write comparison.{csv,parquet,md}, runs.csv, curves.csv and the PNG figures into ``out``.
+
+        Files are written in place with plain ``open`` (mode 0644 under the usual umask 022): a report
+        is regenerated from the runs, so it needs no crash-safe write.
+        """
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        self.table.to_csv(out / "comparison.csv", index=False)
-        self.table.to_parquet(out / "comparison.parquet", index=False)
-        runs.atomic_write_text(out / "comparison.md", self.to_markdown() + "\n")
-        self.per_run.to_csv(out / "runs.csv", index=False)
-        self.curves.to_csv(out / "curves.csv", index=False)
-        written = [out / n for n in ("comparison.csv", "comparison.parquet", "comparison.md", "runs.csv", "curves.csv")]
-        written.append(plot_learning_curves(self.curves, out / "learning_curves.png", self.confidence))
-        for figure in (plot_credit_histograms(self.runs, out / "credit_histograms.png"),
-                       plot_auroc(self.table, out / "credit_auroc.png")):
+        writers: dict[str, Callable[[Path], object]] = {
+            "comparison.csv": lambda p: self.table.to_csv(p, index=False),
+            "comparison.parquet": lambda p: self.table.to_parquet(p, index=False),
+            "comparison.md": lambda p: p.write_text(self.to_markdown() + "\n"),
+            "runs.csv": lambda p: self.per_run.to_csv(p, index=False),
+            "curves.csv": lambda p: self.curves.to_csv(p, index=False),
+        }
+        figures = {"learning_curves.png": viz.group_curves_figure(self.curves, self.confidence),
+                   "credit_histograms.png": credit_histograms(self.runs),
+                   "credit_auroc.png": auroc_bars(self.table)}
+        for name, figure in figures.items():
             if figure is not None:
-                written.append(figure)
+                writers[name] = lambda p, figure=figure: figure.savefig(p, format="png", dpi=100)
+        written = []
+        for name, write in writers.items():
+            write(out / name)
+            written.append(out / name)
+        for figure in figures.values():
+            if figure is not None:
+                _close(figure)
         return written
 
 
@@ -240,38 +238,15 @@ def markdown_table(table: pd.DataFrame, target: float, confidence: float = 0.95)
     return "\n".join(lines)
 
 
-def plot_learning_curves(curves: pd.DataFrame, path: str | os.PathLike, confidence: float = 0.95) -> Path:
-    """Held-out score vs step per group, mean line with a t-interval band over seeds; saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def _close(figure) -> None:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for group, part in curves.groupby("group", sort=True):
-        part = part.sort_values("step")
-        ax.plot(part["step"], part["mean"], marker="o", markersize=3, label=group)
-        ax.fill_between(part["step"], part["low"], part["high"], alpha=0.2)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("held-out score (pass rate)")
-    ax.set_title(f"Learning curves (mean over seeds, {confidence:.0%} t-interval)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    plt.close(figure)
 
 
-def plot_credit_histograms(run_list: Sequence[Run], path: str | os.PathLike, max_tokens: int = 200_000) -> Path | None:
-    """Histograms of the per-token credit components (counted tokens, all steps) per group; PNG, or
-    None when no run has token tables."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def credit_histograms(run_list: Sequence[Run]):
+    """:func:`viz.credit_histograms_figure` of the counted tokens of every SD / CREDIT run (all logged
+    steps), pooled per group; None when no such run has token tables."""
     pooled: dict[str, list[pd.DataFrame]] = {}
     for run in run_list:
         if run.token_steps() and run.algo != "grpo":
@@ -279,49 +254,11 @@ def plot_credit_histograms(run_list: Sequence[Run], path: str | os.PathLike, max
             pooled.setdefault(group_label(run), []).append(table[table["mask"]])
     if not pooled:
         return None
-    components = ["sd_reward", "credit_reward", "specific", "shortcut"]
-    fig, axes = plt.subplots(1, len(components), figsize=(4 * len(components), 3.2), dpi=100)
-    for ax, component in zip(axes, components, strict=True):
-        for group, tables in sorted(pooled.items()):
-            values = pd.concat(tables)[component].to_numpy(dtype=np.float64)
-            values = values[np.isfinite(values)][:max_tokens]
-            if values.size:
-                ax.hist(values, bins=60, histtype="step", density=True, label=group)
-        ax.set_title(viz.COMPONENTS.get(component, component), fontsize=8)
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return viz.credit_histograms_figure({group: pd.concat(tables) for group, tables in pooled.items()})
 
 
-def plot_auroc(table: pd.DataFrame, path: str | os.PathLike) -> Path | None:
-    """Bar chart of the AUROC of |credit| (specific vs generic tokens) per group and column; None when
-    no group has labelled tokens."""
+def auroc_bars(table: pd.DataFrame):
+    """:func:`viz.auroc_figure` of the credit columns some group has an AUROC for; None when no group
+    has labelled tokens."""
     columns = [c for c in CREDIT_COLUMNS if f"auroc_abs_{c}" in table and table[f"auroc_abs_{c}"].notna().any()]
-    if not columns:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
-    width = 0.8 / len(columns)
-    positions = np.arange(len(table))
-    for i, column in enumerate(columns):
-        ax.bar(positions + i * width, table[f"auroc_abs_{column}"].fillna(0.0), width, label=column)
-    ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--")
-    ax.set_xticks(positions + width * (len(columns) - 1) / 2, table["group"], fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("AUROC of |credit|")
-    ax.set_title("Specific vs generic tokens: where each credit puts its magnitude", fontsize=9)
-    ax.legend(fontsize=7, ncol=len(columns))
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return viz.auroc_figure(table, columns) if columns else None

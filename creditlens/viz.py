@@ -1,45 +1,52 @@
-"""Plotting helpers shared by the dashboard and the notebooks.
+"""Drawing and display helpers shared by the dashboard, the notebooks and ``creditlens compare``.
 
 Everything here reads the per-token table of :mod:`creditlens.schema` and run directories of
-:mod:`creditlens.runs`; nothing recomputes credit. Three kinds of helpers:
+:mod:`creditlens.runs`; nothing recomputes credit, and the numbers come from :mod:`creditlens.stats`.
+Four kinds of helpers:
 
 - token heatmaps: :func:`token_heatmap_html` (one ``<span class="cl-token">`` per response token,
-  a diverging colour scale centred at 0, exact values on hover) and :func:`token_heatmap_figure`;
-- frames and figures for runs, decomposition and the pMI check (``*_frame``, :func:`learning_curves`);
-- analysis objects that render in Jupyter (``_repr_html_``), with ``.show()`` and ``.to_dataframe()``:
-  :class:`TokenHeatmap`, :class:`CreditDecomposition`, :class:`PMICheck`, :class:`RunComparison`.
+  a diverging colour scale centred at 0, clipped at a percentile by default, true values on hover)
+  and :func:`token_heatmap_figure`; :func:`chat_html` renders a prompt stored as chat messages;
+- frames of runs and responses (:func:`runs_table`, :func:`examples_index`, :func:`learning_curve_frame`);
+- matplotlib figures (``*_figure``, :func:`learning_curves`); they draw on pyplot figures and never
+  choose a backend (``creditlens compare`` saves and closes them);
+- analysis objects that render in Jupyter (``_repr_html_``), with ``.show()``, ``.to_html()`` and
+  ``.to_dataframe()``: :class:`TokenHeatmap`, :class:`CreditDecomposition`, :class:`PMICheck`,
+  :class:`RunComparison`.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from creditlens import schema
+from creditlens import schema, stats
 from creditlens.runs import Run
 
 COMPONENTS: dict[str, str] = {
     "sd_reward": "SD reward r_t = log pi_T - log pi_S",
-    "credit_reward": "CREDIT reward r_t - lam * generic",
-    "specific": "input-specific part: log pi_T - B_t",
-    "shortcut": "input-generic part of r_t: B_t - log pi_S",
-    "generic": "input-generic part of log pi_T: B_t",
+    "credit_reward": "CREDIT reward (form and lam: the table's form / lam columns)",
+    "specific": "specific = log pi_T - B_t (what this input explains)",
+    "shortcut": "shortcut = B_t - log pi_S (raised whatever the input)",
+    "contrast_baseline": "contrast_baseline B_t (teacher log-prob pooled over contrasts)",
     "teacher_logprob": "teacher log-prob log pi_T(y_t | x, f, y_<t)",
     "student_logprob": "student log-prob log pi_S(y_t | x, y_<t)",
     "advantage": "per-token advantage the trainer used",
 }
-"""Per-token columns a heatmap can show, with the label used in legends."""
+"""Per-token columns a heatmap can show, with the label used in legends (vocabulary: docs/dashboard.md)."""
 
 HOVER_COLUMNS = tuple(COMPONENTS)
 NEGATIVE_RGB = (202, 0, 32)  # colour of -vmax
 POSITIVE_RGB = (5, 113, 176)  # colour of +vmax
 MISSING_RGB = (224, 224, 224)  # NaN (no contrasts) and masked tokens
-PMI_COLUMNS = ("pmi", "pmi_estimate", "pmi_est", "pmi_mc", "pmi_hat")
-PMI_SE_COLUMNS = ("pmi_se", "log_pf_x_se", "pmi_stderr", "pmi_std_err", "pmi_sem", "gap_se", "se")
+CLIP_PERCENTILE = 95.0
+"""Default colour-scale half-width: this percentile of the counted tokens' absolute values."""
 
 
 def _figure_axes(ax, figsize: tuple[float, float]):
@@ -75,11 +82,16 @@ def diverging_rgb(values: np.ndarray, vmax: float) -> np.ndarray:
     return np.rint(rgb).astype(np.uint8)
 
 
-def symmetric_vmax(values: np.ndarray) -> float:
-    """Largest absolute finite value (1.0 when there is none): the half-width of a centred scale."""
+def symmetric_vmax(values: np.ndarray, percentile: float | None = None) -> float:
+    """Half-width of a centred scale: the largest absolute finite value, or its ``percentile``
+    (e.g. 95: robust to a few outliers; an observed value, never interpolated towards an outlier);
+    1.0 when there is no non-zero finite value."""
     values = np.asarray(values, dtype=np.float64)
     finite = np.abs(values[np.isfinite(values)])
-    return float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    if not finite.size or finite.max() <= 0:
+        return 1.0
+    vmax = float(finite.max() if percentile is None else np.percentile(finite, percentile, method="lower"))
+    return vmax if vmax > 0 else float(finite.max())
 
 
 def _token_text(token: str) -> str:
@@ -87,21 +99,23 @@ def _token_text(token: str) -> str:
     return text if text else "\u2205"
 
 
-def legend_html(component: str, vmax: float) -> str:
-    """A colour bar from ``-vmax`` to ``+vmax`` with the component's label."""
+def legend_html(component: str, vmax: float, clipped: int = 0) -> str:
+    """A colour bar from ``-vmax`` to ``+vmax`` under the component's label; ``clipped`` tokens lie
+    beyond the scale (they saturate; hover shows their true values)."""
     low, high = (f"rgb{tuple(int(c) for c in rgb)}" for rgb in (NEGATIVE_RGB, POSITIVE_RGB))
     label = html.escape(COMPONENTS.get(component, component))
+    note = f"<span>{clipped} token(s) beyond ±{vmax:.3g} saturate; hover for true values</span>" if clipped else ""
     return (
-        '<div class="cl-legend" style="display:flex;align-items:center;gap:8px;font-size:0.8rem;'
-        'margin:6px 0 2px 0;font-family:sans-serif;color:#444">'
-        f'<span style="font-weight:600">{label}</span>'
+        '<div class="cl-legend" style="font-size:0.8rem;margin:6px 0 2px 0;font-family:sans-serif;color:#444">'
+        f'<div style="font-weight:600;overflow-wrap:anywhere">{label}</div>'
+        '<div style="display:flex;flex-wrap:wrap;align-items:center;gap:4px 8px">'
         f'<span style="font-family:monospace">{-vmax:+.3g}</span>'
-        f'<span style="display:inline-block;width:160px;height:12px;border:1px solid #bbb;border-radius:2px;'
+        f'<span style="display:inline-block;width:140px;height:12px;border:1px solid #bbb;border-radius:2px;'
         f'background:linear-gradient(to right,{low},white,{high})"></span>'
         f'<span style="font-family:monospace">{vmax:+.3g}</span>'
         '<span style="display:inline-block;width:12px;height:12px;border:1px solid #bbb;'
-        f'background:rgb{MISSING_RGB}"></span><span>n/a or masked</span>'
-        "</div>"
+        f'background:rgb{MISSING_RGB}"></span><span>n/a or masked</span>{note}'
+        "</div></div>"
     )
 
 
@@ -110,13 +124,15 @@ def token_heatmap_html(
     component: str = "sd_reward",
     vmax: float | None = None,
     legend: bool = True,
+    clip: float | None = CLIP_PERCENTILE,
 ) -> str:
     """HTML of one response: a ``<span class="cl-token">`` per row of ``tokens`` in position order.
 
     ``tokens`` holds the rows of one example (``token``, ``position``, ``mask`` and the component
     column). The background encodes ``component`` on a diverging scale of half-width ``vmax``
-    (default: the largest absolute value of the counted tokens); the ``title`` of each span holds
-    the exact values of every component, shown on hover. Masked tokens are grey.
+    (default: the ``clip`` percentile of the counted tokens' absolute values, or their maximum when
+    ``clip`` is None; tokens beyond it saturate). Each span's ``data-value`` and ``title`` (shown on
+    hover) hold the true values of every component. Masked tokens are grey.
     """
     if component not in tokens.columns:
         raise ValueError(f"component {component!r} is not a column of the table; choose one of {list(COMPONENTS)}")
@@ -124,7 +140,7 @@ def token_heatmap_html(
     values = rows[component].to_numpy(dtype=np.float64).copy()
     masked = ~rows["mask"].to_numpy(dtype=bool)
     values[masked] = np.nan
-    vmax = symmetric_vmax(values) if vmax is None else float(vmax)
+    vmax = symmetric_vmax(values, clip) if vmax is None else float(vmax)
     colours = diverging_rgb(values, vmax)
     hover_columns = [c for c in HOVER_COLUMNS if c in rows.columns]
     hover_values = rows[hover_columns].to_numpy(dtype=np.float64)
@@ -148,11 +164,49 @@ def token_heatmap_html(
         "line-height:1.9;white-space:pre-wrap;word-break:break-word;padding:8px 10px;border:1px solid #e6e6e6;"
         f'border-radius:6px;background:#fff">{"".join(spans)}</div>'
     )
-    return (legend_html(component, vmax) if legend else "") + body
+    clipped = int((np.abs(values[np.isfinite(values)]) > vmax).sum())
+    return (legend_html(component, vmax, clipped) if legend else "") + body
+
+
+def chat_messages(prompt: object) -> list[dict[str, str]] | None:
+    """The ``[{"role", "content"}, ...]`` messages of a prompt stored as a chat (a list, or its JSON
+    text as the scorer writes it); None for a plain-text prompt."""
+    messages = prompt
+    if isinstance(prompt, str):
+        if not prompt.lstrip().startswith("["):
+            return None
+        try:
+            messages = json.loads(prompt)
+        except json.JSONDecodeError:
+            return None
+    if isinstance(messages, list) and messages and all(
+        isinstance(m, Mapping) and {"role", "content"} <= set(m) for m in messages
+    ):
+        return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+    return None
+
+
+def chat_html(prompt: object) -> str:
+    """HTML of a prompt: one box per chat message with its role, or the plain text in one box."""
+    messages = chat_messages(prompt) or [{"role": "", "content": str(prompt)}]
+    boxes = "".join(
+        '<div style="margin:4px 0;padding:6px 8px;border-radius:6px;background:'
+        f'{"#eef4fb" if m["role"] == "user" else "#f4f4f4"}">'
+        + (f'<div style="font-size:0.75rem;color:#666;font-weight:600">{html.escape(m["role"])}</div>' if m["role"] else "")
+        + f'<div style="white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:0.85rem">'
+        f'{html.escape(m["content"])}</div></div>'
+        for m in messages
+    )
+    return f'<div class="cl-chat">{boxes}</div>'
+
+
+def natural_key(text: object) -> tuple:
+    """Sort key that orders embedded numbers by value: ``sample3`` before ``sample10``."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", str(text)) if part)
 
 
 def token_heatmap_figure(tokens: pd.DataFrame, component: str = "sd_reward", vmax: float | None = None,
-                         width: int = 80, ax=None):
+                         width: int = 80, ax=None, clip: float | None = CLIP_PERCENTILE):
     """Matplotlib figure of one response: tokens laid out in lines of ``width`` characters, coloured
     on the same diverging scale as :func:`token_heatmap_html`, with a colour bar."""
     import matplotlib.pyplot as plt
@@ -161,7 +215,7 @@ def token_heatmap_figure(tokens: pd.DataFrame, component: str = "sd_reward", vma
     rows = tokens.sort_values("position")
     values = rows[component].to_numpy(dtype=np.float64).copy()
     values[~rows["mask"].to_numpy(dtype=bool)] = np.nan
-    vmax = symmetric_vmax(values) if vmax is None else float(vmax)
+    vmax = symmetric_vmax(values, clip) if vmax is None else float(vmax)
     colours = diverging_rgb(values, vmax) / 255.0
     texts = [t.replace("\n", "\u21b5") or "\u2205" for t in rows["token"].tolist()]
     places, line, column = [], 0, 0
@@ -202,6 +256,13 @@ def examples_index(table: pd.DataFrame) -> pd.DataFrame:
     return index.reset_index()
 
 
+def first_counted(index: pd.DataFrame) -> int:
+    """Row number in an :func:`examples_index` of the first response with a counted token (0 if none):
+    a passed rollout has no feedback, so all its tokens are masked and carry 0."""
+    counted = np.flatnonzero(index["n_counted"].to_numpy() > 0)
+    return int(counted[0]) if counted.size else 0
+
+
 def select_example(table: pd.DataFrame, example: dict) -> pd.DataFrame:
     """Rows of one response, sorted by position. ``example`` maps ``EXAMPLE_KEYS`` columns to values
     (a row of :func:`examples_index` as a dict works; its other entries are ignored)."""
@@ -212,9 +273,18 @@ def select_example(table: pd.DataFrame, example: dict) -> pd.DataFrame:
     return table.loc[keep].sort_values("position")
 
 
+def run_settings(run: Run) -> dict:
+    """``form`` and ``lam`` of a run's manifest config (None where the run does not use them: GRPO and
+    SD have no lam; runs written before forms existed used the ``teacher`` form)."""
+    config = run.manifest.get("config", {})
+    if run.algo != "credit":
+        return {"form": None, "lam": None}
+    return {"form": config.get("form", "teacher"), "lam": config.get("lam")}
+
+
 def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """One row per run: name, algo, env, model, seed, logged steps, steps with token tables,
-    best and final eval score, path."""
+    """One row per run: name, algo, form, lam, env, model, seed, logged steps, steps with token
+    tables, best and final eval score, path."""
     records = []
     for run in runs:
         metrics = run.metrics()
@@ -222,6 +292,7 @@ def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
             dict(
                 run=run.name,
                 algo=run.algo,
+                **run_settings(run),
                 env=run.env,
                 model=run.model,
                 seed=run.seed,
@@ -232,8 +303,8 @@ def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
                 path=str(run.path),
             )
         )
-    return pd.DataFrame(records, columns=["run", "algo", "env", "model", "seed", "steps", "token_steps",
-                                          "best_score", "final_score", "path"])
+    return pd.DataFrame(records, columns=["run", "algo", "form", "lam", "env", "model", "seed", "steps",
+                                          "token_steps", "best_score", "final_score", "path"])
 
 
 def curve_metrics(runs: Sequence[Run]) -> list[str]:
@@ -266,7 +337,6 @@ def learning_curve_frame(runs: Sequence[Run], metric: str = "eval:score") -> pd.
 
 def learning_curves(runs: Sequence[Run], metric: str = "eval:score", ax=None):
     """Matplotlib figure with one line per run of ``metric`` against the training step."""
-
     frame = learning_curve_frame(runs, metric)
     fig, ax = _figure_axes(ax, (7, 4))
     for name, part in frame.groupby("run", sort=False):
@@ -279,94 +349,73 @@ def learning_curves(runs: Sequence[Run], metric: str = "eval:score", ax=None):
     return fig
 
 
-def require_contrasts(table: pd.DataFrame, source: str = "table") -> None:
-    """Raise ValueError when ``table`` has no finite ``specific``/``shortcut`` (scored with K = 0)."""
-    for name in ("specific", "shortcut"):
-        if name not in table.columns or not np.isfinite(table[name].to_numpy(dtype=np.float64)).any():
-            raise ValueError(
-                f"{source}: no input-specific / input-generic split (column {name!r} is missing or all NaN); "
-                "it holds no contrast log-probs: score with `--contrast K` (K >= 1), or train SD/CREDIT with "
-                "n_contrast >= 1, to decompose the credit"
-            )
+def group_curves_figure(curves: pd.DataFrame, confidence: float = 0.95):
+    """Held-out score vs step per group of runs (``group, step, mean, low, high`` rows): the mean
+    over seeds with a ``confidence`` t-interval band."""
+    fig, ax = _figure_axes(None, (6, 4))
+    for group, part in curves.groupby("group", sort=True):
+        part = part.sort_values("step")
+        ax.plot(part["step"], part["mean"], marker="o", markersize=3, label=group)
+        ax.fill_between(part["step"], part["low"], part["high"], alpha=0.2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out score (pass rate)")
+    ax.set_title(f"Learning curves (mean over seeds, {confidence:.0%} t-interval)")
+    ax.grid(alpha=0.3)
+    if len(curves):
+        ax.legend(fontsize=8, title="method")
+    fig.tight_layout()
+    return fig
 
 
-def top_generic_tokens(table: pd.DataFrame, n: int = 20, min_count: int = 1) -> pd.DataFrame:
-    """Tokens ranked by total input-generic SD credit (``shortcut`` summed over counted tokens).
+def credit_histograms_figure(tables: Mapping[str, pd.DataFrame],
+                             components: Sequence[str] = ("sd_reward", "credit_reward", "specific", "shortcut"),
+                             max_tokens: int = 200_000):
+    """One panel per component: a density histogram (log scale) of its counted-token values per group
+    (``tables`` maps a group name to its per-token rows)."""
+    import matplotlib.pyplot as plt
 
-    Columns: ``token, count, shortcut_sum, shortcut_mean, specific_mean, sd_mean``.
-    """
-    require_contrasts(table)
-    counted = table[table["mask"]]
-    grouped = counted.groupby("token", sort=False)
-    frame = grouped.agg(
-        count=("position", "size"),
-        shortcut_sum=("shortcut", "sum"),
-        shortcut_mean=("shortcut", "mean"),
-        specific_mean=("specific", "mean"),
-        sd_mean=("sd_reward", "mean"),
-    ).reset_index()
-    frame = frame[frame["count"] >= min_count]
-    return frame.sort_values("shortcut_sum", ascending=False).head(n).reset_index(drop=True)
-
-
-def position_profile(table: pd.DataFrame, columns: Sequence[str] = ("sd_reward", "specific", "shortcut",
-                                                                        "credit_reward")) -> pd.DataFrame:
-    """Mean of each of ``columns`` (those present) over counted tokens at each response position."""
-    present = [c for c in columns if c in table.columns]
-    counted = table[table["mask"]]
-    return counted.groupby("position")[present].mean().reset_index()
+    fig, axes = plt.subplots(1, len(components), figsize=(4 * len(components), 3.6), squeeze=False)
+    for ax, component in zip(axes[0], components, strict=True):
+        for group, table in sorted(tables.items()):
+            values = table.loc[table["mask"], component].to_numpy(dtype=np.float64) if component in table else []
+            values = np.asarray(values)[np.isfinite(values)][:max_tokens]
+            if values.size:
+                ax.hist(values, bins=60, histtype="step", density=True, label=group)
+        ax.set_title(COMPONENTS.get(component, component), fontsize=8)
+        ax.set_xlabel(f"{component} per token (nats)")
+        ax.set_ylabel("density (log scale)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, title="method", title_fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
-def generic_share(table: pd.DataFrame) -> float:
-    """Share of SD credit mass that is input-generic: ``sum|shortcut| / (sum|specific| + sum|shortcut|)``."""
-    require_contrasts(table)
-    counted = table[table["mask"]]
-    generic = float(counted["shortcut"].abs().sum())
-    total = generic + float(counted["specific"].abs().sum())
-    return generic / total if total > 0 else float("nan")
-
-
-def pmi_columns(summary: pd.DataFrame) -> tuple[str, str | None] | None:
-    """Names of the pMI-estimate column and of its standard-error column in a per-example summary,
-    or None when the summary has no pMI estimate (``se`` is None when only the estimate exists)."""
-    estimate = next((c for c in PMI_COLUMNS if c in summary.columns), None)
-    if estimate is None:
-        return None
-    return estimate, next((c for c in PMI_SE_COLUMNS if c in summary.columns), None)
-
-
-def pmi_frame(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per example: ``example_id, sd_sum, pmi, pmi_se, gap = sd_sum - pmi``; ValueError without pMI.
-
-    Examples whose pMI estimate is NaN (not estimated) are left out. The standard error of the pMI
-    estimate is that of its Monte-Carlo ``log p(f | x)`` term (``log_pf_x_se`` of :mod:`creditlens.gap`).
-    """
-    found = pmi_columns(summary)
-    if found is None:
-        raise ValueError(
-            f"no pMI estimate in the summary (looked for columns {list(PMI_COLUMNS)}); "
-            "`creditlens score ... --out DIR` writes it to DIR/summary.parquet"
-        )
-    if "sd_sum" not in summary.columns:
-        raise ValueError("the summary has no 'sd_sum' column (the SD trajectory sum of each example)")
-    estimate, se = found
-    frame = pd.DataFrame(
-        {
-            "example_id": summary["example_id"].astype(str) if "example_id" in summary else summary.index.astype(str),
-            "sd_sum": summary["sd_sum"].astype(float),
-            "pmi": summary[estimate].astype(float),
-            "pmi_se": summary[se].astype(float) if se else np.nan,
-        }
-    )
-    frame["gap"] = frame["sd_sum"] - frame["pmi"]
-    frame = frame[frame["pmi"].notna()]
-    if frame.empty:
-        raise ValueError(f"column {estimate!r} is NaN for every example (no pMI was estimated)")
-    return frame.reset_index(drop=True)
+def auroc_figure(table: pd.DataFrame, columns: Sequence[str]):
+    """Grouped bars of the AUROC of |credit| (specific vs generic tokens): one group of bars per row of
+    ``table`` (its ``group`` and ``auroc_abs_<column>`` values), one bar per column; the legend sits
+    below the axes so that it never covers a bar."""
+    fig, ax = _figure_axes(None, (7, 4))
+    width = 0.8 / len(columns)
+    positions = np.arange(len(table))
+    for i, column in enumerate(columns):
+        ax.bar(positions + i * width, table[f"auroc_abs_{column}"].fillna(0.0), width, label=column)
+    ax.axhline(0.5, color="black", linewidth=0.8, linestyle="--", label="chance (0.5)")
+    ax.set_xticks(positions + width * (len(columns) - 1) / 2, table["group"], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("method")
+    ax.set_ylabel("AUROC of |credit|")
+    ax.set_title("Specific vs generic tokens: where each credit puts its magnitude", fontsize=9)
+    ax.legend(fontsize=7, ncol=min(len(columns) + 1, 6), loc="upper center", bbox_to_anchor=(0.5, -0.18),
+              title="per-token credit column", title_fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 class _Rendered:
-    """``.show()`` renders the HTML in Jupyter and prints a text table elsewhere (inseq style)."""
+    """Rich display: ``_repr_html_`` in Jupyter; ``.show()`` displays it there and prints a text table
+    elsewhere, or returns the HTML with ``as_html=True``."""
 
     def _repr_html_(self) -> str:
         raise NotImplementedError
@@ -374,7 +423,14 @@ class _Rendered:
     def to_dataframe(self) -> pd.DataFrame:
         raise NotImplementedError
 
-    def show(self) -> None:
+    def to_html(self) -> str:
+        """The HTML that Jupyter shows (a complete fragment, usable in any page)."""
+        return self._repr_html_()
+
+    def show(self, as_html: bool = False) -> str | None:
+        """Display in Jupyter, else print a text table; with ``as_html`` return the HTML instead."""
+        if as_html:
+            return self.to_html()
         try:
             from IPython import get_ipython
             from IPython.display import HTML, display
@@ -384,15 +440,17 @@ class _Rendered:
             display(HTML(self._repr_html_()))
         else:
             print(self.to_dataframe().to_string(index=False))
+        return None
 
 
 class TokenHeatmap(_Rendered):
     """One response's per-token credit, rendered as a heatmap of ``component``."""
 
-    def __init__(self, tokens: pd.DataFrame, component: str = "sd_reward", vmax: float | None = None):
+    def __init__(self, tokens: pd.DataFrame, component: str = "sd_reward", vmax: float | None = None,
+                 clip: float | None = CLIP_PERCENTILE):
         if tokens["example_id"].nunique() != 1 or not tokens["position"].is_unique:
             raise ValueError("TokenHeatmap: pass the rows of one response (see select_example and examples_index)")
-        self.tokens, self.component, self.vmax = tokens.sort_values("position"), component, vmax
+        self.tokens, self.component, self.vmax, self.clip = tokens.sort_values("position"), component, vmax, clip
 
     @classmethod
     def from_table(cls, table: pd.DataFrame, example_id: str, component: str = "sd_reward", **keys) -> TokenHeatmap:
@@ -407,43 +465,42 @@ class TokenHeatmap(_Rendered):
         return self.tokens[columns].reset_index(drop=True)
 
     def figure(self, width: int = 80):
-        return token_heatmap_figure(self.tokens, self.component, self.vmax, width)
+        return token_heatmap_figure(self.tokens, self.component, self.vmax, width, clip=self.clip)
 
     def _repr_html_(self) -> str:
         head = self.tokens.iloc[0]
-        context = "".join(
-            f"<div><b>{name}:</b> {html.escape(str(head[name]))}</div>"
-            for name in ("prompt", "feedback")
-            if name in self.tokens.columns
-        )
-        return f"<div>{context}{token_heatmap_html(self.tokens, self.component, self.vmax)}</div>"
+        context = ""
+        if "prompt" in self.tokens.columns:
+            context += f"<div><b>prompt:</b>{chat_html(head['prompt'])}</div>"
+        if "feedback" in self.tokens.columns:
+            context += f"<div><b>feedback:</b> {html.escape(str(head['feedback']))}</div>"
+        return f"<div>{context}{token_heatmap_html(self.tokens, self.component, self.vmax, clip=self.clip)}</div>"
 
 
 class CreditDecomposition(_Rendered):
-    """Where the SD credit of a table sits: input-specific vs input-generic, by token and position."""
+    """Where the SD credit of a table sits: ``specific`` vs ``shortcut``, by token and position."""
 
     def __init__(self, table: pd.DataFrame, source: str = "table"):
-        require_contrasts(table, source)
+        stats.require_contrasts(table, source)
         self.table = table
 
     def to_dataframe(self) -> pd.DataFrame:
-        columns = [c for c in ("example_id", "position", "token", "specific", "shortcut", "generic",
+        columns = [c for c in ("example_id", "position", "token", "specific", "shortcut", "contrast_baseline",
                                "sd_reward", "credit_reward", "label") if c in self.table.columns]
         return self.table.loc[self.table["mask"], columns].reset_index(drop=True)
 
     def generic_share(self) -> float:
-        return generic_share(self.table)
+        return stats.generic_share(self.table)
 
-    def top_generic(self, n: int = 20, min_count: int = 1) -> pd.DataFrame:
-        return top_generic_tokens(self.table, n, min_count)
+    def top_shortcut(self, n: int = 20, min_count: int = 1) -> pd.DataFrame:
+        return stats.top_shortcut_tokens(self.table, n, min_count)
 
     def by_position(self) -> pd.DataFrame:
-        return position_profile(self.table)
+        return stats.position_profile(self.table)
 
     def scatter(self, ax=None, max_points: int = 5000, seed: int = 0):
-        """Matplotlib scatter of specific vs input-generic SD credit (``shortcut``) per token,
-        coloured by ``label`` when the table has ground-truth labels."""
-
+        """Matplotlib scatter of ``specific`` vs ``shortcut`` per counted token, coloured by ``label``
+        when the table has ground-truth labels."""
         points = self.to_dataframe()
         if len(points) > max_points:
             points = points.sample(max_points, random_state=seed)
@@ -453,25 +510,27 @@ class CreditDecomposition(_Rendered):
             ax.scatter(part["specific"], part["shortcut"], s=8, alpha=0.6, label=str(name))
         ax.axhline(0, color="#999", lw=0.8)
         ax.axvline(0, color="#999", lw=0.8)
-        ax.set_xlabel("input-specific  log pi_T - B_t")
-        ax.set_ylabel("input-generic  B_t - log pi_S")
-        ax.legend(fontsize=8)
+        ax.set_xlabel("specific = log pi_T - B_t")
+        ax.set_ylabel("shortcut = B_t - log pi_S")
+        ax.legend(fontsize=8, title="label" if "label" in points.columns else None)
         return fig
 
     def _repr_html_(self) -> str:
         share = self.generic_share()
         return (
             f"<div><p><b>Generic share of SD credit:</b> {share:.1%} over {int(self.table['mask'].sum())} "
-            f"counted tokens.</p><p><b>Tokens with the most input-generic credit</b></p>"
-            f"{self.top_generic(10).to_html(index=False, float_format='{:+.3f}'.format)}</div>"
+            "counted tokens (sum |shortcut| / (sum |specific| + sum |shortcut|)).</p>"
+            "<p><b>Tokens with the largest total shortcut credit (by magnitude)</b></p>"
+            f"{self.top_shortcut(10).to_html(index=False, float_format='{:+.3f}'.format)}</div>"
         )
 
 
 class PMICheck(_Rendered):
-    """Per example, the SD trajectory sum against the pMI estimate (the compatibility gap)."""
+    """Per example, the sum of SD rewards against the pMI estimate: the compatibility gap and its
+    standard error (:func:`creditlens.stats.pmi_frame`)."""
 
     def __init__(self, summary: pd.DataFrame):
-        self.frame = pmi_frame(summary)
+        self.frame = stats.pmi_frame(summary)
 
     @classmethod
     def from_tokens(cls, table: pd.DataFrame, pmi: pd.DataFrame) -> PMICheck:
@@ -481,35 +540,41 @@ class PMICheck(_Rendered):
     def to_dataframe(self) -> pd.DataFrame:
         return self.frame.copy()
 
-    def figure(self, ax=None):
-        """SD sum (x) against the pMI estimate (y) with 2-standard-error bars and the line y = x."""
+    def has_se(self) -> bool:
+        """Whether every example has a standard error (Monte-Carlo estimate with M >= 2 samples)."""
+        return bool(self.frame["gap_se"].notna().all())
 
+    def figure(self, ax=None):
+        """Sum of SD rewards (x) against the pMI estimate (y), with 2-standard-error bars when known,
+        and the identity line y = x."""
         frame = self.frame
         fig, ax = _figure_axes(ax, (5, 4.5))
-        errors = 2 * frame["pmi_se"].fillna(0.0)
-        ax.errorbar(frame["sd_sum"], frame["pmi"], yerr=errors, fmt="o", ms=4, capsize=2, alpha=0.8,
-                    label="examples (bars: 2 s.e.)")
+        errors = 2 * frame["gap_se"].fillna(0.0)
+        if self.has_se():
+            ax.errorbar(frame["sd_sum"], frame["pmi"], yerr=errors, fmt="o", ms=4, capsize=2, alpha=0.8,
+                        label="examples (bars: 2 s.e.)")
+        else:
+            ax.plot(frame["sd_sum"], frame["pmi"], "o", ms=4, alpha=0.8, label="examples")
         low = float(min(frame["sd_sum"].min(), (frame["pmi"] - errors).min()))
         high = float(max(frame["sd_sum"].max(), (frame["pmi"] + errors).max()))
         ax.plot([low, high], [low, high], color="#999", lw=1, ls="--", label="identity: sum r_t = pMI")
-        ax.set_xlabel("SD trajectory sum  sum_t r_t")
+        ax.set_xlabel("sum of SD rewards  sum_t r_t")
         ax.set_ylabel("pMI estimate  log p(f|x,y) - log p(f|x)")
         ax.legend(fontsize=8)
         return fig
 
     def stats(self) -> dict[str, float]:
-        """Mean and largest absolute gap, and the share of examples whose gap is within 2 s.e."""
-        gap = self.frame["gap"].abs()
-        se = self.frame["pmi_se"]
-        within = float((gap <= 2 * se).mean()) if se.notna().all() else float("nan")
-        return {"mean_abs_gap": float(gap.mean()), "max_abs_gap": float(gap.max()), "within_2se": within}
+        """Number of examples, mean and largest ``|gap|``, share within 2 s.e. (:func:`stats.gap_stats`)."""
+        return stats.gap_stats(self.frame)
 
     def _repr_html_(self) -> str:
-        stats = self.stats()
+        found = self.stats()
+        within = (f", {found['within_2se']:.0%} within 2 s.e." if self.has_se()
+                  else " (no standard error: exact pMI or a single sample)")
         return (
             f"<div><p><b>Compatibility gap</b> over {len(self.frame)} examples: mean |gap| "
-            f"{stats['mean_abs_gap']:.4g}, max |gap| {stats['max_abs_gap']:.4g}.</p>"
-            f"{self.frame.to_html(index=False, float_format='{:+.4f}'.format)}</div>"
+            f"{found['mean_abs_gap']:.4g}, max |gap| {found['max_abs_gap']:.4g}{within}.</p>"
+            f"{self.frame.to_html(index=False, float_format='{:+.4f}'.format, na_rep='-')}</div>"
         )
 
 

@@ -1,16 +1,50 @@
-"""`creditlens app`: argument handling and the streamlit command line (the browser test starts it for real)."""
+"""`creditlens app`: argument handling, the port check and the streamlit command line (the browser test
+starts it for real), and the dashboard shipping inside the package."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
+import pytest
+
+import creditlens
 from creditlens import cli
 from creditlens.commands import app
 
+REPO = Path(__file__).resolve().parents[1]
 
-def test_entry_page_exists_next_to_the_package():
-    assert app.APP_ENTRY.is_file() and app.APP_ENTRY.parent.name == "app"
-    assert (app.APP_ENTRY.parent / "pages").is_dir()
+
+def test_entry_page_and_pages_live_inside_the_package():
+    package = Path(creditlens.__file__).resolve().parent
+    assert app.APP_ENTRY == package / "app" / "Runs.py" and app.APP_ENTRY.is_file()
+    pages = sorted(p.name for p in (package / "app" / "pages").glob("*.py"))
+    assert pages == ["1_Token_credit.py", "2_Decomposition.py", "3_pMI_check.py", "4_Live_scoring.py"]
+    for script in [app.APP_ENTRY, *(package / "app" / "pages").glob("*.py")]:
+        assert "sys.path" not in script.read_text(), script  # pages import creditlens.app.common
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_dashboard_and_it_runs_outside_the_repository(tmp_path):
+    """Build the wheel, unpack it away from the checkout, and check `creditlens app` finds its pages there."""
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
+                    str(REPO)], check=True, capture_output=True)
+    wheel = next(dist.glob("creditlens-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for name in ("creditlens/app/Runs.py", "creditlens/app/common.py", "creditlens/app/pages/3_pMI_check.py"):
+        assert name in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = ("from creditlens.commands import app; import creditlens.app.common as c; "
+             "print(app.APP_ENTRY.is_file(), app.APP_ENTRY, c.REPO_RUNS.is_dir())")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, check=True)
+    found, entry, repo_runs = done.stdout.split()
+    assert found == "True" and entry.startswith(str(site)) and repo_runs == "False"
 
 
 def test_command_line_passes_runs_dir_and_port(tmp_path):
@@ -27,7 +61,15 @@ def test_missing_runs_dir_is_a_one_line_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_free_port_is_bindable():
+def test_free_port_is_bindable_and_check_port_refuses_a_busy_one(capsys, tmp_path):
     port = app.free_port()
     with socket.socket() as sock:
         sock.bind(("localhost", port))
+        sock.listen()
+        assert sock.getsockname()[1] == port
+        with pytest.raises(ValueError, match=f"port {port} on localhost is busy"):
+            app.check_port(port)
+        assert cli.main(["app", str(tmp_path), "--port", str(port)]) == 2
+        assert f"port {port} on localhost is busy" in capsys.readouterr().err
+    assert app.check_port(port) == port  # free again once the listener is gone
+    assert app.check_port(0) > 0

@@ -24,7 +24,7 @@ from creditlens import runs, schema
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import appdata  # noqa: E402
 
-APP = Path(__file__).resolve().parents[1] / "app"
+APP = Path(__file__).resolve().parents[1] / "creditlens" / "app"
 PAGES = {
     "runs": APP / "Runs.py",
     "tokens": APP / "pages" / "1_Token_credit.py",
@@ -64,6 +64,14 @@ def count(at: AppTest, element_type: str) -> int:
     def walk(node) -> int:
         own = int(getattr(node, "type", None) == element_type)
         return own + sum(walk(child) for child in getattr(node, "children", {}).values())
+    return walk(at._tree)
+
+
+def chart_protos(at: AppTest) -> list:
+    """The protos of every Vega-Lite chart of the page (spec and Arrow datasets)."""
+    def walk(node) -> list:
+        own = [node.proto] if getattr(node, "type", None) == "vega_lite_chart" else []
+        return own + [p for child in getattr(node, "children", {}).values() for p in walk(child)]
     return walk(at._tree)
 
 
@@ -150,9 +158,10 @@ def test_decomposition_page(data, monkeypatch):
     assert at.metric[0].value == f"{share:.1%}"
     assert at.metric[1].value == f"{table['specific'].mean():+.3f}"
     top = at.dataframe[0].value
-    expected = table.groupby("token")["shortcut"].sum().sort_values(ascending=False)
-    assert top["token"].iloc[0] == expected.index[0]
-    assert top["shortcut_sum"].iloc[0] == pytest.approx(expected.iloc[0])
+    by_token = table[table["mask"]].groupby("token")["shortcut"].sum()
+    expected = by_token.reindex(by_token.abs().sort_values(ascending=False).index)  # by magnitude
+    assert list(top["token"]) == list(expected.index[: len(top)])
+    np.testing.assert_allclose(top["shortcut_sum"], expected.iloc[: len(top)])
     assert count(at, "vega_lite_chart") == 2
     at.sidebar.selectbox(key="step_decomposition").set_value("all steps").run()
     no_exception(at)
@@ -166,14 +175,48 @@ def test_pmi_page_gap_is_zero_on_exact_model(data, monkeypatch):
     expected = pd.read_parquet(data / "scored" / "summary.parquet")
     assert len(frame) == len(expected) == 8
     np.testing.assert_allclose(frame["pmi"], expected["pmi"])
+    np.testing.assert_allclose(frame["sd_sum"], expected["sd_sum"])
+    np.testing.assert_allclose(frame["gap_se"], expected["pmi_se"])
     assert np.abs(frame["gap"]).max() < 1e-9
-    assert at.metric[0].value == "8"
+    assert at.metric[0].value == "8 of 8"
     assert at.metric[3].value == "100%"
     assert count(at, "image") == 1
     at.sidebar.radio(key="source_kind_pmi").set_value("Run").run()
     no_exception(at)
-    assert "No pMI estimate" in at.info[0].value
+    assert "No pMI estimate" in at.info[0].value and "--gap-samples M" in at.info[0].value
     assert count(at, "vega_lite_chart") == 1
+
+
+def test_pmi_page_with_part_of_the_examples_estimated(tmp_path, monkeypatch):
+    """As after `creditlens demo`: a pMI for some examples only, ids that sort differently as text."""
+    scored = appdata.make_scored_dir(tmp_path / "scored")
+    summary = pd.read_parquet(scored / "summary.parquet")
+    summary["example_id"] = [f"sample{i + 1}" for i in range(len(summary))]
+    summary.loc[summary.index[3:], ["pmi", "pmi_se"]] = np.nan
+    summary["pmi"] += [0.5, -0.25, 0.0] + [np.nan] * (len(summary) - 3)
+    summary.to_parquet(scored / "summary.parquet")
+    at = run_page("pmi", tmp_path, monkeypatch)
+    no_exception(at)
+    assert at.metric[0].value == f"3 of {len(summary)}"
+    assert at.metric[1].value == "0.25" and at.metric[2].value == "0.5"
+    assert at.metric[3].value == "33%"  # |gap| 0.5 and 0.25 > 2 x 0.01; only 0 is within
+    frame = at.dataframe[0].value
+    assert list(frame["example_id"]) == ["sample1", "sample2", "sample3"]
+    np.testing.assert_allclose(frame["gap"], [-0.5, 0.25, 0.0], atol=1e-9)
+
+
+def test_pmi_page_sorts_bars_by_number(tmp_path, monkeypatch):
+    scored = appdata.make_scored_dir(tmp_path / "scored")
+    (scored / "summary.parquet").unlink()
+    table = pd.read_parquet(scored / "tokens.parquet")
+    ids = {old: f"sample{i}" for i, old in enumerate(sorted(table["example_id"].unique()), start=3)}
+    table.assign(example_id=table["example_id"].map(ids)).to_parquet(scored / "tokens.parquet")
+    at = run_page("pmi", tmp_path, monkeypatch)
+    no_exception(at)
+    chart = chart_protos(at)[0]
+    assert json.loads(chart.spec)["encoding"]["x"]["sort"] is None  # bars in data order
+    shown = pa.ipc.open_stream(chart.datasets[0].data.data).read_all().to_pandas()
+    assert list(shown["example"]) == [f"sample{i}" for i in range(3, 3 + len(ids))]  # sample9 before sample10
 
 
 def test_live_scoring_without_scoring_module(data, monkeypatch):
@@ -227,11 +270,10 @@ def test_scored_set_without_contrasts(tmp_path, monkeypatch):
     appdata.make_scored_dir(tmp_path / "k0", contrasts=False)
     tokens = run_page("tokens", tmp_path, monkeypatch)
     no_exception(tokens)
-    assert tokens.sidebar.selectbox(key="component").options == [
-        "sd_reward — SD reward r_t = log pi_T - log pi_S",
-        "teacher_logprob — teacher log-prob log pi_T(y_t | x, f, y_<t)",
-        "student_logprob — student log-prob log pi_S(y_t | x, y_<t)",
-    ]
+    assert tokens.sidebar.selectbox(key="component").options == ["sd_reward", "teacher_logprob", "student_logprob"]
+    empty = [c.value for c in tokens.sidebar.caption if c.value.startswith("No values here")]
+    assert empty == ["No values here (all NaN): credit_reward, specific, shortcut, contrast_baseline "
+                     "(scored without contrasts, K = 0)"]
     assert len(spans(tokens)) == appdata.exact_model().length
     decomposition = run_page("decomposition", tmp_path, monkeypatch)
     no_exception(decomposition)
@@ -306,3 +348,33 @@ def test_token_page_opens_on_a_response_with_counted_tokens(tmp_path, monkeypatc
     shown = spans(at)
     assert shown and all(value != 0 for _, value, _, _ in shown)
     assert at.sidebar.selectbox(key="example").value == 1
+
+
+def test_token_page_robust_scale_chat_prompt_and_settings(tmp_path, monkeypatch):
+    """One outlier token: the default scale ends at the 95th percentile of |value| (true values stay in
+    data-value); a chat prompt shows as chat messages; form and lambda of the table are shown."""
+    scored = appdata.make_scored_dir(tmp_path / "scored")
+    table = pd.read_parquet(scored / "tokens.parquet")
+    first = table["example_id"] == sorted(table["example_id"].unique())[0]
+    table.loc[first & (table["position"] == 0), "sd_reward"] = 50.0
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "input 3?"}]
+    table["prompt"] = json.dumps(chat)
+    table["advantage"] = np.nan  # all NaN: listed as having no values, not as absent
+    table.to_parquet(scored / "tokens.parquet")
+    at = run_page("tokens", tmp_path, monkeypatch)
+    no_exception(at)
+    rows = table[first].sort_values("position")
+    values = rows["sd_reward"].where(rows["mask"]).to_numpy()
+    shown = spans(at)
+    np.testing.assert_allclose([v for _, v, _, _ in shown], values, rtol=1e-5)
+    magnitudes = np.sort(np.abs(values[np.isfinite(values)]))
+    robust = magnitudes[int(np.floor(0.95 * (len(magnitudes) - 1)))]  # an observed value, below the outlier
+    legend = at.html[0].proto.body.split('class="cl-heatmap"')[0]
+    assert f"{robust:+.3g}" in legend and "1 token(s) beyond" in legend and "+50" not in legend
+    at.sidebar.checkbox(key="robust").uncheck().run()
+    legend = at.html[0].proto.body.split('class="cl-heatmap"')[0]
+    assert "+50" in legend and "beyond" not in legend
+    assert [m.proto.name for m in at.get("chat_message")] == ["user", "user"]  # system shown with its own avatar
+    assert "Be brief." in [t.value for t in at.text] and "input 3?" in [t.value for t in at.text]
+    assert "form = teacher" in at.caption[0].value and "lambda = 0.5" in at.caption[0].value
+    assert [c.value for c in at.sidebar.caption if "advantage" in c.value] == ["No values here (all NaN): advantage"]

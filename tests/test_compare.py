@@ -12,6 +12,7 @@ import torch
 from scipy import stats
 
 from creditlens import cli, compare, runs, schema
+from creditlens.stats import auroc
 
 TOKENS = ["ok", "answer", ":", "c", "a", "h", "e", ".", "<|im_end|>"]  # labels: 3 generic, 4 specific, 2 generic
 SPECIFIC_POSITIONS = {3, 4, 5, 6}
@@ -116,10 +117,19 @@ def test_generic_share_and_auroc_by_hand(study):
 
 
 def test_auroc_edge_cases():
-    assert compare.auroc([1, 2, 3, 4], [False, False, True, True]) == 1.0
-    assert compare.auroc([1, 2, 3, 4], [True, True, False, False]) == 0.0
-    assert compare.auroc([1, 1, 1, 1], [True, False, True, False]) == 0.5
-    assert math.isnan(compare.auroc([1, 2], [True, True]))
+    assert auroc([1, 2, 3, 4], [False, False, True, True]) == 1.0
+    assert auroc([1, 2, 3, 4], [True, True, False, False]) == 0.0
+    assert auroc([1, 1, 1, 1], [True, False, True, False]) == 0.5
+    assert math.isnan(auroc([1, 2], [True, True]))
+
+
+def test_group_label_names_a_non_default_form(tmp_path):
+    labels = []
+    for name, config in (("a", {"lam": 0.5}), ("b", {"lam": 0.5, "form": "teacher"}),
+                         ("c", {"lam": 1.0, "form": "shortcut"})):
+        runs.write_manifest(tmp_path / name, {"name": name, "algo": "credit", "env": "shortcut", "config": config})
+        labels.append(compare.group_label(runs.load_run(tmp_path / name)))
+    assert labels == ["credit lam=0.5", "credit lam=0.5", "credit shortcut lam=1"]
 
 
 def test_cli_writes_table_and_figures(study, tmp_path, capsys):
@@ -133,4 +143,7 @@ def test_cli_writes_table_and_figures(study, tmp_path, capsys):
         assert (out / name).stat().st_size > 0
     assert pd.read_parquet(out / "comparison.parquet")["n_runs"].sum() == 7
     assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "plain.txt").write_text("x")  # the mode any file written here gets under this umask
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert set(modes.values()) == {(tmp_path / "plain.txt").stat().st_mode & 0o777}, modes
     assert cli.main(["compare", str(tmp_path / "nothing"), "--out", str(out)]) == 2

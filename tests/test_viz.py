@@ -1,4 +1,5 @@
-"""viz helpers: colour scale, heatmap HTML, frames and analysis objects, against independent computations."""
+"""viz and stats helpers: colour scale, heatmap HTML, frames, statistics and analysis objects, against
+independent computations."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import appdata  # noqa: E402
 
-from creditlens import runs, schema, viz  # noqa: E402
+from creditlens import runs, schema, stats, viz  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +39,24 @@ def test_diverging_scale_is_centred_and_symmetric():
         np.testing.assert_allclose(half, (np.array(end) + 255) / 2, atol=1)
     assert viz.symmetric_vmax(np.array([-3.0, 2.0, np.nan])) == 3.0
     assert viz.symmetric_vmax(np.array([np.nan])) == 1.0
+
+
+def test_robust_scale_ignores_one_outlier_and_keeps_true_values():
+    values = np.concatenate([np.linspace(-1.0, 1.0, 39), [80.0]])  # 40 counted tokens, one outlier
+    assert viz.symmetric_vmax(values) == 80.0
+    assert viz.symmetric_vmax(values, 95) == pytest.approx(np.sort(np.abs(values))[int(0.95 * 39)])
+    assert viz.symmetric_vmax(values, 95) <= 1.0
+    rows = pd.DataFrame({"token": [f"t{i}" for i in range(40)], "position": range(40), "mask": True,
+                         "sd_reward": values})
+    body = viz.token_heatmap_html(rows, "sd_reward")
+    shown = [float(v) for v in re.findall(r'data-value="([^"]+)"', body)]
+    np.testing.assert_allclose(shown, values, rtol=1e-5)  # the true values, not the clipped ones
+    assert "1 token(s) beyond" in body and "+80" not in body.split('class="cl-heatmap"')[0]
+    colours = re.findall(r"background:rgb\((\d+),(\d+),(\d+)\)", body)
+    assert tuple(map(int, colours[-1])) == viz.POSITIVE_RGB  # the outlier saturates
+    assert tuple(map(int, colours[-2])) == viz.POSITIVE_RGB  # so does the largest value of the rest
+    full = viz.token_heatmap_html(rows, "sd_reward", clip=None)
+    assert "+80" in full.split('class="cl-heatmap"')[0] and "beyond" not in full
 
 
 def test_heatmap_html_one_span_per_token_with_exact_values(exact):
@@ -93,13 +112,19 @@ def test_decomposition_against_stored_contrast_logprobs(exact):
     analysis = viz.CreditDecomposition(table)
     expected = shortcut.abs().sum() / (shortcut.abs().sum() + specific.abs().sum())
     assert analysis.generic_share() == pytest.approx(expected)
-    top = analysis.top_generic(3)
-    by_token = shortcut.groupby(table["token"]).sum().sort_values(ascending=False)
+    assert stats.generic_share(table) == analysis.generic_share()
+    by_example = stats.generic_share_by_example(table)
+    for example, part in table.groupby("example_id"):
+        s_abs, g_abs = (specific[part.index].abs().sum(), shortcut[part.index].abs().sum())
+        assert by_example[example] == pytest.approx(g_abs / (s_abs + g_abs))
+    top = analysis.top_shortcut(3)
+    by_token = shortcut.groupby(table["token"]).sum()
+    by_token = by_token.reindex(by_token.abs().sort_values(ascending=False).index)  # by magnitude
     assert list(top["token"]) == list(by_token.index[:3])
     np.testing.assert_allclose(top["shortcut_sum"], by_token.iloc[:3])
     profile = analysis.by_position()
     np.testing.assert_allclose(profile["specific"], specific.groupby(table["position"]).mean())
-    assert "Generic share" in analysis._repr_html_()
+    assert "Generic share" in analysis._repr_html_() and analysis.show(as_html=True) == analysis._repr_html_()
     assert len(analysis.scatter().axes[0].collections) == 2  # one per ground-truth label
     no_contrast = table.assign(specific=np.nan, shortcut=np.nan)
     with pytest.raises(ValueError, match="--contrast K"):
@@ -116,12 +141,15 @@ def test_pmi_check_tolerates_column_names(exact):
         check = viz.PMICheck(summary.assign(**extra))
         frame = check.to_dataframe()
         assert np.abs(frame["gap"]).max() < 1e-9  # the identity holds exactly on the exact model
+        np.testing.assert_allclose(frame["sd_sum"], summary["sd_sum"])
+        legend = [t.get_text() for t in check.figure().axes[0].get_legend().get_texts()]
         if se is None:
-            assert frame["pmi_se"].isna().all() and np.isnan(check.stats()["within_2se"])
+            assert frame["gap_se"].isna().all() and np.isnan(check.stats()["within_2se"])
+            assert legend == ["examples", "identity: sum r_t = pMI"]  # no error bars to name
+            assert "no standard error" in check._repr_html_()
         else:
-            assert check.stats()["within_2se"] == 1.0
-        fig = check.figure()
-        assert len(fig.axes[0].lines) >= 1
+            assert (frame["gap_se"] == 0.05).all() and check.stats()["within_2se"] == 1.0
+            assert legend == ["identity: sum r_t = pMI", "examples (bars: 2 s.e.)"]
     assert "Compatibility gap" in check._repr_html_()
     partial = summary.assign(pmi=batch.pmi.numpy()).copy()
     partial.loc[0, "pmi"] = np.nan  # an example without a gap estimate is left out
@@ -157,7 +185,7 @@ def test_examples_index_counts_masked_tokens_out(exact):
     np.testing.assert_allclose(index.set_index("example_id")["sd_sum"], expected)
     assert (index["n_tokens"] == appdata.exact_model().length).all()
     assert (index["n_counted"] == appdata.exact_model().length - 1).all()
-    assert isinstance(index, pd.DataFrame)
+    assert list(index["example_id"]) == list(table["example_id"].unique())  # in order of appearance
 
 
 def test_select_example_takes_an_index_row_and_ignores_its_statistics(exact):
@@ -168,3 +196,64 @@ def test_select_example_takes_an_index_row_and_ignores_its_statistics(exact):
     expected = table[table["example_id"] == row["example_id"]].sort_values("position")
     pd.testing.assert_frame_equal(rows, expected)
     assert len(rows) == row["n_tokens"]
+
+
+def test_first_counted_skips_fully_masked_responses(exact):
+    _, table, _ = exact
+    table = table.copy()
+    first, second = table["example_id"].unique()[:2]
+    table.loc[table["example_id"].isin([first, second]), "mask"] = False
+    index = viz.examples_index(table)
+    assert viz.first_counted(index) == 2
+    assert viz.first_counted(index.assign(n_counted=0)) == 0
+
+
+def test_chat_prompts_and_natural_order():
+    chat = [{"role": "system", "content": "Be <brief>."}, {"role": "user", "content": "2 + 2?"}]
+    assert viz.chat_messages(json.dumps(chat)) == chat and viz.chat_messages(chat) == chat
+    assert viz.chat_messages("[not json") is None and viz.chat_messages("What is 2 + 2?") is None
+    assert viz.chat_messages(json.dumps([1, 2])) is None
+    body = viz.chat_html(json.dumps(chat))
+    assert body.count("white-space:pre-wrap") == 2 and "Be &lt;brief&gt;." in body and ">system<" in body
+    assert "What &amp; why" in viz.chat_html("What & why")
+    ids = ["sample10", "sample3", "sample1", "code-02", "code-10", "code-9"]
+    assert sorted(ids, key=viz.natural_key) == ["code-02", "code-9", "code-10", "sample1", "sample3", "sample10"]
+
+
+def test_compare_figures_have_labels_and_legends(tmp_path):
+    curves = pd.DataFrame({"group": ["sd", "sd", "grpo", "grpo"], "step": [0, 10, 0, 10],
+                           "mean": [0.1, 0.4, 0.2, 0.3], "low": [0.0, 0.3, 0.1, 0.2], "high": [0.2, 0.5, 0.3, 0.4]})
+    ax = viz.group_curves_figure(curves).axes[0]
+    assert ax.get_xlabel() == "training step" and [t.get_text() for t in ax.get_legend().get_texts()] == ["grpo", "sd"]
+    rng = np.random.default_rng(0)
+    tables = {g: pd.DataFrame({"mask": True, **{c: rng.normal(size=50) for c in ("sd_reward", "credit_reward",
+                                                                                 "specific", "shortcut")}})
+              for g in ("sd", "credit lam=0.5")}
+    fig = viz.credit_histograms_figure(tables)
+    for ax, component in zip(fig.axes, ("sd_reward", "credit_reward", "specific", "shortcut"), strict=True):
+        assert component in ax.get_xlabel() and ax.get_ylabel().startswith("density")
+        assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["credit lam=0.5", "sd"]
+    table = pd.DataFrame({"group": ["sd", "credit lam=0.5"], "auroc_abs_sd_reward": [0.95, 0.9],
+                          "auroc_abs_credit_reward": [0.5, 0.97]})
+    fig = viz.auroc_figure(table, ["sd_reward", "credit_reward"])
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    bars = [patch.get_window_extent() for patch in ax.patches]
+    assert len(bars) == 4 and not any(legend.overlaps(bar) for bar in bars)  # the legend covers no bar
+
+
+def test_runs_table_names_form_and_lam(tmp_path):
+    appdata.make_runs_dir(tmp_path)
+    table = viz.runs_table(runs.list_runs(tmp_path)).set_index("algo")
+    manifest = json.loads((Path(table.loc["credit", "path"]) / "manifest.json").read_text())
+    assert table.loc["credit", "lam"] == manifest["config"]["lam"]
+    assert table.loc["credit", "form"] == manifest["config"].get("form", "teacher")
+    assert table.loc[["grpo", "sd"], ["form", "lam"]].isna().all().all()
+
+
+def test_show_returns_the_html_or_prints_a_table(exact, capsys):
+    _, table, _ = exact
+    heat = viz.TokenHeatmap.from_table(table, table["example_id"].iloc[0])
+    assert heat.show(as_html=True) == heat.to_html() == heat._repr_html_()
+    assert heat.show() is None and "sd_reward" in capsys.readouterr().out

@@ -8,15 +8,17 @@ import socket
 import sys
 from pathlib import Path
 
-APP_ENTRY = Path(__file__).resolve().parents[2] / "app" / "Runs.py"
+from creditlens.commands import port_number
+
+APP_ENTRY = Path(__file__).resolve().parents[1] / "app" / "Runs.py"  # ships in the wheel (package data)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("app", help="start the dashboard (runs, token credit, pMI check, live scoring)")
     parser.add_argument("runs_dir", nargs="?", default=None,
                         help="directory holding run directories and scored sets (default: $CREDITLENS_RUNS_DIR, "
-                             "else data/runs of the repository, else ./runs)")
-    parser.add_argument("--port", type=int, default=8501, help="port on localhost; 0 picks a free one (default 8501)")
+                             "else data/runs of a source checkout, else ./runs)")
+    parser.add_argument("--port", type=port_number, default=8501, help="port on localhost; 0 picks a free one (default 8501)")
     parser.add_argument("--host", default="localhost", help="address to listen on (default localhost)")
     parser.set_defaults(run=run)
 
@@ -28,6 +30,22 @@ def free_port(host: str = "localhost") -> int:
         return int(sock.getsockname()[1])
 
 
+def check_port(port: int, host: str = "localhost") -> int:
+    """``port``, or a free one when it is 0; raises ValueError naming the port when it is taken."""
+    if port == 0:
+        return free_port(host)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: only a listener blocks
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            raise ValueError(
+                f"port {port} on {host} is busy ({error.strerror}): another dashboard may be running there; "
+                "stop it, or choose another port (--port N, or PORT=N with make demo; 0 picks a free one)"
+            ) from error
+    return port
+
+
 def streamlit_command(runs_dir: str | None, port: int, host: str) -> list[str]:
     """The ``streamlit run`` command line that serves the dashboard."""
     command = [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY), "--server.port", str(port),
@@ -37,14 +55,14 @@ def streamlit_command(runs_dir: str | None, port: int, host: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     if not APP_ENTRY.is_file():
-        raise FileNotFoundError(f"{APP_ENTRY}: the dashboard's app/ folder is missing; install creditlens "
-                                "from a clone with `pip install -e .` to get it")
+        raise FileNotFoundError(f"{APP_ENTRY}: the dashboard is missing from this installation of creditlens; "
+                                "reinstall it (`pip install creditlens`, or `pip install -e .` in a clone)")
     runs_dir = None
     if args.runs_dir is not None:
         if not Path(args.runs_dir).is_dir():
             raise FileNotFoundError(f"runs directory {args.runs_dir!r} does not exist")
         runs_dir = str(Path(args.runs_dir).resolve())
-    port = free_port(args.host) if args.port == 0 else args.port
+    port = check_port(args.port, args.host)
     env = dict(os.environ, **({"CREDITLENS_RUNS_DIR": runs_dir} if runs_dir else {}))
     print(f"creditlens dashboard: http://{args.host}:{port}  (runs: {runs_dir or 'default'}; Ctrl+C to stop)",
           flush=True)

@@ -1,20 +1,12 @@
 """creditlens dashboard, entry page: the runs of a directory and their learning curves.
 
-Start it with ``creditlens app [RUNS_DIR]``; the other pages are under ``app/pages/``.
+Start it with ``creditlens app [RUNS_DIR]``; the other pages are under ``pages/``.
 """
-
-import sys
-from pathlib import Path
 
 import streamlit as st
 
-APP_DIR = str(Path(__file__).resolve().parent)
-if APP_DIR not in sys.path:
-    sys.path.insert(0, APP_DIR)  # creditlens_dashboard.py sits in app/, also when a page runs on its own
-
-import creditlens_dashboard as common  # noqa: E402
-
-from creditlens import runs, viz  # noqa: E402
+from creditlens import runs, viz
+from creditlens.app import common
 
 root = common.setup("Runs")
 cat = common.catalog(root)
@@ -30,7 +22,8 @@ try:
 except common.READ_ERRORS as error:
     common.fail(f"Could not read the runs: {error}")
 
-st.caption(f"{len(table)} run(s) under `{root}`. Tick runs in the first column to compare their learning curves.")
+st.caption(f"{len(table)} run(s) under `{root}`. Tick runs in the first column to compare their learning curves. "
+           "`form` and `lam` are the CREDIT reward settings (blank for GRPO and SD).")
 shown = table.drop(columns=["path"]).assign(compare=True)[["compare"] + [c for c in table.columns if c != "path"]]
 edited = st.data_editor(
     shown,
@@ -38,6 +31,8 @@ edited = st.data_editor(
     disabled=[c for c in shown.columns if c != "compare"],
     column_config={
         "compare": st.column_config.CheckboxColumn("compare", help="show this run in the plots below"),
+        "form": st.column_config.TextColumn("form", help="CREDIT reward form (docs/dashboard.md)"),
+        "lam": st.column_config.NumberColumn("lam", help="CREDIT lambda", format="%g"),
         "best_score": st.column_config.NumberColumn("best score", format="%.3f"),
         "final_score": st.column_config.NumberColumn("final score", format="%.3f"),
         "token_steps": st.column_config.NumberColumn("token logs", help="steps with a per-token table"),
@@ -61,4 +56,4 @@ for i, metric in enumerate(picked):
     frame = viz.learning_curve_frame(chosen, metric)
     with columns[i % 2]:
         st.subheader(metric)
-        st.line_chart(frame, x="step", y="value", color="run", height=280)
+        st.line_chart(frame, x="step", y="value", color="run", height=280, x_label="training step", y_label=metric)

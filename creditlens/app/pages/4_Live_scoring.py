@@ -2,18 +2,11 @@
 
 import importlib
 import importlib.util
-import sys
-from pathlib import Path
 
 import streamlit as st
 
-APP_DIR = str(Path(__file__).resolve().parents[1])
-if APP_DIR not in sys.path:
-    sys.path.insert(0, APP_DIR)  # creditlens_dashboard.py sits in app/, also when a page runs on its own
-
-import creditlens_dashboard as common  # noqa: E402
-
-from creditlens import viz  # noqa: E402
+from creditlens import viz
+from creditlens.app import common
 
 LIVE_ID = "live-0"
 
@@ -80,7 +73,7 @@ with result_column:
         st.stop()
     components = viz.available_components(tokens)
     component = st.selectbox("Colour by", components, key="live_component",
-                             format_func=lambda c: f"{c} — {viz.COMPONENTS[c]}")
+                             help="; ".join(f"{c}: {viz.COMPONENTS[c]}" for c in components))
     st.html(viz.token_heatmap_html(tokens, component))
     counted = tokens[tokens["mask"]]
     for column, name in zip(st.columns(3), ("sd_reward", "credit_reward", "shortcut"), strict=True):

@@ -1,4 +1,4 @@
-"""Shared pieces of the dashboard pages: where the data lives, cached loaders, the data-source picker.
+"""Shared pieces of the dashboard pages: where the data lives, cached loaders, the source pickers.
 
 The runs directory comes from ``--runs-dir DIR`` after ``--`` on the ``streamlit run`` line, else
 the ``CREDITLENS_RUNS_DIR`` environment variable, else ``data/runs`` of the repository, else
@@ -21,7 +21,7 @@ import streamlit as st
 from creditlens import runs, schema, viz
 
 RUNS_DIR_ENV = "CREDITLENS_RUNS_DIR"
-REPO_RUNS = Path(__file__).resolve().parents[1] / "data" / "runs"
+REPO_RUNS = Path(__file__).resolve().parents[2] / "data" / "runs"  # present in a source checkout
 READ_ERRORS = (runs.RunError, schema.SchemaError, OSError, ValueError, KeyError)
 
 
@@ -145,13 +145,15 @@ def _scored(path: str, stamp: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.Dat
 
 @dataclass(frozen=True)
 class Source:
-    """A loaded per-token table, its index of responses, an optional summary and a label."""
+    """A loaded per-token table, its index of responses, an optional summary, a label, and for a run
+    its path and its CREDIT settings (``form``, ``lam``: :func:`viz.run_settings`)."""
 
     label: str
     table: pd.DataFrame
     index: pd.DataFrame
     summary: pd.DataFrame | None
     run_path: str | None
+    settings: dict | None = None
 
 
 def pick_source(cat: Catalog, allow_all_steps: bool = False, key: str = "", prefer: str = "Run") -> Source:
@@ -178,7 +180,7 @@ def pick_source(cat: Catalog, allow_all_steps: bool = False, key: str = "", pref
             step = options[st.sidebar.selectbox("Step", list(options), key=f"step{key}")]
             table, index = _tokens(run_path, step, _stamp(Path(run_path) / runs.TOKENS_DIR))
             label = f"{relative(run_path, cat.root)} · " + ("all steps" if step is None else f"step {step}")
-            return Source(label, table, index, None, run_path)
+            return Source(label, table, index, None, run_path, viz.run_settings(runs.load_run(run_path)))
         if kind == "Scored examples":
             path = st.sidebar.selectbox("Scored set", cat.scored, format_func=lambda p: relative(p, cat.root),
                                         key=f"scored{key}")
@@ -206,11 +208,43 @@ def example_label(row: pd.Series) -> str:
 
 
 def pick_example(source: Source, key: str = "") -> pd.DataFrame:
-    """Sidebar select box of the responses of ``source``; returns the rows of the chosen one."""
+    """Sidebar select box of the responses of ``source`` (opening on the first with counted tokens);
+    returns the rows of the chosen one."""
     if source.index.empty:
         fail(f"`{source.label}` has no tokens.")
-    counted = source.index["n_counted"].to_numpy().nonzero()[0]
     choice = st.sidebar.selectbox("Response", range(len(source.index)), key=f"example{key}",
-                                  index=int(counted[0]) if len(counted) else 0,
+                                  index=viz.first_counted(source.index),
                                   format_func=lambda i: example_label(source.index.iloc[i]))
     return viz.select_example(source.table, source.index.iloc[choice].to_dict())
+
+
+def settings_caption(tokens: pd.DataFrame, source: Source) -> str:
+    """``algo · form · lambda · pool · K`` of the rows shown: the table's own columns first, then the
+    run's manifest (``form`` is absent from tables and runs written before reward forms existed)."""
+    head = tokens.iloc[0]
+    settings = source.settings or {}
+    parts = [f"algo = {head['algo']}" if "algo" in tokens.columns else None]
+    form = head["form"] if "form" in tokens.columns else settings.get("form")
+    lam = head["lam"] if "lam" in tokens.columns else settings.get("lam")
+    if form is not None:
+        parts.append(f"form = {form}")
+    if lam is not None and pd.notna(lam):
+        parts.append(f"lambda = {float(lam):g}")
+    if "pool" in tokens.columns:
+        parts.append(f"pool = {head['pool']}")
+    if "n_contrast" in tokens.columns:
+        parts.append(f"K = {head['n_contrast']}")
+    return " · ".join(p for p in parts if p)
+
+
+def show_prompt(prompt: object) -> None:
+    """A prompt stored as chat messages (JSON) as one chat bubble per message; plain text as a code box."""
+    messages = viz.chat_messages(prompt)
+    if messages is None:
+        st.code(str(prompt), language=None, wrap_lines=True)
+        return
+    for message in messages:
+        with st.chat_message(message["role"] if message["role"] in ("user", "assistant") else "user",
+                             avatar=None if message["role"] in ("user", "assistant") else "⚙️"):
+            st.caption(message["role"])
+            st.text(message["content"])
