@@ -141,7 +141,7 @@ def read_jsonl_lines(
         return []
     if path.is_dir():
         raise error(f"{path}: a directory, expected a JSONL file")
-    lines = path.read_bytes().split(b"\n")
+    lines = path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a UTF-8 byte-order mark is not content
     records = []
     for number, raw in enumerate(lines, start=1):
         cut_short = partial_last_line and number == len(lines)

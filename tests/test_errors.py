@@ -368,6 +368,8 @@ def test_jsonl_reader_for_every_file_kind(tmp_path):
     assert runs.read_jsonl(path) == [{"a": 1}]
     with pytest.raises(InputError, match=r"x.jsonl:2: not UTF-8 text \(byte 0xc3 at column 8\)"):
         runs.read_jsonl(path, partial_last_line=False, error=InputError)
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\r\n{"b": 2}\r\n')  # saved by a Windows editor: BOM and CRLF
+    assert runs.read_jsonl(path, partial_last_line=False, error=InputError) == [{"a": 1}, {"b": 2}]
     with pytest.raises(RunError, match="a directory, expected a JSONL file"):
         runs.read_jsonl(tmp_path)
     assert runs.read_jsonl(tmp_path / "absent.jsonl") == []
@@ -386,3 +388,29 @@ def test_cli_help_imports_neither_torch_nor_pandas():
             "print(sorted(m for m in ('torch', 'transformers', 'trl', 'pandas', 'numpy', 'pyarrow') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_more_paths_and_devices(cli_error, tmp_path, examples):
+    (tmp_path / "taken").write_text("x")
+    cli_error(["study", "--preset", "bundled", "--out", tmp_path / "taken"], "--out", "an existing file")
+    cli_error(["score", examples, "--model", "tiny", "--out", examples], "--out", "ex.jsonl: an existing file")
+    cli_error(["headroom", "--env", "science", "--model", "tiny", "--device", "gpu0"], "device 'gpu0'")
+    cli_error(["headroom", "--env", "science", "--model", "tiny", "--out", tmp_path / "taken"], "an existing file")
+
+
+def test_interrupts_and_os_errors_from_inside_a_command(capsys, monkeypatch):
+    from creditlens.commands import envs
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(envs, "run_list", interrupted)
+    assert cli.main(["envs", "list"]) == 130
+    assert capsys.readouterr().err == "creditlens envs: interrupted\n"
+
+    def disk_trouble(args):
+        raise PermissionError(13, "Permission denied", "/data/out.parquet")
+
+    monkeypatch.setattr(envs, "run_list", disk_trouble)
+    assert cli.main(["envs", "list"]) == 2
+    assert capsys.readouterr().err == "creditlens envs: error: /data/out.parquet: Permission denied\n"
