@@ -12,7 +12,7 @@ from trl.experimental.sdpo import SDPOConfig
 from creditlens import credit
 from creditlens.errors import ConfigError
 
-CREDIT_FIELDS = ("lam", "n_contrast", "pool", "form", "contrast_bank_size")
+CREDIT_FIELDS = ("lam", "n_contrast", "pool", "form", "contrast_bank_size", "contrast_chunk_rows")
 
 
 @dataclass
@@ -31,6 +31,9 @@ class CreditConfig(SDPOConfig):
         contrast_bank_size (`int`, *optional*, defaults to `64`):
             Distinct prompts of earlier generation batches kept as contrast candidates, for batches with too
             few distinct prompts of their own (e.g. one prompt per generation batch); 0 keeps none.
+        contrast_chunk_rows (`int` or `None`, *optional*, defaults to `1`):
+            Rows per contrast forward: the contrast forwards add at most this many rows of logits to the step's
+            peak memory (docs/training.md, "Memory"). `None`: the whole micro-batch in one forward.
 
     Unlike ``SDPOConfig``, an unset ``bf16`` becomes ``False`` on a machine without a bf16 accelerator (and
     without ``use_cpu=True``), so the same script also runs on CPU, in float32.
@@ -47,6 +50,9 @@ class CreditConfig(SDPOConfig):
     contrast_bank_size: int = field(
         default=64,
         metadata={"help": "Distinct earlier prompts kept as contrast candidates (0: only the current batch)."},
+    )
+    contrast_chunk_rows: int | None = field(
+        default=1, metadata={"help": "Rows per contrast forward (bounds its extra memory); None: all at once."}
     )
 
     def __post_init__(self) -> None:
@@ -79,6 +85,10 @@ def check_credit_fields(config: SDPOConfig) -> None:
         (
             _is_int(config.contrast_bank_size) and config.contrast_bank_size >= 0,
             f"contrast_bank_size: must be an int >= 0, got {config.contrast_bank_size!r}",
+        ),
+        (
+            config.contrast_chunk_rows is None or (_is_int(config.contrast_chunk_rows) and config.contrast_chunk_rows >= 1),
+            f"contrast_chunk_rows: must be None or an int >= 1, got {config.contrast_chunk_rows!r}",
         ),
         (
             not config.use_teacher_server,

@@ -16,6 +16,9 @@ of :class:`~creditlens.training.credit_config.CreditConfig`:
 - ``full_logits``: the CREDIT target over the vocabulary; the K contrasts are pooled into one ``[B, T, V]``
   buffer as they are computed, never ``[B, K, T, V]``.
 
+Contrast forwards run ``contrast_chunk_rows`` rows at a time, so their transient logits stay a fraction of
+the student's and teacher's.
+
 ``lam = 0`` runs SDPO's own loss (bit-identical, tested). A sample with no other prompt available (see
 contrasts.py) keeps SDPO's target. Per-token values are offered to callbacks through the
 ``on_tokens_scored`` event (what creditlens' run logs listen to); without a listener nothing is computed.
@@ -179,29 +182,38 @@ class CreditTrainer(SDPOTrainer):
         if mode == "topk_logits":
             support = student_logits.detach().topk(self.args.distillation_topk, dim=-1).indices
             out["support"] = support
+        batch, rows = completion_ids.size(0), self.args.contrast_chunk_rows or completion_ids.size(0)
         token_lps, support_lps, pooled = [], [], None
         with torch.no_grad(), self._get_teacher_context_for_self_distillation():
             for k in range(k_total):
-                logits = SDPOTrainer._forward_logits(
-                    self,
-                    teacher_model,
-                    torch.cat([inputs["contrast_prompt_ids"][:, k], completion_ids], dim=1),
-                    torch.cat([inputs["contrast_prompt_mask"][:, k], completion_mask], dim=1),
-                    completion_ids.size(1),
-                )
-                token_lps.append(selective_log_softmax(logits, completion_ids))
+                token_k, support_k = [], []
+                for start in range(0, batch, rows):
+                    chunk = slice(start, start + rows)
+                    logits = SDPOTrainer._forward_logits(
+                        self,
+                        teacher_model,
+                        torch.cat([inputs["contrast_prompt_ids"][chunk, k], completion_ids[chunk]], dim=1),
+                        torch.cat([inputs["contrast_prompt_mask"][chunk, k], completion_mask[chunk]], dim=1),
+                        completion_ids.size(1),
+                    )
+                    token_k.append(selective_log_softmax(logits, completion_ids[chunk]))
+                    if support is not None:
+                        support_k.append(selective_log_softmax(logits, support[chunk]))
+                    elif mode == "full_logits":
+                        log_probs = torch.log_softmax(logits, dim=-1)
+                        del logits
+                        if pooled is None:
+                            pooled = log_probs.new_empty((batch, *log_probs.shape[1:]))
+                        if k == 0:
+                            pooled[chunk] = log_probs
+                        elif self.args.pool == "mean":
+                            pooled[chunk] += log_probs
+                        else:
+                            pooled[chunk] = torch.logaddexp(pooled[chunk], log_probs)
+                        del log_probs
+                token_lps.append(torch.cat(token_k))
                 if support is not None:
-                    support_lps.append(selective_log_softmax(logits, support))
-                elif mode == "full_logits":
-                    log_probs = torch.log_softmax(logits, dim=-1)
-                    del logits
-                    if pooled is None:
-                        pooled = log_probs
-                    elif self.args.pool == "mean":
-                        pooled.add_(log_probs)
-                    else:
-                        torch.logaddexp(pooled, log_probs, out=pooled)
-                    del log_probs
+                    support_lps.append(torch.cat(support_k))
         out["contrast_token_lp"] = torch.stack(token_lps, dim=1)
         if support is not None:
             out["contrast_support_lp"] = torch.stack(support_lps, dim=1)
