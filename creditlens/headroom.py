@@ -51,6 +51,7 @@ class HeadroomConfig:
     seed: int = 0  # seed of the problem order and of sampling
     split: str = "train"  # problems from this split of the environment
     env_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the environment
+    problems_per_batch: int = 4  # problems sampled together in one generate call (speed only)
     max_teacher_asks: int = 2  # failed attempts per problem answered again by the teacher (the first ones)
     n_contrast: int = 1  # K contrast prompts per scored attempt (0: no decomposition)
     pool: str = "mean"  # contrast pooling: mean or logmeanexp
@@ -67,6 +68,8 @@ class HeadroomConfig:
             raise ConfigError(f"temperature: must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.problems_per_batch < 1:
+            raise ConfigError(f"problems_per_batch: must be >= 1, got {self.problems_per_batch}")
         if self.max_teacher_asks < 1:
             raise ConfigError(f"max_teacher_asks: must be >= 1, got {self.max_teacher_asks}")
         if self.n_contrast < 0:
@@ -176,36 +179,46 @@ def generate(
 
 def _attempt_rows(env: Environment, problems: list[Problem], model: PreTrainedModel,
                   tokenizer: PreTrainedTokenizerBase, config: HeadroomConfig, progress: bool) -> list[dict]:
-    """Student attempts and the teacher's re-answers, one dict per student attempt."""
+    """Student attempts and the teacher's re-answers, one dict per student attempt.
+
+    ``problems_per_batch`` problems share each ``generate`` call (one for the students, one for the teachers).
+    """
     rows: list[dict] = []
-    for index, problem in enumerate(tqdm(problems, desc=f"headroom {env.name}", unit="problem", disable=not progress)):
-        torch.manual_seed(config.seed * 1_000_003 + index)
-        student = generate(model, tokenizer, [problem.prompt], config, config.num_generations)
+    bar = tqdm(total=len(problems), desc=f"headroom {env.name}", unit="problem", disable=not progress)
+    for start in range(0, len(problems), config.problems_per_batch):
+        chunk = problems[start:start + config.problems_per_batch]
+        torch.manual_seed(config.seed * 1_000_003 + start)
+        g = config.num_generations
+        student = generate(model, tokenizer, [p.prompt for p in chunk], config, g)
         texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in student]
-        outcomes = [env.verify(problem, text) for text in texts]
-        passed = [o.passed for o in outcomes]
-        sibling = next((t for t, ok in zip(texts, passed, strict=True) if ok), None)
-        failed = [i for i, ok in enumerate(passed) if not ok][: config.max_teacher_asks]
-        asks = [("feedback", i, reprompt(problem, outcomes[i].feedback)) for i in failed]
-        if sibling is not None:
-            asks += [("sibling", i, reprompt(problem, outcomes[i].feedback, sibling)) for i in failed]
+        outcomes = [env.verify(chunk[j // g], text) for j, text in enumerate(texts)]
+        asks: list[tuple[str, int, list[dict[str, str]]]] = []  # (kind, attempt index j, teacher prompt)
+        siblings: dict[int, str | None] = {}
+        for p_index, problem in enumerate(chunk):
+            own = range(p_index * g, (p_index + 1) * g)
+            siblings[p_index] = next((texts[j] for j in own if outcomes[j].passed), None)
+            failed = [j for j in own if not outcomes[j].passed][: config.max_teacher_asks]
+            asks += [("feedback", j, reprompt(problem, outcomes[j].feedback)) for j in failed]
+            if siblings[p_index] is not None:
+                asks += [("sibling", j, reprompt(problem, outcomes[j].feedback, siblings[p_index])) for j in failed]
         answers = generate(model, tokenizer, [a[2] for a in asks], config) if asks else []
-        teacher: dict[tuple[str, int], str] = {
-            (kind, i): tokenizer.decode(ids, skip_special_tokens=True) for (kind, i, _), ids in zip(asks, answers, strict=True)
-        }
-        verdict = {key: env.verify(problem, text).passed for key, text in teacher.items()}
-        for i, (ids, text, outcome) in enumerate(zip(student, texts, outcomes, strict=True)):
-            others = passed[:i] + passed[i + 1:]
+        teacher = {(kind, j): tokenizer.decode(ids, skip_special_tokens=True)
+                   for (kind, j, _), ids in zip(asks, answers, strict=True)}
+        verdict = {(kind, j): env.verify(chunk[j // g], text).passed for (kind, j), text in teacher.items()}
+        for j, (ids, text, outcome) in enumerate(zip(student, texts, outcomes, strict=True)):
+            others = [outcomes[k].passed for k in range(j - j % g, j - j % g + g) if k != j]
             rows.append({
-                "problem_id": problem.id, "attempt": i, "response": text, "response_ids": ids,
+                "problem_id": chunk[j // g].id, "attempt": j % g, "response": text, "response_ids": ids,
                 "passed": outcome.passed, "reward": outcome.reward, "feedback": outcome.feedback,
                 "student_loo_pass": sum(others) / len(others) if others else float("nan"),
-                "solution": sibling if not outcome.passed else None,
-                "teacher_feedback_response": teacher.get(("feedback", i)),
-                "teacher_feedback_passed": verdict.get(("feedback", i)),
-                "teacher_sibling_response": teacher.get(("sibling", i)),
-                "teacher_sibling_passed": verdict.get(("sibling", i)),
+                "solution": siblings[j // g] if not outcome.passed else None,
+                "teacher_feedback_response": teacher.get(("feedback", j)),
+                "teacher_feedback_passed": verdict.get(("feedback", j)),
+                "teacher_sibling_response": teacher.get(("sibling", j)),
+                "teacher_sibling_passed": verdict.get(("sibling", j)),
             })
+        bar.update(len(chunk))
+    bar.close()
     return rows
 
 
