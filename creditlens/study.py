@@ -61,8 +61,9 @@ class Preset:
     about: str = ""
 
     def grid(self) -> list[StudyRun]:
-        """Every run, seed-major so that a partial study already covers every method."""
-        return [StudyRun(m.algo, seed, m.lam, m.form) for seed in self.seeds for m in self.methods]
+        """Every run, method-major in the order of ``methods``, so that a study cut short leaves whole cells
+        (every seed of the first methods) rather than every method with too few seeds."""
+        return [StudyRun(m.algo, seed, m.lam, m.form) for m in self.methods for seed in self.seeds]
 
 
 def credit_methods(lams: dict[str, float] | Sequence[float], forms: Sequence[str] = FORMS) -> tuple[StudyRun, ...]:
@@ -90,7 +91,7 @@ PRESETS = {
         about="pilot that picks lam per form: harmful cue, SDPO regime, 40 steps, every form and lam, seeds 0-1",
     ),
     "harmful-sdpo": Preset(
-        CONFIG_DIR / "study-sdpo.yaml", (GRPO, SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMFUL, MAIN_STEPS),
+        CONFIG_DIR / "study-sdpo.yaml", (SD, *credit_methods(CHOSEN_LAMS), GRPO), sets=(HARMFUL, MAIN_STEPS),
         about="harmful letter cue, SDPO-default regime (GRPO ignores feedback: its runs serve every condition)",
     ),
     "harmless-sdpo": Preset(
@@ -110,6 +111,27 @@ PRESETS = {
         about="the small real runs shipped in data/runs/",
     ),
 }
+
+
+def choose_lams(pilot_dir: str | os.PathLike, steps: Sequence[int] = (20, 30, 40), tie: float = 0.01) -> dict:
+    """The pre-registered pruning rule (docs/results.md): per form, the lam whose pilot runs have the highest
+    mean over seeds of the mean held-out score at ``steps``; lams within ``tie`` of the best count as tied
+    and the smallest wins. Returns ``{form: lam}`` and, under ``"scores"``, ``{form: {lam: score}}``."""
+    from creditlens import runs
+
+    scores: dict[str, dict[float, float]] = {}
+    for run in PRESETS["pilot"].methods:
+        per_seed = []
+        for seed in PRESETS["pilot"].seeds:
+            evals = {int(e["step"]): float(e["score"]) for e in runs.read_jsonl(Path(pilot_dir) / f"{run.method}-s{seed}" / runs.EVAL)}
+            per_seed.append(sum(evals[s] for s in steps) / len(steps))
+        scores.setdefault(run.form, {})[run.lam] = sum(per_seed) / len(per_seed)
+    chosen: dict = {}
+    for form, by_lam in scores.items():
+        best = max(by_lam.values())
+        chosen[form] = min(lam for lam, value in by_lam.items() if value >= best - tie)
+    chosen["scores"] = scores
+    return chosen
 
 
 def train_command(run: StudyRun, preset: Preset, out: Path) -> list[str]:

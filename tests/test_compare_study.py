@@ -69,3 +69,18 @@ def test_paired_differences_pair_by_seed():
     assert n == 3 and mean == pytest.approx(diffs.mean())
     assert (low, high) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
     assert study.paired_differences(per_run)["sd"][:3] == (0.0, 0.0, 0.0)
+
+
+def test_choose_lams_applies_the_preregistered_rule(tmp_path):
+    """Highest mean (over seeds) of the mean score at steps 20-40; within 0.01 of the best, the smaller lam."""
+    wanted = {"teacher": {0.1: 0.30, 0.25: 0.50, 0.5: 0.40}, "shortcut": {0.1: 0.495, 0.25: 0.50, 0.5: 0.2},
+              "contrastive": {0.1: 0.1, 0.25: 0.2, 0.5: 0.6}}
+    for run in study.PRESETS["pilot"].grid():
+        level = wanted[run.form][run.lam] + (0.05 if run.seed == 0 else -0.05)  # the seeds average out
+        folder = tmp_path / run.name
+        folder.mkdir()
+        lines = [f'{{"step": {s}, "score": {level + (0.3 if s == 10 else 0.0)}}}' for s in (0, 10, 20, 30, 40)]
+        (folder / "eval.jsonl").write_text("\n".join(lines) + "\n")
+    chosen = study.choose_lams(tmp_path)
+    assert {f: chosen[f] for f in credit.FORMS} == {"teacher": 0.25, "shortcut": 0.1, "contrastive": 0.5}
+    assert chosen["scores"]["teacher"][0.25] == pytest.approx(0.5)
