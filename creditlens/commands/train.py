@@ -16,13 +16,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a model on an environment; the run directory holds manifest, metrics, evals, "
         "per-token tables and checkpoints. Multi-process: launch with torchrun or accelerate.",
     )
-    parser.add_argument("--algo", required=True, choices=ALGOS, help="training algorithm")
-    parser.add_argument("--env", required=True, choices=env_names(), help="environment")
+    parser.add_argument("--algo", required=True, choices=ALGOS,
+                        help="grpo: the environment's outcome reward; sd: self-distillation, per-token reward "
+                             "log pi_T - log pi_S; credit: SD with CREDIT's batch-contrastive baseline (config fields lam, "
+                             "n_contrast, pool, form)")
+    parser.add_argument("--env", required=True, choices=env_names(),
+                        help="environment (creditlens envs list describes them)")
     parser.add_argument(
         "--model",
         default=None,
-        help="'smollm2-135m-instruct', 'tiny', or a local model directory "
-        "(default: the warm-started model for shortcut, SmolLM2 otherwise)",
+        help="'smollm2-135m-instruct', 'tiny', a local model directory, or a hub id already in the local "
+        "Hugging Face cache; never downloaded (default: the environment's model: the warm-started model "
+        "for shortcut, SmolLM2 otherwise)",
     )
     parser.add_argument("--config", default=None, help="YAML file of TrainConfig fields (configs/*.yaml)")
     parser.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
