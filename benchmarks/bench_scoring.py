@@ -1,20 +1,33 @@
-"""Benchmark the scorer: response tokens/s, raw forward throughput on the same padded batches, and K costs.
+"""Benchmark the scorer against the forward passes it cannot avoid, on the same triples, in one run.
 
-For K in (0, 1, 3) on the same examples, one run measures:
-- scoring throughput: response tokens in the table / wall time of ``Scorer.score`` (all contexts);
-- raw forward: a plain ``model(input_ids, attention_mask)`` with full logits over the very padded
-  batches the scorer builds for K = 0, in tokens/s of padded input, next to the scorer's own
-  forward passes on those batches (``Scorer.logprobs``, response logits only);
-- useful / raw: response tokens scored / padded tokens pushed through the model (K = 0);
-- cost ratio: time of scoring with K contrasts / time with K = 0.
+For K in (0, 1, 3) contrasts, on the same contexts (``Scorer.plan``), it times interleaved, repeated
+runs (median reported) of:
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_scoring.py --model smollm2-135m-instruct
+- (a) ``Scorer.score`` (contexts, forward passes, table), with its default engine (shared prefixes
+  on CPU) and with padded batches (``share_prefixes=False``, the engine used on accelerators);
+- (b) one unbatched forward per context, logits only at response positions, log-softmax + gather;
+- (c) batched forwards over length-sorted buckets of ``rows`` contexts, each padded to its own
+  longest row, logits only at response positions (the best ``rows`` of 2, 4, 8 is reported).
+
+It prints response tokens/s, the ratios a / best(b, c), and where the scorer's time goes (contexts,
+forward passes, log-softmax/gather and bookkeeping, table), plus the tokens it runs through the
+model against the tokens in the contexts. ``--memory`` adds the peak CPU RSS of scoring a 4k-token
+context with a 150k vocabulary (random 2-layer model), measured in subprocesses.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_scoring.py --n 8 --threads 2 --repeats 3 --memory
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -24,63 +37,173 @@ from creditlens.contexts import read_examples
 from creditlens.scoring import Scorer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def timed(fn, repeats: int) -> tuple[float, object]:
-    """Best wall time of ``repeats`` calls of ``fn`` and its last result."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+BUCKET_ROWS = (2, 4, 8)
 
 
 @torch.no_grad()
-def raw_forward(scorer: Scorer, batches: list) -> None:
-    for _, tensors in batches:
-        scorer.model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"], use_cache=False)
+def unbatched(model, sequences: list[tuple[list[int], int]]) -> None:
+    """(b): one forward per context; logits at the n positions that predict the response."""
+    for ids, n in sequences:
+        x = torch.tensor([ids])
+        logits = model(input_ids=x, logits_to_keep=torch.arange(len(ids) - n - 1, len(ids) - 1)).logits[0]
+        logits.float().log_softmax(-1).gather(-1, x[0, -n:, None])
+
+
+def buckets(sequences: list[tuple[list[int], int]], rows: int) -> list[list[int]]:
+    """Length-sorted groups of ``rows`` sequence indices (longest first)."""
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
+    return [order[i : i + rows] for i in range(0, len(order), rows)]
+
+
+@torch.no_grad()
+def bucketed(model, sequences: list[tuple[list[int], int]], groups: list[list[int]], pad_id: int) -> None:
+    """(c): right-padded forward per bucket; logits only at response positions (boolean logits_to_keep)."""
+    for group in groups:
+        width = len(sequences[group[0]][0])
+        ids = torch.full((len(group), width), pad_id)
+        attention = torch.zeros((len(group), width), dtype=torch.long)
+        keep = torch.zeros((len(group), width), dtype=torch.bool)
+        for row, i in enumerate(group):
+            seq, n = sequences[i]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            attention[row, : len(seq)] = 1
+            keep[row, len(seq) - n - 1 : len(seq) - 1] = True
+        targets = ids[:, 1:][keep[:, :-1]]
+        logits = model(input_ids=ids, attention_mask=attention, logits_to_keep=keep).logits
+        logits.float().log_softmax(-1).gather(-1, targets[:, None])
+
+
+def profile(scorer: Scorer, rows: list[dict], k: int) -> dict[str, float]:
+    """Seconds of each stage of one ``scorer.score`` call, and tokens run through the model."""
+    spent = {"contexts": 0.0, "logprobs": 0.0, "forward": 0.0, "forward_tokens": 0}
+    plan, logprobs = scorer.plan, scorer.logprobs
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - start
+        return wrapper
+
+    def before(_module, args, kwargs):
+        spent["forward_start"] = time.perf_counter()
+        spent["forward_tokens"] += kwargs["input_ids"].numel()
+
+    def after(_module, _args, _kwargs, _out):
+        spent["forward"] += time.perf_counter() - spent["forward_start"]
+
+    hooks = [scorer.model.register_forward_pre_hook(before, with_kwargs=True),
+             scorer.model.register_forward_hook(after, with_kwargs=True)]
+    scorer.plan, scorer.logprobs = timed("contexts", plan), timed("logprobs", logprobs)
+    try:
+        start = time.perf_counter()
+        scorer.score(rows, contrast=k)
+        spent["total"] = time.perf_counter() - start
+    finally:
+        del scorer.plan, scorer.logprobs
+        for hook in hooks:
+            hook.remove()
+    return spent
+
+
+def memory_child(engine: str, context_tokens: int, response_tokens: int, vocab: int) -> None:
+    """Print JSON: peak RSS (MiB) before and after scoring one long sequence with a random model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192)
+    model = LlamaForCausalLM(config).eval()
+    _, tokenizer = models.load(models.TINY_MODEL)
+    scorer = Scorer(model, tokenizer, share_prefixes=engine == "shared", progress=False)
+    ids = torch.randint(0, vocab, (context_tokens + response_tokens,)).tolist()
+    scorer.logprobs([(ids[:64], 16)])  # warm-up: allocator, kernels
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    scorer.logprobs([(ids, response_tokens)])
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"before_mib": before, "after_mib": after}))
+
+
+def memory(context_tokens: int = 4096, response_tokens: int = 256, vocab: int = 151_936) -> None:
+    mib = 4 / 2**20
+    print(f"\nmemory: one {context_tokens}-token context + {response_tokens}-token response, vocabulary {vocab:,} "
+          f"(random 2-layer Llama), peak RSS in a fresh subprocess; [T, V] float32 would be "
+          f"{(context_tokens + response_tokens) * vocab * mib:,.0f} MiB, [response, V] {response_tokens * vocab * mib:,.0f} MiB")
+    for engine in ("shared", "padded"):
+        command = [sys.executable, __file__, "--memory-child", engine, str(context_tokens), str(response_tokens), str(vocab)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        peak = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"  {engine:>6} engine: peak RSS {peak['after_mib']:,.0f} MiB, {peak['after_mib'] - peak['before_mib']:,.0f} MiB "
+              f"above the loaded model ({peak['before_mib']:,.0f} MiB)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=models.DEFAULT_MODEL)
     parser.add_argument("--examples", type=Path, default=ROOT / "data" / "examples.jsonl")
-    parser.add_argument("--n", type=int, default=None, help="use the first n examples (default: all)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=2, help="best of this many timed runs")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n", type=int, default=8, help="use the first n examples")
+    parser.add_argument("--contrasts", type=int, nargs="+", default=[0, 1, 3])
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--memory", action="store_true", help="also measure the 4k-context / 150k-vocab peak RSS")
+    parser.add_argument("--memory-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_child:
+        engine, *sizes = args.memory_child
+        memory_child(engine, *map(int, sizes))
+        return
 
     rows = read_examples(args.examples)[: args.n]
-    model, tok = models.load(args.model, device=args.device)
-    scorer = Scorer(model, tok, batch_size=args.batch_size, progress=False)
+    model, tok = models.load(args.model)
+    scorer = Scorer(model, tok, progress=False)
+    padded = Scorer(model, tok, share_prefixes=False, progress=False)
     scorer.score(rows[:4], contrast=1)  # warm-up
-    print(f"model {args.model} on {args.device} ({torch.get_num_threads()} threads), {len(rows)} examples, "
-          f"batch size {args.batch_size}, best of {args.repeats}")
+    print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
+          f"{torch.get_num_threads()} torch threads, model {args.model}, first {len(rows)} examples, "
+          f"median of {args.repeats} interleaved repeats")
 
-    times = {}
-    for k in (0, 1, 3):
-        seconds, table = timed(lambda k=k: scorer.score(rows, contrast=k), args.repeats)
-        times[k] = seconds
-        print(f"K={k}: {len(table)} response tokens in {seconds:.2f} s = {len(table) / seconds:,.0f} response tokens/s")
+    results = {}
+    for k in args.contrasts:
+        plan = scorer.plan(rows, contrast=k)
+        sequences = [(ids, len(b.response)) for b in plan for ids in [b.student_ids, b.teacher_ids, *b.contrast_ids]]
+        tokens = sum(len(b.response) for b in plan)
+        groups = {rows_: buckets(sequences, rows_) for rows_ in BUCKET_ROWS}
+        runs = {
+            "a scorer": lambda k=k: scorer.score(rows, contrast=k),
+            "a scorer, padded batches": lambda k=k: padded.score(rows, contrast=k),
+            "b unbatched": lambda s=sequences: unbatched(model, s),
+            **{f"c buckets of {r}": (lambda s=sequences, g=g: bucketed(model, s, g, scorer.pad_id))
+               for r, g in groups.items()},
+        }
+        times = {name: [] for name in runs}
+        for _ in range(args.repeats):
+            for name, fn in runs.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        results[k] = (tokens, sequences, {name: statistics.median(t) for name, t in times.items()}, profile(scorer, rows, k))
 
-    sequences = []
-    for b in scorer.plan(rows, contrast=0):
-        sequences += [(b.student_ids, len(b.response)), (b.teacher_ids, len(b.response))]
-    batches = scorer.padded_batches(sequences)
-    padded = sum(t["input_ids"].numel() for _, t in batches)
-    real = sum(len(ids) for ids, _ in sequences)
-    useful = sum(n for _, n in sequences)
-    seconds, _ = timed(lambda: raw_forward(scorer, batches), args.repeats)
-    kept, _ = timed(lambda: scorer.logprobs(sequences), args.repeats)
-    print(f"raw forward (full logits) on the K=0 padded batches: {padded:,} tokens in {seconds:.2f} s = "
-          f"{padded / seconds:,.0f} tokens/s; the scorer's forward passes alone (response logits only) "
-          f"{kept:.2f} s = {kept / seconds:.2f}x; the whole K=0 scoring (contexts, table) {times[0] / seconds:.2f}x")
-    print(f"useful / raw tokens (K=0): {useful:,} response tokens scored / {padded:,} padded forward tokens = "
-          f"{useful / padded:.3f} (padding overhead {padded / real - 1:.1%})")
-    print(f"cost ratio vs K=0: K=1 {times[1] / times[0]:.2f}x, K=3 {times[3] / times[0]:.2f}x "
-          f"(forward passes per example: 2, 3, 5)")
+    for k, (tokens, sequences, median, spent) in results.items():
+        best_c = min((name for name in median if name.startswith("c ")), key=median.get)
+        floor = min(median["b unbatched"], median[best_c])
+        context_tokens = sum(len(ids) for ids, _ in sequences)
+        padded_tokens = sum(len(sequences[g[0]][0]) * len(g) for g in buckets(sequences, int(best_c.split()[-1])))
+        print(f"\nK={k}: {tokens} response tokens, {len(sequences)} contexts, {context_tokens:,} context tokens")
+        for name, seconds in median.items():
+            print(f"  {name:<26} {seconds:7.2f} s  {tokens / seconds:7.0f} response tokens/s  "
+                  f"throughput {floor / seconds:.2f}x the best of (b), (c)")
+        print(f"  best (c) pads {padded_tokens:,} tokens for {context_tokens:,} ({padded_tokens / context_tokens - 1:.1%} padding)")
+        other = spent["total"] - spent["contexts"] - spent["logprobs"]
+        print(f"  scorer profile ({spent['total']:.2f} s): contexts {spent['contexts'] / spent['total']:.0%}, "
+              f"forward passes {spent['forward'] / spent['total']:.0%}, log-softmax/gather/cache bookkeeping "
+              f"{(spent['logprobs'] - spent['forward']) / spent['total']:.0%}, table {other / spent['total']:.0%}; "
+              f"tokens run through the model {spent['forward_tokens']:,} = {spent['forward_tokens'] / context_tokens:.2f}x "
+              f"the context tokens (0 padding; shared prefixes run once)")
+    if args.memory:
+        memory()
 
 
 if __name__ == "__main__":

@@ -49,18 +49,30 @@ def pip_download(requirement: str, dest: Path, timeout_s: float = 900.0) -> Path
 
 
 @contextmanager
-def staged_dir(target: Path, complete: str) -> Iterator[Path]:
+def staged_dir(target: Path, complete: str, replace: bool = False) -> Iterator[Path]:
     """Build a directory atomically: yield an empty staging folder beside ``target``, rename it to
     ``target`` when the block ends without error.
 
     If another process renamed its own copy into place first, that copy is kept when it holds the file
-    ``complete``. The staging folder is removed in every case, so a failed build leaves no ``target``.
+    ``complete``. With ``replace``, an existing ``target`` is swapped out whole instead (renamed aside,
+    then deleted; put back if the swap fails), so it never holds a mix of old and new files. The
+    staging folder is removed in every case, so a failed build leaves ``target`` as it was.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     staging.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
     try:
         yield staging
+        if replace and target.exists():
+            aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
+            target.rename(aside)
+            try:
+                staging.rename(target)
+            except OSError:
+                aside.rename(target)
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
+            return
         try:
             staging.rename(target)
         except OSError:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from creditlens.errors import InputError
+from creditlens.errors import ConfigError, InputError
 
 SDPO_TEMPLATE = (
     "{prompt}\n\n{solution}The following is feedback from your unsuccessful earlier attempt:\n\n"
@@ -57,8 +57,8 @@ class ContextConfig:
 
 
 @dataclass(frozen=True)
-class Built:
-    """The exact token ids of one example's contexts; every ``*_ids`` property is context + response.
+class ContextIds:
+    """The exact token ids of one example's contexts and response; every ``*_ids`` property is context + response.
 
     The response's log-probs in a context are those of its last ``len(response)`` tokens, each
     predicted from the position before it by a plain forward pass over the whole sequence.
@@ -88,7 +88,7 @@ class Built:
 
 def _text(value: object, name: str, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where}: field {name!r} must be a non-empty string, got {value!r:.60}")
+        raise InputError(f"{where}: field {name!r} must be a non-empty string, got {value!r:.60}")
     return value
 
 
@@ -97,16 +97,16 @@ def as_example(obj: Example | Mapping | object, index: int) -> Example:
     where = f"example {index}"
     data = asdict(obj) if is_dataclass(obj) and not isinstance(obj, type) else obj
     if not isinstance(data, Mapping):
-        raise ValueError(f"{where}: expected a dict or dataclass, got {type(obj).__name__}")
+        raise InputError(f"{where}: expected a dict or dataclass, got {type(obj).__name__}")
     for name in ("prompt", "feedback", "response"):
         if data.get(name) is None:
-            raise ValueError(f"{where}: missing field {name!r} (every example needs prompt, feedback, response)")
+            raise InputError(f"{where}: missing field {name!r} (every example needs prompt, feedback, response)")
     prompt = data["prompt"]
     if isinstance(prompt, list):
         if not prompt or not all(isinstance(m, Mapping) and {"role", "content"} <= set(m) for m in prompt):
-            raise ValueError(f"{where}: field 'prompt' as a list must hold chat messages with role and content")
+            raise InputError(f"{where}: field 'prompt' as a list must hold chat messages with role and content")
         if not any(m["role"] == "user" for m in prompt):
-            raise ValueError(f"{where}: field 'prompt' has no user message to attach the feedback to")
+            raise InputError(f"{where}: field 'prompt' has no user message to attach the feedback to")
         prompt_key = "\n".join(f"{m['role']}:{m['content']}" for m in prompt)
     else:
         prompt_key = _text(prompt, "prompt", where)
@@ -114,7 +114,7 @@ def as_example(obj: Example | Mapping | object, index: int) -> Example:
     if isinstance(response, str):
         _text(response, "response", where)
     elif not isinstance(response, Sequence) or not response or not all(isinstance(t, int) for t in response):
-        raise ValueError(f"{where}: field 'response' must be non-empty text or a non-empty list of token ids")
+        raise InputError(f"{where}: field 'response' must be non-empty text or a non-empty list of token ids")
     example_id = data.get("example_id")
     prompt_id = data.get("prompt_id")
     return Example(
@@ -132,13 +132,13 @@ class ContextBuilder:
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, config: ContextConfig, max_length: int):
         if config.feedback_truncation not in ("right", "left"):
-            raise ValueError(f"feedback_truncation: must be 'right' or 'left', got {config.feedback_truncation!r}")
+            raise ConfigError(f"feedback_truncation: must be 'right' or 'left', got {config.feedback_truncation!r}")
         if "{prompt}" not in config.template or "{feedback}" not in config.template:
-            raise ValueError("template: must contain both {prompt} and {feedback}")
+            raise ConfigError("template: must contain both {prompt} and {feedback}")
         self.tokenizer, self.config, self.max_length = tokenizer, config, max_length
         self.chat = bool(tokenizer.chat_template) if config.chat is None else config.chat
         if self.chat and not tokenizer.chat_template:
-            raise ValueError("chat=True but the tokenizer has no chat template; set chat=False for plain text")
+            raise ConfigError("chat=True but the tokenizer has no chat template; set chat=False for plain text")
         add_bos = tokenizer.bos_token_id is not None if config.add_bos is None else config.add_bos
         self.bos = [tokenizer.bos_token_id] if add_bos and not self.chat else []
 
@@ -152,7 +152,7 @@ class ContextBuilder:
         vocab = len(self.tokenizer)
         bad = [t for t in ids if not 0 <= t < vocab]
         if not ids or bad:
-            raise ValueError(f"example {example.example_id}: response has no tokens or ids out of range {bad[:3]}")
+            raise InputError(f"example {example.example_id}: response has no tokens or ids out of range {bad[:3]}")
         return ids
 
     def _messages(self, prompt: str | list[dict[str, str]], user_text: str | None = None) -> list[dict[str, str]]:
@@ -189,7 +189,7 @@ class ContextBuilder:
         user = self.config.template.format(prompt=self._last_user(prompt), feedback=_MARK, solution=solution)
         text = self._render(prompt, user)
         if text.count(_MARK) != 1:
-            raise ValueError(f"example {example.example_id}: the rendered teacher context must hold the feedback once")
+            raise InputError(f"example {example.example_id}: the rendered teacher context must hold the feedback once")
         before, after = text.split(_MARK)
         return self.bos + self.encode(before), self.encode(after)
 
@@ -206,7 +206,7 @@ class ContextBuilder:
         feedback = self.encode(example.feedback)
         room = self.max_length - n_response - max(len(a) + len(b) for a, b in pieces)
         if room < 1:
-            raise ValueError(
+            raise InputError(
                 f"example {example.example_id}: prompt, template and response need "
                 f"{self.max_length - room + 1} tokens without any feedback, over the model window of "
                 f"{self.max_length}; the response is never truncated (shorten the prompt or response)"
@@ -244,7 +244,7 @@ class ContextBuilder:
 
     def check_window(self, example: Example, ids: list[int]) -> None:
         if len(ids) > self.max_length:
-            raise ValueError(
+            raise InputError(
                 f"example {example.example_id}: student context + response is {len(ids)} tokens, over the "
                 f"model window of {self.max_length}; the response and prompt are never truncated"
             )

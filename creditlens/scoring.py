@@ -3,17 +3,17 @@
 For each example the scorer runs three kinds of no-grad forward passes over token ids built by
 :mod:`creditlens.contexts`: the student context (prompt + response), the teacher context
 (reprompt with feedback + response) and K contrast contexts (another prompt + this feedback +
-response). Sequences from all examples are sorted by length and packed into padded batches; only
-the positions that predict response tokens are projected to the vocabulary (a boolean
-``logits_to_keep``). All reward math goes through :mod:`creditlens.credit` via
-:func:`creditlens.schema.build_token_table`.
+response). :mod:`creditlens.logprobs` runs them: on CPU every token prefix that several contexts
+share (chat header, prompt) runs once and its key/value cache serves them all, one sequence at a time
+without padding; elsewhere sequences go in length-sorted padded batches. Only the positions that
+predict response tokens are projected to the vocabulary. All reward math goes through
+:mod:`creditlens.credit` via :func:`creditlens.schema.build_token_table`.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -22,20 +22,50 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from creditlens import credit, schema
-from creditlens.contexts import Built, ContextBuilder, ContextConfig, Example, as_example
+from creditlens import credit, logprobs, schema
+from creditlens.contexts import ContextBuilder, ContextConfig, ContextIds, Example, as_example
+from creditlens.errors import ConfigError, InputError
 
 
 @dataclass
 class ScorerConfig:
     """Batching and window options of :class:`Scorer`."""
 
-    batch_size: int = 16  # most sequences per forward pass
-    max_batch_tokens: int = 16384  # most padded tokens (rows x longest row) per forward pass
+    batch_size: int = 16  # most sequences per padded forward pass
+    max_batch_tokens: int = 16384  # most padded tokens (rows x longest row) per padded forward pass
     padding_side: str = "right"  # "right" or "left"; results do not depend on it
     max_length: int | None = None  # model window in tokens; None: model.config.max_position_embeddings
-    progress: bool = True  # tqdm bar over forward passes when there is more than one
+    share_prefixes: bool | None = None  # run shared prefixes once (no padding); None: on CPU, padded batches elsewhere
+    min_shared_tokens: int = 16  # a shared prefix shorter than this is recomputed per branch instead
+    chunk_tokens: int = 512  # most tokens per shared-prefix forward pass (bounds the [tokens, vocab] logits)
+    progress: bool = True  # tqdm bar over the sequences when there is more than one forward pass
     context: ContextConfig = field(default_factory=ContextConfig)
+
+
+_POSITIVE_INTS = ("batch_size", "max_batch_tokens", "min_shared_tokens", "chunk_tokens")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_config(config: ScorerConfig) -> None:
+    """Raise :class:`ConfigError` naming the first field of ``config`` that cannot be used."""
+    for name in _POSITIVE_INTS:
+        value = getattr(config, name)
+        if not _is_int(value) or value < 1:
+            raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+    if config.max_length is not None and (not _is_int(config.max_length) or config.max_length < 2):
+        raise ConfigError(f"max_length: must be an integer >= 2 (tokens) or None for the model's window, "
+                          f"got {config.max_length!r}")
+    if config.padding_side not in ("right", "left"):
+        raise ConfigError(f"padding_side: must be 'right' or 'left', got {config.padding_side!r}")
+    if config.share_prefixes not in (None, True, False):
+        raise ConfigError(f"share_prefixes: must be True, False or None, got {config.share_prefixes!r}")
+    if not isinstance(config.progress, bool):
+        raise ConfigError(f"progress: must be True or False, got {config.progress!r}")
+    if not isinstance(config.context, ContextConfig):
+        raise ConfigError(f"context: must be a ContextConfig, got {type(config.context).__name__}")
 
 
 class Scorer:
@@ -51,35 +81,40 @@ class Scorer:
         config = config or ScorerConfig()
         for name, value in overrides.items():
             if not hasattr(config, name):
-                raise ValueError(f"Scorer: unknown option {name!r}; options are {list(vars(config))}")
+                raise ConfigError(f"Scorer: unknown option {name!r}; options are {list(vars(config))}")
             setattr(config, name, value)
-        if config.padding_side not in ("right", "left"):
-            raise ValueError(f"padding_side: must be 'right' or 'left', got {config.padding_side!r}")
-        if config.batch_size < 1 or config.max_batch_tokens < 1:
-            raise ValueError("batch_size and max_batch_tokens: must be positive")
+        check_config(config)
         window = config.max_length or getattr(model.config, "max_position_embeddings", None)
         if not window:
-            raise ValueError("max_length: the model config has no max_position_embeddings; set max_length")
+            raise ConfigError("max_length: the model config has no max_position_embeddings; set max_length")
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.contexts = ContextBuilder(tokenizer, config.context, int(window))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self._keep_arg = "logits_to_keep" in inspect.signature(model.forward).parameters
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        wanted = on_cpu if config.share_prefixes is None else config.share_prefixes
+        self.share_prefixes = wanted and logprobs.shares_prefixes(model)
 
     def examples(self, examples: Sequence[Example | dict]) -> list[Example]:
-        """Check and normalise examples; example ids must be unique."""
+        """Check and normalise a non-empty list of examples; example ids must be unique."""
+        if isinstance(examples, (str, bytes, Mapping, Example)) or not isinstance(examples, Sequence):
+            hint = " (wrap a single example in a list)" if isinstance(examples, (Mapping, Example)) else ""
+            raise InputError(f"examples: expected a list of examples (dicts or Example), got "
+                             f"{type(examples).__name__}{hint}")
+        if not examples:
+            raise InputError("examples: the list is empty; give at least one (prompt, feedback, response) example")
         out = [as_example(e, i) for i, e in enumerate(examples)]
         seen: dict[str, int] = {}
         for i, example in enumerate(out):
             if example.example_id in seen:
-                raise ValueError(f"example {i}: example_id {example.example_id!r} repeats example {seen[example.example_id]}")
+                raise InputError(f"example {i}: example_id {example.example_id!r} repeats example {seen[example.example_id]}")
             seen[example.example_id] = i
         return out
 
-    def build(self, example: Example | dict, contrast_with: Sequence[Example | dict] = ()) -> Built:
+    def build(self, example: Example | dict, contrast_with: Sequence[Example | dict] = ()) -> ContextIds:
         """The exact token ids of the student, teacher and contrast contexts and of the response.
 
         ``contrast_with``: the examples whose prompts make the contrast contexts (their feedback and
-        responses are not used). Recompute any log-prob with a plain forward pass over ``Built.*_ids``.
+        responses are not used). Recompute any log-prob with a plain forward pass over ``ContextIds.*_ids``.
         """
         example = example if isinstance(example, Example) and example.example_id else as_example(example, 0)
         others = [o if isinstance(o, Example) else as_example(o, i) for i, o in enumerate(contrast_with)]
@@ -87,7 +122,7 @@ class Scorer:
         student = self.contexts.student(example)
         self.contexts.check_window(example, student + response)
         teacher, contrast, dropped = self.contexts.teacher(example, [o.prompt for o in others], len(response))
-        return Built(
+        return ContextIds(
             example_id=example.example_id,
             prompt_id=example.prompt_id,
             response=response,
@@ -98,20 +133,22 @@ class Scorer:
             feedback_dropped=dropped,
         )
 
-    def plan(self, examples: Sequence[Example | dict], contrast: int = 2, seed: int = 0) -> list[Built]:
+    def plan(self, examples: Sequence[Example | dict], contrast: int = 2, seed: int = 0) -> list[ContextIds]:
         """Contexts of every example, with ``contrast`` other-prompt contexts chosen by ``seed``.
 
         The choice is made on the examples sorted by ``example_id`` (``credit.contrast_indices``), so it
         does not depend on the order of ``examples``.
         """
         examples = self.examples(examples)
-        if not isinstance(contrast, int) or isinstance(contrast, bool) or contrast < 0:
-            raise ValueError(f"contrast: must be an integer >= 0, got {contrast!r}")
+        if not _is_int(contrast) or contrast < 0:
+            raise InputError(f"contrast: must be an integer >= 0, got {contrast!r}")
+        if not _is_int(seed):
+            raise InputError(f"seed: must be an integer, got {seed!r}")
         partners: list[list[Example]] = [[] for _ in examples]
         if contrast:
             n_prompts = len({e.prompt_id for e in examples})
             if n_prompts < contrast + 1:
-                raise ValueError(
+                raise InputError(
                     f"contrast={contrast} needs examples with at least {contrast + 1} distinct prompt ids, "
                     f"got {n_prompts}; add examples or lower contrast (0 scores plain SD)"
                 )
@@ -138,11 +175,10 @@ class Scorer:
         """Length-sorted padded batches of ``(ids, n)`` sequences: ``(indices, tensors)`` per forward pass.
 
         ``tensors``: ``input_ids``, ``attention_mask``, ``position_ids`` ``[B, L]`` and ``keep`` ``[B, L]``,
-        True at the positions that predict the last ``n`` tokens of each sequence.
+        True at the positions that predict the last ``n`` tokens of each sequence. Each batch is padded
+        to its own longest row only.
         """
-        for ids, n in sequences:
-            if not 1 <= n < len(ids):
-                raise ValueError(f"logprobs: need 1 <= n < len(ids), got n={n} for a sequence of {len(ids)} tokens")
+        logprobs.check_sequences(sequences)
         out = []
         for batch in self._batches([len(ids) for ids, _ in sequences]):
             width = len(sequences[batch[0]][0])
@@ -159,34 +195,23 @@ class Scorer:
             out.append((batch, dict(input_ids=input_ids, attention_mask=attention, position_ids=positions, keep=keep)))
         return out
 
-    @torch.no_grad()
     def logprobs(self, sequences: Sequence[tuple[list[int], int]]) -> list[Tensor]:
         """Log-probs of the last ``n`` tokens of each ``(ids, n)`` sequence: a list of float32 ``[n]``.
 
         Token ``ids[t]`` is scored from position ``t - 1``; ``len(ids) > n >= 1`` is required.
         """
-        device = next(self.model.parameters()).device
-        out: list[Tensor] = [torch.empty(0)] * len(sequences)
-        batches = self.padded_batches(sequences)
-        bar = tqdm(batches, desc="scoring", unit="batch", leave=False, disable=not self.config.progress or len(batches) < 2)
-        for batch, tensors in bar:
-            keep = tensors.pop("keep").to(device)
-            targets = tensors["input_ids"][:, 1:].to(device)[keep[:, :-1]]
-            inputs = {k: v.to(device) for k, v in tensors.items()}
-            if self._keep_arg:
-                logits = self.model(**inputs, use_cache=False, logits_to_keep=keep).logits
-            else:
-                logits = self.model(**inputs, use_cache=False).logits
-            if logits.dim() == 3:
-                logits = logits[keep]
-            logits = logits.float()
-            lp = (logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)).cpu()
-            offset = 0
-            for i in batch:
-                n = sequences[i][1]
-                out[i] = lp[offset : offset + n]
-                offset += n
-        return out
+        config = self.config
+        bar = tqdm(total=len(sequences), desc="scoring", unit="seq", leave=False,
+                   disable=not config.progress or len(sequences) < 2)
+        with bar:
+            if self.share_prefixes:
+                return logprobs.shared_prefix_logprobs(
+                    self.model, sequences, config.min_shared_tokens, config.chunk_tokens, on_done=bar.update
+                )
+            batches = self.padded_batches(sequences)
+            out = logprobs.padded_batch_logprobs(self.model, sequences, batches)
+            bar.update(len(sequences))
+            return out
 
     def score(
         self,
@@ -195,16 +220,22 @@ class Scorer:
         lam: float = 0.5,
         pool: str = "mean",
         seed: int = 0,
+        form: str = credit.DEFAULT_FORM,
     ) -> pd.DataFrame:
-        """The per-token table (:mod:`creditlens.schema`) of ``examples``.
+        """The per-token table (:mod:`creditlens.schema`) of a list of ``examples``.
 
         ``contrast`` K other-prompt contexts per example (0: plain SD, contrast columns NaN),
-        ``lam`` the CREDIT lambda, ``pool`` "mean" or "logmeanexp", ``seed`` the contrast choice.
-        Rows come sorted by ``example_id`` (numeric ids by value) and position, so the table does
-        not depend on the order of ``examples``.
+        ``lam`` the CREDIT lambda in [0, 1], ``pool`` "mean" or "logmeanexp", ``seed`` the contrast
+        choice, ``form`` the CREDIT reward form (``credit.FORMS``); ``lam`` and ``form`` are recorded in
+        the table. Rows come sorted by ``example_id`` (numeric ids by value) and position, so the
+        table does not depend on the order of ``examples``.
         """
         if pool not in credit.POOLS:
-            raise ValueError(f"pool: must be one of {credit.POOLS}, got {pool!r}")
+            raise InputError(f"pool: must be one of {credit.POOLS}, got {pool!r}")
+        if form not in credit.FORMS:
+            raise InputError(f"form: must be one of {credit.FORMS}, got {form!r}")
+        if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not 0.0 <= lam <= 1.0:
+            raise InputError(f"lam: must be a number in [0, 1], got {lam!r}")
         normalised = self.examples(examples)
         built = self.plan(normalised, contrast, seed)
         order = sorted(range(len(built)), key=lambda i: _id_key(built[i].example_id))
@@ -225,6 +256,11 @@ class Scorer:
             for k in range(contrast):
                 contrast_lp[row, k, :n] = next(flat)
             token_ids[row, :n] = torch.tensor(b.response)
+        pieces = self.tokenizer.batch_decode([[t] for b in built for t in b.response])
+        tokens, offset = [], 0
+        for b in built:
+            tokens.append(pieces[offset : offset + len(b.response)])
+            offset += len(b.response)
         texts = {
             "prompt": [e.prompt if isinstance(e.prompt, str) else json.dumps(e.prompt) for e in normalised],
             "feedback": [e.feedback for e in normalised],
@@ -238,13 +274,14 @@ class Scorer:
             example_ids=[b.example_id for b in built],
             prompt_ids=[b.prompt_id for b in built],
             token_ids=token_ids,
-            tokens=[self.tokenizer.batch_decode([[t] for t in b.response]) for b in built],
+            tokens=tokens,
             teacher_lp=teacher,
             student_lp=student,
             contrast_lp=contrast_lp if contrast else None,
             lengths=[len(b.response) for b in built],
             lam=lam,
             pool=pool,
+            form=form,
             example_columns=texts,
         )
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from creditlens import models, schema
+from creditlens import errors, models, schema
 from creditlens.contexts import SDPO_TEMPLATE, ContextConfig
 from creditlens.scoring import Scorer
 
@@ -51,9 +51,10 @@ def by_key(table):
     return table.sort_values(["example_id", "position"]).reset_index(drop=True)
 
 
-def test_table_matches_plain_forward_pass(tiny, examples):
+@pytest.mark.parametrize("share_prefixes", [False, True])
+def test_table_matches_plain_forward_pass(tiny, examples, share_prefixes):
     model, tok = tiny
-    scorer = Scorer(model, tok, batch_size=3, progress=False)
+    scorer = Scorer(model, tok, batch_size=3, share_prefixes=share_prefixes, chunk_tokens=7, progress=False)
     table = scorer.score(examples, contrast=2, lam=0.5, seed=1)
     schema.validate_token_table(table)
     plan = {b.example_id: b for b in scorer.plan(examples, contrast=2, seed=1)}
@@ -77,13 +78,15 @@ def test_table_matches_plain_forward_pass(tiny, examples):
 
 
 @pytest.mark.parametrize(
-    ("batch_size", "padding_side", "reverse"),
-    [(1, "right", False), (5, "left", True), (64, "left", False), (2, "right", True)],
+    ("batch_size", "padding_side", "reverse", "share_prefixes"),
+    [(1, "right", False, False), (5, "left", True, False), (64, "left", False, False), (2, "right", True, False),
+     (1, "right", True, True)],
 )
-def test_independent_of_batch_size_order_and_padding(tiny, examples, batch_size, padding_side, reverse):
+def test_independent_of_batch_size_order_and_padding(tiny, examples, batch_size, padding_side, reverse, share_prefixes):
     model, tok = tiny
-    reference = by_key(Scorer(model, tok, batch_size=8, progress=False).score(examples, contrast=2))
-    scorer = Scorer(model, tok, batch_size=batch_size, padding_side=padding_side, progress=False)
+    reference = by_key(Scorer(model, tok, batch_size=8, share_prefixes=False, progress=False).score(examples, contrast=2))
+    scorer = Scorer(model, tok, batch_size=batch_size, padding_side=padding_side, share_prefixes=share_prefixes,
+                    progress=False)
     raw = scorer.score(examples[::-1] if reverse else examples, contrast=2)
     assert raw["example_id"].unique().tolist() == reference["example_id"].unique().tolist()
     table = by_key(raw)
@@ -128,15 +131,25 @@ def test_contexts_render_the_reprompt_template(tiny, examples):
     assert tok.decode(b.teacher).startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n" + ex["prompt"])
 
 
-def test_only_response_positions_reach_the_vocabulary(tiny, examples):
+@pytest.mark.parametrize("share_prefixes", [False, True])
+def test_only_response_positions_reach_the_vocabulary(tiny, examples, share_prefixes):
     model, tok = tiny
     rows = []
     hook = model.lm_head.register_forward_hook(lambda _m, _i, out: rows.append(out.reshape(-1, out.shape[-1]).shape[0]))
+    scorer = Scorer(model, tok, batch_size=3, share_prefixes=share_prefixes, progress=False)
     try:
-        table = Scorer(model, tok, batch_size=3, progress=False).score(examples, contrast=1)
+        table = scorer.score(examples, contrast=1)
     finally:
         hook.remove()
-    assert sum(rows) == len(table) * 3  # student, teacher and one contrast per response token
+    if not share_prefixes:
+        assert sum(rows) == len(table) * 3  # student, teacher and one contrast per response token
+        return
+    # with shared prefixes, each distinct prefix that predicts a response token is projected once
+    distinct = set()
+    for b in scorer.plan(examples, contrast=1):
+        for ids in [b.student_ids, b.teacher_ids, *b.contrast_ids]:
+            distinct.update(tuple(ids[: p + 1]) for p in range(len(ids) - len(b.response) - 1, len(ids) - 1))
+    assert sum(rows) == len(distinct) < len(table) * 3
 
 
 def test_contrast_choice(tiny, examples):
@@ -212,3 +225,52 @@ def test_too_few_prompts_and_duplicate_ids(tiny, examples):
         scorer.score(examples, pool="max")
     with pytest.raises(ValueError, match="unknown option"):
         Scorer(model, tok, batchsize=3)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda s, ex: s.score([]), "examples: the list is empty"),
+        (lambda s, ex: s.score(ex[0]), "examples: expected a list .* got dict \\(wrap a single example in a list\\)"),
+        (lambda s, ex: s.score("text"), "examples: expected a list .* got str"),
+        (lambda s, ex: s.score(ex, seed="abc"), "seed: must be an integer, got 'abc'"),
+        (lambda s, ex: s.score(ex, contrast=-1), "contrast: must be an integer >= 0"),
+        (lambda s, ex: s.score(ex, lam=1.5), "lam: must be a number in \\[0, 1\\]"),
+        (lambda s, ex: s.score(ex, form="bogus"), "form: must be one of"),
+        (lambda s, ex: s.score([dict(ex[0], response=[10**9])], contrast=0), "example p0-s0: response has .* out of range"),
+    ],
+)
+def test_bad_arguments_name_the_argument(tiny, examples, call, match):
+    model, tok = tiny
+    with pytest.raises(errors.InputError, match=match):
+        call(Scorer(model, tok, progress=False), examples)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("max_length", -5), ("max_length", 1.5), ("batch_size", 0), ("chunk_tokens", "8"), ("share_prefixes", "yes"),
+     ("padding_side", "up"), ("min_shared_tokens", True)],
+)
+def test_bad_options_name_the_option(tiny, option, value):
+    model, tok = tiny
+    with pytest.raises(errors.ConfigError, match=f"^{option}: must be"):
+        Scorer(model, tok, **{option: value})
+
+
+@pytest.mark.parametrize("form", ["teacher", "shortcut", "contrastive"])
+def test_reward_form_and_lam_are_applied_and_recorded(tiny, examples, form):
+    model, tok = tiny
+    table = Scorer(model, tok, progress=False).score(examples, contrast=2, lam=0.3, form=form)
+    assert (table["form"] == form).all() and (table["lam"] == 0.3).all()
+    teacher, student = table["teacher_logprob"].to_numpy(), table["student_logprob"].to_numpy()
+    contrast = np.stack(table["contrast_logprobs"].to_list())
+    baseline = contrast.mean(1)
+    # docs/CREDIT-MATH.md section 4, written out
+    penalty = {
+        "teacher": baseline,
+        "shortcut": baseline - student,
+        "contrastive": np.log((np.exp(teacher) + 2 * np.exp(baseline)) / 3) - student,
+    }[form]
+    np.testing.assert_allclose(table["credit_reward"], teacher - student - 0.3 * penalty, atol=1e-5)
+    np.testing.assert_allclose(table["shortcut"], baseline - student, atol=1e-5)
+    np.testing.assert_allclose(table["specific"] + table["shortcut"], table["sd_reward"], atol=1e-5)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from creditlens.choices import POOLS
+from creditlens.choices import DEFAULT_FORM, FORMS, POOLS
 from creditlens.commands import non_negative_int, positive_int, unit_float
+from creditlens.errors import InputError
 from creditlens.models import DEFAULT_MODEL, TINY_MODEL
+
+OUTPUTS = ("tokens.parquet", "summary.parquet", "summary.csv")  # what `creditlens score --out DIR` writes
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,13 +23,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="K contrast inputs per example (0: plain SD)")
     parser.add_argument("--lam", type=unit_float, default=0.5, help="CREDIT lambda in [0, 1]")
     parser.add_argument("--pool", default="mean", choices=POOLS, help="contrast pooling")
+    parser.add_argument("--form", default=DEFAULT_FORM, choices=FORMS,
+                        help=f"CREDIT reward form (docs/CREDIT-MATH.md, section 4; default {DEFAULT_FORM})")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the contrast choice and gap sampling")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass")
     parser.add_argument("--gap-samples", type=non_negative_int, default=0,
                         help="M samples for the compatibility gap (0: skip)")
     parser.add_argument("--device", default="cpu",
                         help="torch device to score on: 'cpu' (default), 'cuda', 'cuda:N' or 'mps'")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output directory; an earlier score result there is replaced whole")
     parser.set_defaults(run=run)
 
 
@@ -38,31 +44,36 @@ def score_file(args: argparse.Namespace) -> tuple[Path, Path]:
     import pandas as pd
 
     from creditlens import models, runs, schema
+    from creditlens.cache import staged_dir
     from creditlens.contexts import read_examples
     from creditlens.gap import GapConfig, compatibility_gap, summary_with_gap
     from creditlens.scoring import Scorer
 
     runs.check_out_dir(args.out)
+    foreign = sorted(p.name for p in args.out.iterdir() if p.name not in OUTPUTS) if args.out.is_dir() else []
+    if foreign:
+        raise InputError(f"--out {args.out}: holds {foreign[0]!r}, not a `creditlens score` output; choose a new or "
+                         f"empty directory (an earlier score result there is replaced whole)")
     models.check_device(args.device)
     rows = read_examples(args.examples)
     model, tokenizer = models.load(args.model, device=args.device)
     scorer = Scorer(model, tokenizer, batch_size=args.batch_size)
-    table = scorer.score(rows, contrast=args.contrast, lam=args.lam, pool=args.pool, seed=args.seed)
+    table = scorer.score(rows, contrast=args.contrast, lam=args.lam, pool=args.pool, seed=args.seed, form=args.form)
     if args.gap_samples:
         gap = compatibility_gap(scorer, rows, table, GapConfig(samples=args.gap_samples, seed=args.seed))
         summary = summary_with_gap(table, gap)
     else:
         summary = schema.example_summary(table)
+    summary = summary.assign(form=args.form, lam=args.lam, pool=args.pool, n_contrast=args.contrast)
     extra = [c for c in ("kind", "source") if any(c in r for r in rows)]
     if extra:
         meta = pd.DataFrame([{"example_id": str(r.get("example_id", i)), **{c: r.get(c) for c in extra}} for i, r in enumerate(rows)])
         summary = summary.merge(meta, on="example_id", how="left")
-    args.out.mkdir(parents=True, exist_ok=True)
-    tokens = schema.write_token_table(table, args.out / "tokens.parquet")
-    summary_path = args.out / "summary.parquet"
-    summary.to_parquet(summary_path, index=False)
-    summary.to_csv(args.out / "summary.csv", index=False)
-    return tokens, summary_path
+    with staged_dir(args.out, OUTPUTS[0], replace=True) as staging:  # never a mix of old and new files
+        schema.write_token_table(table, staging / OUTPUTS[0])
+        summary.to_parquet(staging / OUTPUTS[1], index=False)
+        summary.to_csv(staging / OUTPUTS[2], index=False)
+    return args.out / OUTPUTS[0], args.out / OUTPUTS[1]
 
 
 def run(args: argparse.Namespace) -> int:
