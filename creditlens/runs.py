@@ -181,7 +181,9 @@ def rewrite_jsonl(path: str | os.PathLike, records: list[dict[str, Any]]) -> Non
 
 
 def token_path(run_dir: str | os.PathLike, step: int) -> Path:
-    """Path of the per-token table of ``step``."""
+    """Path of the per-token table of ``step`` (a whole number >= 0)."""
+    if int(step) != step or step < 0:
+        raise RunError(f"{run_dir}: step {step!r} must be a whole number >= 0")
     return Path(run_dir) / TOKENS_DIR / f"step_{int(step):06d}.parquet"
 
 

@@ -140,7 +140,14 @@ def build_token_table(
     from creditlens import credit
 
     form = credit.DEFAULT_FORM if form is None else form
+    credit.check_form(form)
+    if getattr(token_ids, "ndim", None) != 2:
+        raise SchemaError(f"token_ids: expected a [B, T] tensor, got {type(token_ids).__name__} "
+                          f"of shape {tuple(getattr(token_ids, 'shape', ()))}")
     batch, length = token_ids.shape
+    if tuple(getattr(teacher_lp, "shape", ())) != (batch, length):
+        raise SchemaError(f"teacher_lp: shape {tuple(getattr(teacher_lp, 'shape', ()))} differs from token_ids "
+                          f"{(batch, length)}")
     if lengths is None:
         lengths = [length] * batch
     lengths = [int(n) for n in _as_numpy(lengths).tolist()]
@@ -148,6 +155,10 @@ def build_token_table(
         raise SchemaError(
             "example_ids, prompt_ids, tokens and lengths must all have one entry per row of token_ids"
         )
+    for row, (n, row_tokens) in enumerate(zip(lengths, tokens, strict=True)):
+        if not 0 <= n <= length or len(row_tokens) < n:
+            raise SchemaError(f"lengths[{row}] = {n}: must be in [0, {length}] with at least that many "
+                              f"tokens[{row}] (got {len(row_tokens)})")
     in_response = torch.arange(length).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
     counted = in_response if mask is None else in_response & mask.bool().cpu()
     counted = counted.to(teacher_lp.device)

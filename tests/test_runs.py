@@ -169,3 +169,10 @@ def test_check_out_dir_refuses_a_read_only_directory(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"--out .*locked/out: .*locked is not writable; choose another --out"):
         runs.check_out_dir(locked / "out")
     assert list(locked.iterdir()) == []
+
+
+def test_token_path_needs_a_whole_step(tmp_path):
+    assert runs.token_path(tmp_path, 12).name == "step_000012.parquet"
+    for bad in (-1, 2.5):
+        with pytest.raises(runs.RunError, match=f"step {bad!r} must be a whole number >= 0"):
+            runs.token_path(tmp_path, bad)

@@ -187,3 +187,19 @@ def test_table_rewards_agree_with_credit_module_in_float32():
         assert row.credit_reward == pytest.approx(
             reference[int(row.example_id[1:]), row.position].item(), abs=1e-12
         )
+
+
+def test_build_names_the_argument_that_does_not_fit():
+    model = theory.ExactModel.random(n_inputs=3, vocab_size=3, length=2, seed=0)
+    batch = model.sample_batch(2, 1, seed=0)
+    args = (["a", "b"], ["p", "q"], batch.responses, [["x", "y"]] * 2, batch.teacher_lp, batch.student_lp)
+    with pytest.raises(schema.SchemaError, match=r"token_ids: expected a \[B, T\] tensor, got list"):
+        schema.build_token_table(*args[:2], batch.responses.tolist(), *args[3:])
+    with pytest.raises(schema.SchemaError, match=r"teacher_lp: shape \(2, 1\) differs from token_ids \(2, 2\)"):
+        schema.build_token_table(*args[:4], batch.teacher_lp[:, :1], batch.student_lp)
+    with pytest.raises(schema.SchemaError, match=r"lengths\[1\] = 3: must be in \[0, 2\]"):
+        schema.build_token_table(*args, lengths=[2, 3])
+    with pytest.raises(schema.SchemaError, match=r"lengths\[0\] = 2: .*tokens\[0\] \(got 1\)"):
+        schema.build_token_table(*args[:3], [["x"], ["x", "y"]], *args[4:])
+    with pytest.raises(ValueError, match="form"):
+        schema.build_token_table(*args, form="nope")

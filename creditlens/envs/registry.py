@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from creditlens.envs.base import Environment
 from creditlens.errors import InputError
@@ -35,7 +36,13 @@ def get(name: str, **kwargs) -> Environment:
             raise
         raise InputError(f"environment {name!r} is registered but {module_name} is not available yet "
                          f"(it should define {class_name})") from None
-    return getattr(module, class_name)(**kwargs)
+    env_class = getattr(module, class_name)
+    try:
+        inspect.signature(env_class).bind(**kwargs)
+    except TypeError as error:
+        accepted = ", ".join(inspect.signature(env_class).parameters) or "none"
+        raise InputError(f"environment {name!r}: {error} (its arguments: {accepted})") from None
+    return env_class(**kwargs)
 
 
 def _check(name: str) -> str:
