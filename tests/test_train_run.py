@@ -112,10 +112,38 @@ def test_example_configs_load():
 @pytest.mark.parametrize("algo", ["grpo", "sd", "credit"])
 def test_run_directory_is_complete_and_consistent(algo, tmp_path):
     out = tmp_path / algo
-    train(algo, "echo", "tiny", TrainConfig(**tiny_fields(2)), out, env=EchoEnv())
+    train(algo, "echo", "tiny", TrainConfig(**tiny_fields(2), log_contrasts=algo == "sd"), out, env=EchoEnv())
     check_run(out, algo, 2)
+    table = runs.load_run(out).tokens()
+    logged = "contrast_logprobs" in table and table["contrast_logprobs"].map(lambda v: len(v) == 1).all()
+    assert logged == (algo != "grpo")  # sd with log_contrasts logs them too, for the generic share
     with pytest.raises(ValueError, match="already exists"):
         train(algo, "echo", "tiny", TrainConfig(**tiny_fields(2)), out, env=EchoEnv())
+
+
+@pytest.mark.parametrize("algo", ["grpo", "sd", "credit"])
+def test_every_token_is_labelled_with_its_own_rollout_when_steps_span_generation_batches(algo, tmp_path):
+    """GA=3 micro-batches per step, 2 per generation batch, each generation batch trained twice."""
+    fields = {**tiny_fields(2), "num_prompts": 3, "gradient_accumulation_steps": 3, "eval_every": 0}
+    fields["trl"] = {"steps_per_generation": 2, "num_iterations": 2}
+    out = tmp_path / algo
+    train(algo, "echo", "tiny", TrainConfig(**fields), out, env=EchoEnv())
+    run = runs.load_run(out)
+    assert run.token_steps() == [1, 2]
+    words = {p.id: p.reference["word"] for p in EchoEnv().problems()}
+    for step in (1, 2):
+        table = run.tokens(step)
+        assert sorted(table["sample"].unique()) == list(range(6))  # 3 micro-batches x 2 rows, numbered once
+        for _, rows in table.groupby("sample"):
+            rows = rows.sort_values("position")
+            assert list(rows["position"]) == list(range(len(rows)))
+            first = rows.iloc[0]
+            response = first["response"]
+            word = words[first["prompt_id"]]
+            assert f"repeat {word}" in first["prompt"]
+            assert first["outcome_reward"] == float(response.strip().startswith(word))
+            if first["outcome_reward"] == 0.0:  # the verifier's feedback names this very response
+                assert f"expected {word}, got {response.strip()[:8]!r}" in first["feedback"]
 
 
 def test_refused_starts_change_no_file(tmp_path):

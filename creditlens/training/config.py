@@ -119,6 +119,13 @@ class TrainConfig:
     )
 
     # --- logging, evaluation, checkpoints ---
+    log_contrasts: bool = field(
+        default=False,
+        metadata={
+            "help": "sd: also score each response under n_contrast other prompts (no grad, logging only), so the "
+            "table's contrast columns and generic share compare with credit's; grpo has no teacher and ignores it."
+        },
+    )
     log_tokens_every: int = field(default=1, metadata={"help": "Write the per-token table every N steps."})
     log_kl: bool = field(
         default=True,

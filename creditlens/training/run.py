@@ -125,8 +125,8 @@ def _check_resume(run_dir: Path, wanted: dict[str, Any]) -> None:
 
 
 def check_contrasts(algo: str, config: TrainConfig, n_prompts: int) -> None:
-    """CREDIT needs ``n_contrast`` other distinct prompts for every sample among the ``n_prompts`` train prompts."""
-    if algo != "credit":
+    """CREDIT (and sd with ``log_contrasts``) needs ``n_contrast`` other distinct prompts among the train prompts."""
+    if algo != "credit" and not (algo == "sd" and config.log_contrasts):
         return
     if config.trl.get("use_teacher_server"):
         raise ConfigError(
@@ -156,13 +156,16 @@ def build_trainer(algo: str, env: Environment, model_path: str, config: TrainCon
     train_problems = env.problems("train", config.n_train_problems, config.seed)
     check_contrasts(algo, config, len({p.id for p in train_problems}))
     trainer_class = GRPOEnvTrainer if algo == "grpo" else SDPOEnvTrainer
-    return trainer_class(
+    trainer = trainer_class(
         model=model_path,
         reward_funcs=[EnvReward(env, train_problems)],
         args=args,
         train_dataset=build_dataset(train_problems, tokenizer),
         processing_class=tokenizer,
     )
+    if algo == "sd":
+        trainer.log_contrasts = config.log_contrasts
+    return trainer
 
 
 def train(
