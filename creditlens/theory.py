@@ -8,6 +8,9 @@ and ``n_feedback`` feedback values f. It is given by two tables:
 
 The teacher is the exact posterior pi(y_t | x, f, y_<t) obtained by Bayes' rule from the joint
 q(y, f | x) = pi(y | x) p(f | x, y), so section 2 of the math page holds with no approximation.
+
+``ExactModel.batch`` builds input-axis contrasts (x_j, f, y); :func:`feedback_batch` builds feedback-axis
+contrasts (x, f_j, y) (section 8 of the math page).
 """
 
 from __future__ import annotations
@@ -287,5 +290,151 @@ def verify_identities(batch: ExactBatch, lam: float = 0.5) -> IdentityErrors:
         ),
         teacher_split=float((parts.specific + parts.baseline - batch.teacher_lp).abs().max()),
         sd_split=float((parts.specific + parts.shortcut - parts.sd).abs().max()),
+        **errors,
+    )
+
+
+@dataclass(frozen=True)
+class FeedbackBatch:
+    """Exact log-probs for (input, feedback, response) triples with K *feedback* contrasts (x, f_j, y), float64.
+
+    The feedback axis of docs/CREDIT-MATH.md section 8: the same input and response, another feedback value.
+    """
+
+    inputs: Tensor  # [B] input index x_i
+    feedback: Tensor  # [B] feedback index f_i
+    responses: Tensor  # [B, T] token ids
+    contrast_feedback: Tensor  # [B, K] feedback index f_j of each contrast context (f_j != f_i)
+    teacher_lp: Tensor  # [B, T] log pi(y_t | x, f, y_<t)
+    student_lp: Tensor  # [B, T] log pi(y_t | x, y_<t)
+    contrast_lp: Tensor  # [B, K, T] log pi(y_t | x, f_j, y_<t)
+    pmi: Tensor  # [B] pMI(y; f | x) = log p(f | x, y) - log p(f | x)
+    contrast_pmi: Tensor  # [B, K] pMI(y; f_j | x)
+    contrast_seq_lp: Tensor  # [B, K] log pi(y | x, f_j), by Bayes' rule on the whole sequence
+    student_seq_lp: Tensor  # [B] log pi(y | x)
+    teacher_seq_lp: Tensor  # [B] log pi(y | x, f)
+    mixture_seq_lp: Tensor  # [B] log M_F(y): the contrastive form's token-level mixture over {f, f_j} (mean pooling)
+
+
+@dataclass(frozen=True)
+class FeedbackAxisErrors:
+    """Largest absolute errors of the feedback-axis identities of docs/CREDIT-MATH.md section 8 over a batch."""
+
+    teacher_split: float  # |feedback_specific + feedback_baseline - teacher_lp|
+    sd_split: float  # |feedback_specific + feedback_shortcut - sd|
+    specific_sum: float  # |sum_t feedback_specific - (pMI(y;f|x) - mean_j pMI(y;f_j|x))|
+    shortcut_sum: float  # |sum_t feedback_shortcut - mean_j pMI(y;f_j|x)|
+    teacher_form: float  # |sum_t r^teacher - (pMI - lam mean_j log pi(y|x,f_j))|
+    shortcut_form: float  # |sum_t r^shortcut - (pMI - lam mean_j pMI(y;f_j|x))|
+    contrastive_form: float  # |sum_t r^contrastive - ((1-lam) pMI + lam (log pi(y|x,f) - log M_F(y)))|
+    rlcsd_tokens: float  # |r^shortcut at lam=1 - (log pi_T(y_t|x,f) - mean_j log pi_T(y_t|x,f_j))| per token
+
+    def max(self) -> float:
+        return max(vars(self).values())
+
+
+def feedback_mixture_logprob(
+    model: ExactModel, x: int, f: int, contrast_feedback: Sequence[int], response: Sequence[int]
+) -> float:
+    """``log M_F(y)``: the token-level mixture of the contrastive form on the feedback axis (mean pooling),
+    next-token weight ``(pi(v | x, f, y_<t) + K * prod_j pi(v | x, f_j, y_<t) ** (1/K)) / (K + 1)``."""
+    k = len(contrast_feedback)
+    total = 0.0
+    for t in range(model.length):
+        prefix, token = list(response[:t]), int(response[t])
+        own = model.next_token_posterior(x, f, prefix)[token]
+        logs = [np.log(model.next_token_posterior(x, fj, prefix)[token]) for fj in contrast_feedback]
+        total += np.log((own + k * np.exp(np.mean(logs))) / (k + 1))
+    return float(total)
+
+
+def feedback_batch(
+    model: ExactModel,
+    inputs: Sequence[int],
+    feedback: Sequence[int],
+    responses: Sequence[Sequence[int]],
+    contrast_feedback: Sequence[Sequence[int]],
+) -> FeedbackBatch:
+    """Exact log-probs for B triples and, per triple, K contrast feedback values (same x, same y)."""
+    if not len(inputs) == len(feedback) == len(responses) == len(contrast_feedback):
+        raise ValueError("inputs, feedback, responses and contrast_feedback must all have length B")
+    rows: dict[str, list] = {name: [] for name in (
+        "teacher", "student", "contrast", "pmi", "contrast_pmi", "contrast_seq", "student_seq", "teacher_seq",
+        "mixture")}
+    for x, f, y, fs in zip(inputs, feedback, responses, contrast_feedback, strict=True):
+        rows["teacher"].append(model.teacher_logprobs(x, f, y))
+        rows["student"].append(model.student_logprobs(x, y))
+        rows["contrast"].append([model.teacher_logprobs(x, fj, y) for fj in fs])
+        rows["pmi"].append(model.pmi(x, f, y))
+        rows["contrast_pmi"].append([model.pmi(x, fj, y) for fj in fs])
+        rows["contrast_seq"].append([model.sequence_logprob_given_feedback(x, fj, y) for fj in fs])
+        rows["student_seq"].append(model.sequence_logprob(x, y))
+        rows["teacher_seq"].append(model.sequence_logprob_given_feedback(x, f, y))
+        rows["mixture"].append(feedback_mixture_logprob(model, x, f, fs, y))
+    return FeedbackBatch(
+        inputs=torch.tensor(list(inputs), dtype=torch.long),
+        feedback=torch.tensor(list(feedback), dtype=torch.long),
+        responses=torch.tensor([list(y) for y in responses], dtype=torch.long),
+        contrast_feedback=torch.tensor([list(fs) for fs in contrast_feedback], dtype=torch.long),
+        teacher_lp=_float64(rows["teacher"]),
+        student_lp=_float64(rows["student"]),
+        contrast_lp=_float64(rows["contrast"]),
+        pmi=_float64(rows["pmi"]),
+        contrast_pmi=_float64(rows["contrast_pmi"]),
+        contrast_seq_lp=_float64(rows["contrast_seq"]),
+        student_seq_lp=_float64(rows["student_seq"]),
+        teacher_seq_lp=_float64(rows["teacher_seq"]),
+        mixture_seq_lp=_float64(rows["mixture"]),
+    )
+
+
+def sample_feedback_batch(model: ExactModel, batch_size: int, k: int, seed: int = 0) -> FeedbackBatch:
+    """Sample B inputs, feedback values and on-policy responses, with K other feedback values per example
+    (drawn without replacement among the values != f_i, so needs ``n_feedback >= k + 1``)."""
+    if model.n_feedback < k + 1:
+        raise ValueError(f"k={k} contrast feedback values need a model with at least {k + 1} feedback values")
+    rng = np.random.default_rng(seed)
+    inputs = [int(rng.integers(model.n_inputs)) for _ in range(batch_size)]
+    feedback = [int(rng.integers(model.n_feedback)) for _ in inputs]
+    responses = [model.sample_response(x, rng) for x in inputs]
+    contrast = [
+        [int(v) for v in rng.permutation([g for g in range(model.n_feedback) if g != f])[:k]] for f in feedback
+    ]
+    return feedback_batch(model, inputs, feedback, responses, contrast)
+
+
+def feedback_form_objectives(batch: FeedbackBatch, lam: float) -> dict[str, Tensor]:
+    """The sequence objective of every form on the feedback axis (mean pooling), from sequence quantities: ``[B]``.
+
+    - teacher:     pMI(y;f|x) - lam * mean_j log pi(y | x, f_j)
+    - shortcut:    pMI(y;f|x) - lam * mean_j pMI(y;f_j|x)   (lam = 1: the RLCSD sequence reward)
+    - contrastive: (1 - lam) * pMI + lam * (log pi(y | x, f) - log M_F(y))
+    """
+    return {
+        "teacher": batch.pmi - lam * batch.contrast_seq_lp.mean(dim=1),
+        "shortcut": batch.pmi - lam * batch.contrast_pmi.mean(dim=1),
+        "contrastive": (1 - lam) * batch.pmi + lam * (batch.teacher_seq_lp - batch.mixture_seq_lp),
+    }
+
+
+def verify_feedback_identities(batch: FeedbackBatch, lam: float = 0.5) -> FeedbackAxisErrors:
+    """Check the feedback-axis split, its sequence sums, every form's objective and the RLCSD token reward,
+    all through :mod:`creditlens.credit` applied to the feedback contrasts."""
+    parts = credit.decompose(batch.teacher_lp, batch.contrast_lp, batch.student_lp)
+    objectives = feedback_form_objectives(batch, lam)
+    errors = {}
+    for form in credit.FORMS:
+        token_sum = credit.credit_rewards(
+            batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=lam, form=form
+        ).sum(1)
+        errors[f"{form}_form"] = float((token_sum - objectives[form]).abs().max())
+    rlcsd = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=1.0, form="shortcut")
+    mean_contrast_pmi = batch.contrast_pmi.mean(dim=1)
+    return FeedbackAxisErrors(
+        teacher_split=float((parts.specific + parts.baseline - batch.teacher_lp).abs().max()),
+        sd_split=float((parts.specific + parts.shortcut - parts.sd).abs().max()),
+        specific_sum=float((parts.specific.sum(1) - (batch.pmi - mean_contrast_pmi)).abs().max()),
+        shortcut_sum=float((parts.shortcut.sum(1) - mean_contrast_pmi).abs().max()),
+        rlcsd_tokens=float((rlcsd - (batch.teacher_lp - batch.contrast_lp.mean(dim=1))).abs().max()),
         **errors,
     )
