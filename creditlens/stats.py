@@ -8,6 +8,9 @@ Pure pandas / numpy / scipy on the per-token table of :mod:`creditlens.schema`; 
 - ``shortcut`` = ``contrast_baseline - student_logprob``: what the feedback raises whatever the input;
   ``sd_reward = specific + shortcut`` exactly;
 - generic share = ``sum |shortcut| / (sum |specific| + sum |shortcut|)`` over counted tokens.
+
+The feedback axis (docs/CREDIT-MATH.md section 8) uses the same names with a ``feedback_`` prefix
+(``feedback_specific``, ``feedback_shortcut``); ``axis="feedback"`` computes its generic share.
 """
 
 from __future__ import annotations
@@ -25,9 +28,33 @@ PMI_SE_COLUMNS = ("pmi_se", "log_pf_x_se", "pmi_stderr", "pmi_std_err", "pmi_sem
 """Accepted names of its standard error (that of the Monte-Carlo ``log p(f | x)`` term)."""
 
 
-def require_contrasts(table: pd.DataFrame, source: str = "table") -> None:
-    """Raise ValueError when ``table`` has no finite ``specific``/``shortcut`` (scored with K = 0)."""
-    for name in ("specific", "shortcut"):
+AXIS_COLUMNS = {"input": ("specific", "shortcut"), "feedback": ("feedback_specific", "feedback_shortcut")}
+"""The (specific, shortcut) columns of each contrast axis."""
+
+
+def axis_columns(axis: str) -> tuple[str, str]:
+    """The ``(specific, shortcut)`` column names of ``axis`` ("input" or "feedback")."""
+    if axis not in AXIS_COLUMNS:
+        raise ValueError(f"axis: must be one of {tuple(AXIS_COLUMNS)}, got {axis!r}")
+    return AXIS_COLUMNS[axis]
+
+
+def has_axis(table: pd.DataFrame, axis: str) -> bool:
+    """Whether ``table`` holds a finite split along ``axis``."""
+    return all(name in table.columns and np.isfinite(table[name].to_numpy(dtype=np.float64)).any()
+               for name in axis_columns(axis))
+
+
+def require_contrasts(table: pd.DataFrame, source: str = "table", axis: str = "input") -> None:
+    """Raise ValueError when ``table`` has no finite split along ``axis`` (scored with K = 0 there)."""
+    if axis_columns(axis) == AXIS_COLUMNS["feedback"]:
+        if not has_axis(table, axis):
+            raise ValueError(
+                f"{source}: no feedback-axis split (columns 'feedback_specific' / 'feedback_shortcut' missing or "
+                "all NaN); score with `--feedback-contrast K` (K >= 1) to split the credit by feedback"
+            )
+        return
+    for name in AXIS_COLUMNS["input"]:
         if name not in table.columns or not np.isfinite(table[name].to_numpy(dtype=np.float64)).any():
             raise ValueError(
                 f"{source}: no input-specific / shortcut split (column {name!r} is missing or all NaN); "
@@ -36,21 +63,24 @@ def require_contrasts(table: pd.DataFrame, source: str = "table") -> None:
             )
 
 
-def generic_share(table: pd.DataFrame) -> float:
-    """Share of SD credit mass that is input-generic, over counted tokens (``mask``):
-    ``sum |shortcut| / (sum |specific| + sum |shortcut|)``; NaN when both sums are 0."""
-    require_contrasts(table)
+def generic_share(table: pd.DataFrame, axis: str = "input") -> float:
+    """Share of SD credit mass that is generic along ``axis``, over counted tokens (``mask``):
+    ``sum |shortcut| / (sum |specific| + sum |shortcut|)`` (``feedback_*`` columns for the feedback axis);
+    NaN when both sums are 0."""
+    require_contrasts(table, axis=axis)
+    specific, shortcut_column = axis_columns(axis)
     counted = table[table["mask"]]
-    shortcut = float(counted["shortcut"].abs().sum())
-    total = shortcut + float(counted["specific"].abs().sum())
+    shortcut = float(counted[shortcut_column].abs().sum())
+    total = shortcut + float(counted[specific].abs().sum())
     return shortcut / total if total > 0 else float("nan")
 
 
-def generic_share_by_example(table: pd.DataFrame) -> pd.Series:
-    """:func:`generic_share` of each response (indexed by ``example_id``)."""
-    require_contrasts(table)
+def generic_share_by_example(table: pd.DataFrame, axis: str = "input") -> pd.Series:
+    """:func:`generic_share` of each response along ``axis`` (indexed by ``example_id``)."""
+    require_contrasts(table, axis=axis)
+    specific, shortcut = axis_columns(axis)
     counted = table[table["mask"]]
-    sums = counted.assign(s=counted["specific"].abs(), g=counted["shortcut"].abs()).groupby("example_id")[["s", "g"]].sum()
+    sums = counted.assign(s=counted[specific].abs(), g=counted[shortcut].abs()).groupby("example_id")[["s", "g"]].sum()
     total = sums["s"] + sums["g"]
     return (sums["g"] / total.where(total > 0)).rename("generic_share")
 
