@@ -28,7 +28,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-import yaml
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -37,6 +36,7 @@ from creditlens.contexts import ContextConfig
 from creditlens.envs.base import Environment, Problem
 from creditlens.errors import ConfigError, InputError, ModelError
 from creditlens.scoring import Scorer, ScorerConfig
+from creditlens.yamlfiles import read_yaml
 
 
 @dataclass
@@ -85,10 +85,7 @@ def load_headroom_config(path: str | Path | None, overrides: dict[str, Any] | No
 
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such config file")
-        values = yaml.safe_load(path.read_text()) or {}
+        values = read_yaml(path)
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of config fields")
     values = {**values, **(overrides or {})}

@@ -414,3 +414,23 @@ def test_interrupts_and_os_errors_from_inside_a_command(capsys, monkeypatch):
     monkeypatch.setattr(envs, "run_list", disk_trouble)
     assert cli.main(["envs", "list"]) == 2
     assert capsys.readouterr().err == "creditlens envs: error: /data/out.parquet: Permission denied\n"
+
+
+def test_yaml_configs_are_read_one_way(cli_error, tmp_path):
+    from creditlens.yamlfiles import parse_yaml, read_yaml
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("lam: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=f"--config {deep}: YAML nested too deeply"):
+        read_yaml(deep)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"lam: 0.5\n# r\xe9glages\n")
+    with pytest.raises(ConfigError, match=r"latin.yaml: line 2 is not UTF-8 text \(byte 0xe9\)"):
+        read_yaml(latin)
+    with pytest.raises(ConfigError, match=r"--set 'x=a: b: c': line 1: not valid YAML \(mapping values"):
+        parse_yaml("a: b: c", "--set 'x=a: b: c'")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert read_yaml(empty) == {}
+    cli_error(["headroom", "--env", "science", "--model", "tiny", "--config", deep], "deep.yaml", "nested too deeply")
+    cli_error(["headroom", "--env", "science", "--model", "tiny", "--config", tmp_path / "none.yaml"], "none.yaml: no such file")
