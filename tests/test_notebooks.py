@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from nbclient import NotebookClient
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import appdata  # noqa: E402
+
+from creditlens import runs, schema  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ("01_pmi_identity", "02_token_credit", "03_compare_runs")
@@ -57,8 +60,10 @@ def test_01_pmi_identity(monkeypatch):
                        CREDITLENS_NB_MAX_NEW_TOKENS="8")
     html = "".join(outputs(notebook, "text/html"))
     assert html.count('class="cl-token"') == 5  # the exact model's response length
-    assert "Compatibility gap</b> over 4 examples" in html
+    assert "Compatibility gap</b> over 4 examples" in html and "within 2 s.e." in html
     assert len(outputs(notebook, "image/png")) == 2
+    text = "".join(outputs(notebook, "stream"))
+    assert "12 examples, max |gap| = " in text and "nan" not in text
 
 
 def test_02_token_credit_on_scored_file(monkeypatch, tmp_path):
@@ -80,6 +85,22 @@ def test_03_compare_runs(monkeypatch, tmp_path):
         assert f"{algo}-seed0" in html
     assert html.count('class="cl-token"') == 3 * appdata.exact_model().length
     assert len(outputs(notebook, "image/png")) == 1
+
+
+def test_03_shows_a_response_with_counted_tokens(monkeypatch, tmp_path):
+    """The first response of every run is a passed one (all tokens masked): the notebook skips it."""
+    root = appdata.make_runs_dir(tmp_path / "runs")
+    for run in runs.list_runs(root):
+        step = run.token_steps()[-1]
+        table = run.tokens(step)
+        first = table["example_id"] == table["example_id"].iloc[0]
+        table.loc[first, "mask"] = False
+        table.loc[first, list(schema.REWARD_COLUMNS)] = 0.0
+        runs.write_step_tokens(run.path, step, table)
+    notebook = execute("03_compare_runs", monkeypatch, CREDITLENS_RUNS_DIR=str(root))
+    shown = re.findall(r'data-value="([^"]+)"', "".join(outputs(notebook, "text/html")))
+    assert len(shown) == 3 * appdata.exact_model().length
+    assert "nan" not in shown  # masked tokens show as nan: every heatmap is of a counted response
 
 
 @pytest.mark.slow
