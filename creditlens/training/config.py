@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from creditlens import credit
 from creditlens.choices import ALGOS
 from creditlens.errors import ConfigError
+from creditlens.yamlfiles import parse_yaml, read_yaml
 
 DISTILLATION_MODES = ("sampled_token", "topk_logits", "full_logits")
 TEACHERS = ("ema", "base", "live")
@@ -244,18 +244,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     values: Any = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            what = "a directory" if path.is_dir() else "no such file"
-            raise ConfigError(f"--config {path}: {what}; give a YAML config file (see configs/)")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError as error:
-            raise ConfigError(f"--config {path}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
-        except yaml.YAMLError as error:
-            where = getattr(error, "problem_mark", None)
-            line = f" line {where.line + 1}" if where is not None else ""
-            raise ConfigError(f"--config {path}:{line}: YAML syntax error ({getattr(error, 'problem', error)})") from None
+        values = read_yaml(path)  # one-line ConfigError for a missing file, bad UTF-8 or YAML, too deep nesting
         source = str(path)
     if isinstance(values, dict) and overrides:
         source = f"{source} with overrides {sorted(overrides)}"
@@ -270,12 +259,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as error:
-            raise ConfigError(
-                f"--set {item!r}: the value is not valid YAML ({getattr(error, 'problem', error)})"
-            ) from None
+        out[key.strip()] = parse_yaml(value, f"--set {item!r}")
     return out
 
 
