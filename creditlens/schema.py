@@ -10,6 +10,11 @@ Vocabulary: ``contrast_baseline`` is B_t (a log-prob); ``specific = teacher_logp
 is what this input explains; ``shortcut = contrast_baseline - student_logprob`` is what the feedback
 raises whatever the input, so ``sd_reward = specific + shortcut`` exactly. Tables written before
 ``shortcut`` was required carry a ``generic`` column (a copy of ``contrast_baseline``); they still read.
+
+Feedback axis (docs/CREDIT-MATH.md section 8): tables scored with feedback contrasts (x, f_j, y) carry the same
+vocabulary with a ``feedback_`` prefix (``FEEDBACK_COLUMNS``): ``feedback_baseline`` F_t, ``feedback_specific``
+(what this feedback explains), ``feedback_shortcut`` (what any reprompt raises), ``feedback_credit_reward``;
+``feedback_specific + feedback_shortcut = sd_reward``. They are optional but come together.
 """
 
 from __future__ import annotations
@@ -62,10 +67,19 @@ OPTIONAL_COLUMNS: dict[str, str] = {
     "feedback": "str",
     "response": "str",
     "label": "str",  # ground-truth token label where known ("specific" or "generic")
+    "feedback_contrast_logprobs": "list",  # the K teacher log-probs under other feedback (x, f_j, y)
+    "feedback_baseline": "float",  # F_t, pooled teacher log-prob under K other feedbacks
+    "feedback_specific": "float",  # teacher_logprob - feedback_baseline: what this feedback explains
+    "feedback_shortcut": "float",  # feedback_baseline - student_logprob: what any reprompt raises
+    "feedback_credit_reward": "float",  # the table's form and lam applied to the feedback contrasts
+    "n_feedback_contrast": "int",  # K of the feedback axis
+    "feedback_contrast_examples": "str",  # JSON list of the example ids whose feedback each contrast uses
 }
 
 CONTRAST_COLUMNS = ("contrast_baseline", "specific", "shortcut", "credit_reward")
 REWARD_COLUMNS = ("sd_reward", "specific", "shortcut", "credit_reward", "contrast_baseline")
+FEEDBACK_COLUMNS = ("feedback_baseline", "feedback_specific", "feedback_shortcut", "feedback_credit_reward")
+FEEDBACK_SPLIT_TOLERANCE = 1e-3  # |feedback_specific + feedback_shortcut - sd_reward| allowed on read (float32 tables)
 
 
 def _kind_ok(series: pd.Series, kind: str) -> bool:
@@ -96,6 +110,7 @@ def validate_token_table(table: pd.DataFrame, source: str = "token table") -> pd
     for name in ("student_logprob", "teacher_logprob", "sd_reward"):
         if len(table) and not np.isfinite(table[name].to_numpy(dtype=np.float64)).all():
             raise SchemaError(f"{source}: column {name!r} has NaN or inf values")
+    _check_feedback_columns(table, source)
     keys = [c for c in ("run", "step", "sample") if c in table.columns] + ["example_id", "position"]
     duplicated = table.duplicated(subset=keys)
     if duplicated.any():
@@ -104,6 +119,22 @@ def validate_token_table(table: pd.DataFrame, source: str = "token table") -> pd
             f"{source}: duplicate row for key {dict(zip(keys, row[keys].tolist(), strict=True))}"
         )
     return table
+
+
+def _check_feedback_columns(table: pd.DataFrame, source: str) -> None:
+    """Feedback-axis columns come together and split ``sd_reward`` (where finite), or raise :class:`SchemaError`."""
+    present = [name for name in FEEDBACK_COLUMNS if name in table.columns]
+    if not present:
+        return
+    missing = [name for name in FEEDBACK_COLUMNS if name not in table.columns]
+    if missing:
+        raise SchemaError(f"{source}: has feedback-axis column(s) {present} but not {missing}; "
+                          "write all of them (schema.build_token_table(feedback_contrast_lp=...)) or none")
+    error = (table["feedback_specific"] + table["feedback_shortcut"] - table["sd_reward"]).abs().to_numpy(np.float64)
+    bad = np.flatnonzero(error > FEEDBACK_SPLIT_TOLERANCE)
+    if bad.size:
+        raise SchemaError(f"{source}: row {int(bad[0])}: feedback_specific + feedback_shortcut differs from sd_reward "
+                          f"by {error[bad[0]]:.3g} (> {FEEDBACK_SPLIT_TOLERANCE}); rescore the table")
 
 
 def _as_numpy(value: Tensor | np.ndarray | Sequence) -> np.ndarray:
@@ -127,13 +158,16 @@ def build_token_table(
     form: str | None = None,
     example_columns: Mapping[str, Sequence] | None = None,
     token_columns: Mapping[str, Tensor | np.ndarray] | None = None,
+    feedback_contrast_lp: Tensor | None = None,
 ) -> pd.DataFrame:
     """Build the per-token table from right-padded ``[B, T]`` tensors (``contrast_lp`` ``[B, K, T]``).
 
     ``lengths[b]`` response tokens of row b become rows (default: all T). ``mask`` ``[B, T]`` marks
     the tokens that count; ``form`` is the CREDIT reward form (default
     :data:`creditlens.credit.DEFAULT_FORM`). ``example_columns`` adds per-example values (length B), ``token_columns``
-    per-token values (``[B, T]``). Rewards come from :mod:`creditlens.credit`.
+    per-token values (``[B, T]``). ``feedback_contrast_lp`` ``[B, K_f, T]`` (teacher log-probs under other
+    feedback, K_f >= 1) adds the feedback-axis columns (``FEEDBACK_COLUMNS``, with the same ``lam``, ``pool`` and
+    ``form``). Rewards come from :mod:`creditlens.credit`.
     """
     import torch  # imported here so that readers of tables (the app) start without torch
 
@@ -180,6 +214,18 @@ def build_token_table(
         nan = torch.full_like(teacher_lp, float("nan"))
         columns.update({name: nan for name in CONTRAST_COLUMNS})
         n_contrast = 0
+    n_feedback_contrast = 0
+    if feedback_contrast_lp is not None and feedback_contrast_lp.shape[1] > 0:
+        by_feedback = credit.decompose(teacher_lp, feedback_contrast_lp, student_lp, counted, pool)
+        columns.update(
+            feedback_baseline=by_feedback.baseline,
+            feedback_specific=by_feedback.specific,
+            feedback_shortcut=by_feedback.shortcut,
+            feedback_credit_reward=credit.credit_rewards(
+                teacher_lp, feedback_contrast_lp, student_lp, counted, lam, pool, form
+            ),
+        )
+        n_feedback_contrast = feedback_contrast_lp.shape[1]
     keep = in_response.numpy()
     rows, cols = np.nonzero(keep)
     data: dict[str, object] = {
@@ -198,6 +244,10 @@ def build_token_table(
     data.update(lam=np.full(len(rows), float(lam)), pool=np.full(len(rows), pool, dtype=object),
                 form=np.full(len(rows), form, dtype=object))
     data["n_contrast"] = np.full(len(rows), n_contrast, dtype=np.int64)
+    if n_feedback_contrast:
+        by_feedback_lp = _as_numpy(feedback_contrast_lp.double())
+        data["feedback_contrast_logprobs"] = [by_feedback_lp[r, :, c] for r, c in zip(rows, cols, strict=True)]
+        data["n_feedback_contrast"] = np.full(len(rows), n_feedback_contrast, dtype=np.int64)
     for name, values in (example_columns or {}).items():
         if len(values) != batch:
             raise SchemaError(f"example_columns[{name!r}]: {len(values)} values for {batch} examples")
@@ -240,7 +290,8 @@ def example_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One row per example (and run/step/sample if present) with trajectory sums over counted tokens.
 
     ``sd_sum`` is the pMI estimate of section 2 of the math page, ``credit_sum`` the contrastive pMI;
-    ``specific_sum + shortcut_sum = sd_sum``.
+    ``specific_sum + shortcut_sum = sd_sum``; tables with feedback-axis columns add ``feedback_specific_sum``,
+    ``feedback_shortcut_sum`` and ``feedback_credit_sum`` (``feedback_specific_sum + feedback_shortcut_sum = sd_sum``).
     """
     validate_token_table(table)
     keys = [c for c in ("run", "algo", "step", "sample") if c in table.columns] + ["example_id", "prompt_id"]
@@ -252,6 +303,9 @@ def example_summary(table: pd.DataFrame) -> pd.DataFrame:
         "teacher_sum": "teacher_logprob",
         "student_sum": "student_logprob",
     }
+    if "feedback_specific" in table.columns:
+        sums.update(feedback_specific_sum="feedback_specific", feedback_shortcut_sum="feedback_shortcut",
+                    feedback_credit_sum="feedback_credit_reward")
     counted = table[table["mask"]]
     summary = counted.groupby(keys, sort=False, dropna=False).agg(
         n_tokens=("position", "size"),
