@@ -2,7 +2,9 @@
 
 - student  ``(x, y)``: the prompt, rendered with the tokenizer's chat template when it has one;
 - teacher  ``(x, f, y)``: the prompt rewritten with SDPO's reprompt template around the feedback;
-- contrast ``(x_j, f, y)``: the same template with another example's prompt and *this* feedback.
+- contrast ``(x_j, f, y)``: the same template with another example's prompt and *this* feedback;
+- feedback contrast ``(x, f_j, y)``: the teacher context with another example's feedback (the feedback
+  axis, docs/CREDIT-MATH.md section 8).
 
 Every context is a list of token ids, and the response ids are appended to it unchanged: the
 response is tokenised once (or given as ids) and never re-tokenised inside a context. A context is
@@ -72,6 +74,8 @@ class ContextIds:
     contrast: list[list[int]] = field(default_factory=list)  # K contrast contexts, response excluded
     contrast_example_ids: list[str] = field(default_factory=list)  # whose prompt each contrast uses
     feedback_dropped: int = 0  # feedback tokens cut to fit the window
+    feedback_contrast: list[list[int]] = field(default_factory=list)  # K_f teacher contexts with other feedback
+    feedback_contrast_example_ids: list[str] = field(default_factory=list)  # whose feedback each one uses
 
     @property
     def student_ids(self) -> list[int]:
@@ -84,6 +88,10 @@ class ContextIds:
     @property
     def contrast_ids(self) -> list[list[int]]:
         return [context + self.response for context in self.contrast]
+
+    @property
+    def feedback_contrast_ids(self) -> list[list[int]]:
+        return [context + self.response for context in self.feedback_contrast]
 
 
 def _text(value: object, name: str, where: str) -> str:
@@ -221,6 +229,32 @@ class ContextBuilder:
             )
         contexts = [before + feedback + after for before, after in pieces]
         return contexts[0], contexts[1:], dropped
+
+    def feedback_contrasts(self, example: Example, feedbacks: Sequence[str], n_response: int = 0) -> list[list[int]]:
+        """Teacher context ids of ``example`` with each of ``feedbacks`` in place of its own: ``[[L_j]]``.
+
+        Same prompt, solution and template as :meth:`teacher`; each feedback is truncated on its own (with a
+        warning naming the example) so that it plus the response fits ``max_length``.
+        """
+        before, after = self._teacher_pieces(example.prompt, example)
+        room = self.max_length - n_response - len(before) - len(after)
+        if room < 1:
+            raise InputError(f"example {example.example_id}: prompt, template and response leave no room for any "
+                             f"feedback in the model window of {self.max_length}")
+        contexts = []
+        for feedback_text in feedbacks:
+            feedback = self.encode(feedback_text)
+            dropped = max(0, len(feedback) - room)
+            if dropped:
+                feedback = feedback[:room] if self.config.feedback_truncation == "right" else feedback[-room:]
+                warnings.warn(
+                    f"example {example.example_id}: contrast feedback truncated by {dropped} of "
+                    f"{len(feedback) + dropped} tokens ({self.config.feedback_truncation} side) to fit the model "
+                    f"window of {self.max_length}",
+                    stacklevel=3,
+                )
+            contexts.append(before + feedback + after)
+        return contexts
 
     def feedback_turn(self, example: Example, response: list[int]) -> tuple[list[int], list[int]]:
         """Pieces to score log p(f | x, y): ``(bridge, feedback)`` to append after student context + response.
