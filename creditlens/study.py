@@ -288,33 +288,49 @@ def rollout_profile(run_dir: Path):
     ``step``, ``format_ok`` (share that parse), ``passed``, ``cue_letter`` (share whose first answer letter is
     the cue letter while the right one is another: the harmful cue learnt), ``filler`` (share starting with
     ``ok``), and the mean training signal (``advantage``, else ``credit_reward``/``sd_reward``) on
-    ``cue_tokens``, ``right_letters`` and ``wrong_letters`` (letter tokens not equal to the right letter)."""
+    ``cue_tokens``, ``right_letters`` and ``wrong_letters`` (letter tokens not equal to the right letter);
+    split by whether the warm-started student saw the operation (``seen``: the first ``student_ops`` share):
+    ``passed_seen``/``passed_unseen`` and the mean student / teacher log-prob of right letters
+    (``student_lp_seen``, ``teacher_lp_seen``, ``student_lp_unseen``, ``teacher_lp_unseen``)."""
     import pandas as pd
 
     from creditlens import envs, runs
 
+    from creditlens.warmstart import WarmStartConfig
+
     run = runs.load_run(run_dir)
     env = envs.get("shortcut", **run.manifest.get("config", {}).get("env_args", {}))
+    seen_ops = env.ops[: max(1, round(WarmStartConfig().student_ops * len(env.ops)))]
     rows = []
     for path in sorted((Path(run_dir) / runs.TOKENS_DIR).glob("*.parquet")):
         table = pd.read_parquet(path)
         signal = next((c for c in ("advantage", "credit_reward", "sd_reward") if c in table and table[c].notna().any()), None)
         counts = {"format_ok": 0, "passed": 0, "cue_letter": 0, "filler": 0, "n": 0}
         values: dict[str, list[float]] = {"cue_tokens": [], "right_letters": [], "wrong_letters": []}
+        values.update({f"{who}_lp_{kind}": [] for who in ("student", "teacher") for kind in ("seen", "unseen")})
+        by_kind = {"seen": [0, 0], "unseen": [0, 0]}
         for _, sample in table.groupby("example_id", sort=False):
             sample = sample.sort_values("position")
             response = str(sample["response"].iloc[0])
-            answer = env.answer(*_op_and_input(str(sample["prompt"].iloc[0])))
+            op, given = _op_and_input(str(sample["prompt"].iloc[0]))
+            answer = env.answer(op, given)
             letters = env.parse(response)
+            kind = "seen" if op in seen_ops else "unseen"
+            by_kind[kind][0] += letters == answer
+            by_kind[kind][1] += 1
             counts["n"] += 1
             counts["filler"] += response.split()[:1] == [env.filler]
             counts["format_ok"] += letters is not None
             counts["passed"] += letters == answer
             counts["cue_letter"] += letters is not None and letters[env.cue_position] == env.cue_letter != answer[env.cue_position]
-            if signal is None:
-                continue
             labels = env.token_labels(None, sample["token"].tolist())
             slots = [i for i, label in enumerate(labels) if label == "specific"]
+            for slot, i in enumerate(slots):
+                if sample["token"].iloc[i] == answer[slot]:
+                    values[f"student_lp_{kind}"].append(float(sample["student_logprob"].iloc[i]))
+                    values[f"teacher_lp_{kind}"].append(float(sample["teacher_logprob"].iloc[i]))
+            if signal is None:
+                continue
             cued = env.cue_feedback in str(sample["feedback"].iloc[0])
             counted = sample["mask"].astype(bool).to_numpy()
             for slot, i in enumerate(slots):
@@ -329,31 +345,34 @@ def rollout_profile(run_dir: Path):
                     values["wrong_letters"].append(value)
         n = max(1, counts.pop("n"))
         row = {"step": int(table["step"].iloc[0]), **{k: v / n for k, v in counts.items()}}
+        row.update({f"passed_{k}": (p / c if c else float("nan")) for k, (p, c) in by_kind.items()})
         row.update({k: (sum(v) / len(v) if v else float("nan")) for k, v in values.items()})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def mechanism_figure(groups: dict[str, Sequence[Path]], title: str = ""):
-    """A matplotlib Figure, one line per method (mean over its runs): held-out score, rollouts with the
-    cue letter, well-formed rollouts, and the training signal on cue tokens, by step."""
+    """A matplotlib Figure, one line per method (mean over its runs) by step: held-out score, rollouts with the
+    cue letter, the student's log-prob of right letters on the operations it knew at the start, and the
+    training signal on right letters and on cue tokens (:func:`rollout_profile`)."""
     import pandas as pd
     from matplotlib.figure import Figure
 
     from creditlens import runs
 
-    figure = Figure(figsize=(13, 3.4))
-    axes = figure.subplots(1, 4)
+    panels = {"cue_letter": "rollouts with the cue letter", "student_lp_seen": "student log-prob of right letters,\nops it knew",
+              "right_letters": "training signal on right letters", "cue_tokens": "training signal on cue tokens"}
+    figure = Figure(figsize=(16, 3.6))
+    axes = figure.subplots(1, 1 + len(panels))
     for method, run_dirs in groups.items():
         evals = pd.concat([pd.DataFrame(runs.read_jsonl(Path(d) / runs.EVAL)) for d in run_dirs])
         curve = evals.groupby("step")["score"].mean()
         (line,) = axes[0].plot(curve.index, curve.values, label=method)
         profile = pd.concat([rollout_profile(Path(d)) for d in run_dirs]).groupby("step").mean()
-        for ax, column in zip(axes[1:], ("cue_letter", "format_ok", "cue_tokens"), strict=True):
+        for ax, column in zip(axes[1:], panels, strict=True):
             if column in profile and profile[column].notna().any():
                 ax.plot(profile.index, profile[column], color=line.get_color())
-    for ax, name in zip(axes, ("held-out score", "rollouts with the cue letter", "well-formed rollouts",
-                              "training signal on cue tokens"), strict=True):
+    for ax, name in zip(axes, ("held-out score", *panels.values()), strict=True):
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
     axes[0].legend(fontsize=7)
