@@ -193,6 +193,7 @@ def test_train_refuses_bad_configs_and_models_before_writing(cli_error, tmp_path
     latin.write_bytes("# r\xe9glages\nlam: 0.5\n".encode("latin-1"))
     cli_error([*train, "--config", latin], str(latin), "UTF-8")
     cli_error([*train, "--set", "lam=[1"], "--set 'lam=[1'", "YAML")
+    cli_error([*train, "--set", "lam=" + "[" * 5000], "--set 'lam=[[[", "nested too deeply")
     cli_error([*train, "--set", "lam=abc"], "'lam'")
     cli_error([*train, "--set", "bogus_field=1"], "'bogus_field'")
     cli_error([*train, "--set", "learning_rate=-1"], "learning_rate")
