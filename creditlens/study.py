@@ -76,7 +76,7 @@ def credit_methods(lams: dict[str, float] | Sequence[float], forms: Sequence[str
 GRPO, SD = StudyRun("grpo", 0), StudyRun("sd", 0)
 # lam per form chosen by the pilot (rule in docs/results.md "Pruning rule"); the grids below use these.
 CHOSEN_LAMS = {"teacher": 0.1, "shortcut": 0.1, "contrastive": 0.1}
-MAIN_STEPS = "max_steps=80"  # the main grids' length (docs/results.md, plan amendment of 18:40 UTC)
+MAIN_STEPS = "max_steps=60"  # the main grids' length (docs/results.md, plan amendments of 18:40 and 18:55 UTC)
 PRESETS = {
     "cue-cost-harmful-sd": Preset(
         CONFIG_DIR / "study-sdpo.yaml", (SD,), seeds=(0, 1), sets=(HARMFUL, "max_steps=60"),
