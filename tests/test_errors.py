@@ -435,3 +435,11 @@ def test_yaml_configs_are_read_one_way(cli_error, tmp_path):
     assert read_yaml(empty) == {}
     cli_error(["headroom", "--env", "science", "--model", "tiny", "--config", deep], "deep.yaml", "nested too deeply")
     cli_error(["headroom", "--env", "science", "--model", "tiny", "--config", tmp_path / "none.yaml"], "none.yaml: no such file")
+
+
+def test_python_dash_m_creditlens_is_the_cli():
+    done = subprocess.run([sys.executable, "-m", "creditlens", "envs", "sample", "science", "--n", "-1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == ["creditlens envs sample: error: argument --n: must be >= 1, got -1 "
+                                        "(see `creditlens envs sample --help`)"]
