@@ -112,3 +112,15 @@ def test_number_formats(env, train):
     mantissa, exponent = f"{value:.6e}".split("e")
     for text in (f"{value:,.4f} m", f"{mantissa} × 10^{int(exponent)} m", f"{value:.6e} meters", f"{value:.6g}m"):
         assert env.verify(problem, f"Answer: {text}").passed, text
+
+
+def test_short_variant_and_template_subset(train):
+    short = ScienceEnv(short=True, templates=("ohm", "conversion")).problems("train", n=200, seed=0)
+    assert {p.reference["template"] for p in short} == {"ohm", "conversion"}
+    assert {p.prompt[0]["content"] for p in short} == {"Reply with one line only, of the form `Answer: <number> "
+                                                       "<unit>`, and nothing else."}
+    same = ScienceEnv(short=True).problems("train", n=50, seed=0)
+    assert [p.prompt[1:] for p in same] == [p.prompt[1:] for p in train[:50]]
+    assert [p.reference for p in same] == [p.reference for p in train[:50]]
+    with pytest.raises(ValueError, match="unknown template 'ohms'"):
+        ScienceEnv(templates=("ohms",))

@@ -24,6 +24,7 @@ from creditlens.envs.base import SPLITS, Environment, Outcome, Problem
 
 SYSTEM = ("Solve the problem. Show brief working, then end with a final line of the form "
           "`Answer: <number> <unit>`.")
+SHORT_SYSTEM = "Reply with one line only, of the form `Answer: <number> <unit>`, and nothing else."
 
 ATOMIC_MASS = {"H": 1.008, "C": 12.011, "N": 14.007, "O": 15.999, "Na": 22.990, "Mg": 24.305,
                "Al": 26.982, "P": 30.974, "S": 32.06, "Cl": 35.45, "K": 39.098, "Ca": 40.078,
@@ -215,7 +216,16 @@ class ScienceEnv(Environment):
     rel_tol: float = 0.01  # accepted relative error of the value
     default_n: int = 1000  # problems returned when ``n`` is None
     eval_fraction: float = 0.25  # share of questions (by text hash) in the eval split
+    short: bool = False  # ask for the answer line only, no working (short responses for small models)
+    templates: tuple[str, ...] | None = None  # draw only from these templates (None: all of TEMPLATES)
     name: str = "science"
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.templates or ()) - set(TEMPLATES))
+        if unknown:
+            raise ValueError(f"templates: unknown template {unknown[0]!r}; choose from {sorted(TEMPLATES)}")
+        if self.templates is not None and not self.templates:
+            raise ValueError("templates: give at least one template, or None for all")
 
     def problems(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Problem]:
         """``n`` distinct questions of ``split``: template and values drawn from ``Random(seed)``;
@@ -223,7 +233,8 @@ class ScienceEnv(Environment):
         if split not in SPLITS:
             raise ValueError(f"split={split!r}; choose one of {SPLITS}")
         n = self.default_n if n is None else n
-        rng, names, seen, problems = random.Random(seed), sorted(TEMPLATES), set(), []
+        rng, names, seen, problems = random.Random(seed), sorted(self.templates or TEMPLATES), set(), []
+        system = SHORT_SYSTEM if self.short else SYSTEM
         for _ in range(100 * n + 1000):
             if len(problems) == n:
                 break
@@ -235,7 +246,7 @@ class ScienceEnv(Environment):
                 continue
             seen.add(question)
             problems.append(Problem(id=f"science/{template}/{key:08x}",
-                                    prompt=[{"role": "system", "content": SYSTEM},
+                                    prompt=[{"role": "system", "content": system},
                                             {"role": "user", "content": question}],
                                     reference={"value": value, "unit": unit, "template": template}))
         if len(problems) < n:
