@@ -84,3 +84,55 @@ def test_choose_lams_applies_the_preregistered_rule(tmp_path):
     chosen = study.choose_lams(tmp_path)
     assert {f: chosen[f] for f in credit.FORMS} == {"teacher": 0.25, "shortcut": 0.1, "contrastive": 0.5}
     assert chosen["scores"]["teacher"][0.25] == pytest.approx(0.5)
+
+
+def _synthetic_run(folder, rows):
+    """A run directory with the harmful cue and one per-token table; ``rows``: (prompt, response, cued, signal)
+    where ``signal`` gives the per-token credit of each answer letter (other tokens get 0)."""
+    import json
+
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"algo": "credit", "env": "shortcut",
+                                                      "config": {"env_args": {"cue": 0.5, "cue_kind": "letter"}}}))
+    (folder / "eval.jsonl").write_text('{"step": 5, "score": 0.5}\n')
+    records = []
+    for n, (prompt, response, cued, signal) in enumerate(rows):
+        feedback = "position 1 should be input 2 . note : position 1 should be a ." if cued else "position 1 ..."
+        for position, token in enumerate(response.split()):
+            value = signal[position - 2] if 2 <= position < 6 else 0.0
+            records.append({"example_id": f"step5-sample{n}", "step": 5, "position": position, "token": token,
+                            "prompt": prompt, "response": response, "feedback": feedback, "mask": True,
+                            "student_logprob": -0.1 * (position + 1), "teacher_logprob": -0.2 * (position + 1),
+                            "sd_reward": value, "credit_reward": -value, "advantage": value})
+    (folder / "tokens").mkdir()
+    pd.DataFrame(records).to_parquet(folder / "tokens" / "step_000005.parquet")
+    return folder
+
+
+def test_rollout_profile_and_cue_auroc_count_by_hand(tmp_path):
+    from creditlens.envs.shortcut import ShortcutEnv
+
+    env = ShortcutEnv()
+    red = env.answer("red", list("cahe"))  # "red" is an operation the warm start knew (first third)
+    gray = env.answer("gray", list("bdfh"))
+    wrong_first = ["a"] + red[1:] if red[0] != "a" else ["b"] + red[1:]
+    rows = [
+        ("apply red to c a h e", "answer : " + " ".join(red) + " .", False, [1.0, 1.0, 1.0, 1.0]),
+        ("apply red to c a h e", "answer : " + " ".join(wrong_first) + " .", True, [3.0, 2.0, 2.0, 2.0]),
+        ("apply gray to b d f h", "ok answer : " + " ".join(gray) + " .", False, [0.5, 0.5, 0.5, 0.5]),
+        ("apply gray to b d f h", "answer : b", False, [0.0, 0.0, 0.0, 0.0]),
+    ]
+    run = _synthetic_run(tmp_path / "run", rows)
+    profile = study.rollout_profile(run).iloc[0]
+    assert profile["format_ok"] == 0.75 and profile["passed"] == 0.5 and profile["filler"] == 0.25
+    assert profile["cue_letter"] == (0.25 if red[0] != "a" else 0.0)
+    assert profile["passed_seen"] == 0.5 and profile["passed_unseen"] == 0.5
+    if red[0] != "a":
+        assert profile["cue_tokens"] == 3.0
+        # right letters: 4 + 3 (wrong_first keeps three) from red, none from the filler sample's shifted letters
+        # (its letters sit one position later, so their credit column reads the 0.5 of slots 1-3 and 0 for the last)
+        assert profile["right_letters"] == pytest.approx((4 * 1.0 + 3 * 2.0 + 3 * 0.5 + 0.0) / 11)
+        scores = study.cue_aurocs([run])["run"]
+        assert scores["n_cue_tokens"] == 1 and scores["n_right_letters"] == 11
+        # the cue token has the largest advantage (3.0): every right letter ranks below it
+        assert scores["advantage"] == 0.0 and scores["credit_reward"] == 1.0
