@@ -290,6 +290,7 @@ def test_live_scoring_with_tiny_model_matches_plain_forward(tmp_path, monkeypatc
     assert "Press **Score**" in at.info[0].value
     at.text_input(key="model").set_value("tiny")
     at.text_area(key="contrasts").set_value("What is the capital of France?")
+    at.radio(key="form").set_value("shortcut")
     at.button[0].click().run()
     no_exception(at)
     shown = spans(at)
@@ -309,6 +310,9 @@ def test_live_scoring_with_tiny_model_matches_plain_forward(tmp_path, monkeypatc
     assert len(shown) == len(ids) == len(tokenizer(response, add_special_tokens=False).input_ids)
     np.testing.assert_allclose([v for _, v, _, _ in shown], expected, atol=1e-4)
     assert at.metric[0].value == f"{expected.sum():+.3f}"
+    assert "form = shortcut" in at.caption[0].value and "lambda = 0.5" in at.caption[0].value
+    values = at.dataframe[0].value  # Token values: shortcut form = specific + (1 - lam) * shortcut
+    np.testing.assert_allclose(values["credit_reward"], values["specific"] + 0.5 * values["shortcut"], atol=1e-6)
     at.selectbox(key="live_component").set_value("specific").run()
     no_exception(at)
     assert len(spans(at)) == len(ids)

@@ -218,11 +218,12 @@ def pick_example(source: Source, key: str = "") -> pd.DataFrame:
     return viz.select_example(source.table, source.index.iloc[choice].to_dict())
 
 
-def settings_caption(tokens: pd.DataFrame, source: Source) -> str:
-    """``algo · form · lambda · pool · K`` of the rows shown: the table's own columns first, then the
-    run's manifest (``form`` is absent from tables and runs written before reward forms existed)."""
+def settings_caption(tokens: pd.DataFrame, settings: dict | None = None) -> str:
+    """``algo · form · lambda · pool · K`` of the rows shown: the table's own columns first, then
+    ``settings`` (a run's :func:`viz.run_settings`; ``form`` is absent from tables and runs written
+    before reward forms existed)."""
     head = tokens.iloc[0]
-    settings = source.settings or {}
+    settings = settings or {}
     parts = [f"algo = {head['algo']}" if "algo" in tokens.columns else None]
     form = head["form"] if "form" in tokens.columns else settings.get("form")
     lam = head["lam"] if "lam" in tokens.columns else settings.get("lam")

@@ -33,7 +33,7 @@ if empty:
 
 head = tokens.iloc[0]
 st.caption(f"{source.label} · example `{head['example_id']}` · {len(tokens)} tokens "
-           f"({int(tokens['mask'].sum())} counted) · {common.settings_caption(tokens, source)} · "
+           f"({int(tokens['mask'].sum())} counted) · {common.settings_caption(tokens, source.settings)} · "
            "hover a token for its exact values")
 
 clip = viz.CLIP_PERCENTILE if robust else None

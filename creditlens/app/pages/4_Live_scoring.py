@@ -45,9 +45,12 @@ with form_column, st.form("live"):
     contrast_text = st.text_area("Contrast prompts x_j (one per line; K = number of lines, 0 for SD only)",
                                  key="contrasts", height=80,
                                  value="Write a Python function that reverses a string.\nWhat is the capital of France?")
-    lam_col, pool_col = st.columns(2)
+    lam_col, pool_col, form_col = st.columns(3)
     lam = lam_col.slider("lambda (CREDIT)", 0.0, 1.0, 0.5, 0.05, key="lam")
     pool = pool_col.radio("Contrast pooling", ["mean", "logmeanexp"], horizontal=True, key="pool")
+    forms = importlib.import_module("creditlens.credit")
+    form = form_col.radio("CREDIT form", forms.FORMS, index=forms.FORMS.index(forms.DEFAULT_FORM), key="form",
+                          help="How credit_reward uses the contrasts (docs/dashboard.md, docs/CREDIT-MATH.md)")
     submitted = st.form_submit_button("Score", type="primary")
 
 with result_column:
@@ -60,7 +63,8 @@ with result_column:
                           prompt_id=f"contrast-{j}") for j, text in enumerate(contrasts)]
         try:
             with st.spinner("Scoring..."):
-                table = load_scorer(model_name).score(examples, contrast=len(contrasts), lam=lam, pool=pool)
+                table = load_scorer(model_name).score(examples, contrast=len(contrasts), lam=lam, pool=pool,
+                                                      form=form)
         except ImportError as error:
             unavailable(error)
         except Exception as error:  # a model path, a download or a tokenizer can fail many ways: show it
@@ -74,6 +78,7 @@ with result_column:
     components = viz.available_components(tokens)
     component = st.selectbox("Colour by", components, key="live_component",
                              help="; ".join(f"{c}: {viz.COMPONENTS[c]}" for c in components))
+    st.caption(common.settings_caption(tokens) + " · hover a token for its exact values")
     st.html(viz.token_heatmap_html(tokens, component))
     counted = tokens[tokens["mask"]]
     for column, name in zip(st.columns(3), ("sd_reward", "credit_reward", "shortcut"), strict=True):
