@@ -74,6 +74,7 @@ def credit_methods(lams: dict[str, float] | Sequence[float], forms: Sequence[str
 
 
 GRPO, SD = StudyRun("grpo", 0), StudyRun("sd", 0)
+MAIN_ORDER = ("contrastive", "shortcut", "teacher")  # run order in the main grids (teacher was studied on 11-27)
 # lam per form chosen by the pilot (rule in docs/results.md "Pruning rule"); the grids below use these.
 CHOSEN_LAMS = {"teacher": 0.1, "shortcut": 0.1, "contrastive": 0.1}
 MAIN_STEPS = "max_steps=60"  # the main grids' length (docs/results.md, plan amendments of 18:40 and 18:55 UTC)
@@ -91,19 +92,19 @@ PRESETS = {
         about="pilot that picks lam per form: harmful cue, SDPO regime, 40 steps, every form and lam, seeds 0-1",
     ),
     "harmful-sdpo": Preset(
-        CONFIG_DIR / "study-sdpo.yaml", (SD, *credit_methods(CHOSEN_LAMS), GRPO), sets=(HARMFUL, MAIN_STEPS),
+        CONFIG_DIR / "study-sdpo.yaml", (SD, *credit_methods(CHOSEN_LAMS, MAIN_ORDER), GRPO), sets=(HARMFUL, MAIN_STEPS),
         about="harmful letter cue, SDPO-default regime (GRPO ignores feedback: its runs serve every condition)",
     ),
     "harmless-sdpo": Preset(
-        CONFIG_DIR / "study-sdpo.yaml", (SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMLESS, MAIN_STEPS),
+        CONFIG_DIR / "study-sdpo.yaml", (SD, *credit_methods(CHOSEN_LAMS, MAIN_ORDER)), sets=(HARMLESS, MAIN_STEPS),
         about="harmless filler cue, SDPO-default regime",
     ),
     "harmful-full-logits": Preset(
-        CONFIG_DIR / "study-full-logits.yaml", (SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMFUL, MAIN_STEPS),
+        CONFIG_DIR / "study-full-logits.yaml", (SD, *credit_methods(CHOSEN_LAMS, MAIN_ORDER)), sets=(HARMFUL, MAIN_STEPS),
         about="harmful letter cue, full-logits regime (feedback-only teacher)",
     ),
     "harmless-full-logits": Preset(
-        CONFIG_DIR / "study-full-logits.yaml", (SD, *credit_methods(CHOSEN_LAMS)), sets=(HARMLESS, MAIN_STEPS),
+        CONFIG_DIR / "study-full-logits.yaml", (SD, *credit_methods(CHOSEN_LAMS, MAIN_ORDER)), sets=(HARMLESS, MAIN_STEPS),
         about="harmless filler cue, full-logits regime (feedback-only teacher)",
     ),
     "bundled": Preset(
