@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import sys
 import tempfile
 import zipfile
@@ -305,9 +306,10 @@ def load(
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True)
-        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as error:
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise ModelError(f"model {source!r}: transformers cannot load it ({first})") from error
+        except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
+                SafetensorError) as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise ModelError(f"model {source!r}: transformers cannot load it ({type(error).__name__}: {first})") from error
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = model.to(device=device, dtype=dtype)

@@ -443,3 +443,12 @@ def test_python_dash_m_creditlens_is_the_cli():
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == ["creditlens envs sample: error: argument --n: must be >= 1, got -1 "
                                         "(see `creditlens envs sample --help`)"]
+
+
+def test_damaged_pytorch_weights_are_a_model_error(tmp_path, tiny_dir, cli_error, examples):
+    model_dir = tmp_path / "bin-model"
+    shutil.copytree(tiny_dir, model_dir, ignore=shutil.ignore_patterns("*.safetensors"))
+    (model_dir / "pytorch_model.bin").write_bytes(b"garbage" * 10)
+    with pytest.raises(ModelError, match=r"bin-model'?: transformers cannot load it \(UnpicklingError"):
+        models.load(str(model_dir))
+    cli_error(["score", examples, "--model", model_dir, "--out", tmp_path / "o"], "bin-model", "cannot load it")
