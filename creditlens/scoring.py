@@ -2,8 +2,9 @@
 
 For each example the scorer runs three kinds of no-grad forward passes over token ids built by
 :mod:`creditlens.contexts`: the student context (prompt + response), the teacher context
-(reprompt with feedback + response) and K contrast contexts (another prompt + this feedback +
-response). :mod:`creditlens.logprobs` runs them: on CPU every token prefix that several contexts
+(reprompt with feedback + response), K contrast contexts (another prompt + this feedback +
+response) and, on request, K_f feedback contrasts (this prompt + another example's feedback + response:
+the feedback axis of docs/CREDIT-MATH.md section 8). :mod:`creditlens.logprobs` runs them: on CPU every token prefix that several contexts
 share (chat header, prompt) runs once and its key/value cache serves them all, one sequence at a time
 without padding; elsewhere sequences go in length-sorted padded batches. Only the positions that
 predict response tokens are projected to the vocabulary. All reward math goes through
@@ -110,11 +111,18 @@ class Scorer:
             seen[example.example_id] = i
         return out
 
-    def build(self, example: Example | dict, contrast_with: Sequence[Example | dict] = ()) -> ContextIds:
+    def build(
+        self,
+        example: Example | dict,
+        contrast_with: Sequence[Example | dict] = (),
+        feedback_with: Sequence[Example | dict] = (),
+    ) -> ContextIds:
         """The exact token ids of the student, teacher and contrast contexts and of the response.
 
         ``contrast_with``: the examples whose prompts make the contrast contexts (their feedback and
-        responses are not used). Recompute any log-prob with a plain forward pass over ``ContextIds.*_ids``.
+        responses are not used). ``feedback_with``: the examples whose feedback makes the feedback contrasts
+        (their prompts and responses are not used). Recompute any log-prob with a plain forward pass over
+        ``ContextIds.*_ids``.
         """
         example = example if isinstance(example, Example) and example.example_id else as_example(example, 0)
         others = [o if isinstance(o, Example) else as_example(o, i) for i, o in enumerate(contrast_with)]
@@ -122,6 +130,10 @@ class Scorer:
         student = self.contexts.student(example)
         self.contexts.check_window(example, student + response)
         teacher, contrast, dropped = self.contexts.teacher(example, [o.prompt for o in others], len(response))
+        feedback_sources = [o if isinstance(o, Example) else as_example(o, i) for i, o in enumerate(feedback_with)]
+        feedback_contrast = self.contexts.feedback_contrasts(
+            example, [o.feedback for o in feedback_sources], len(response)
+        )
         return ContextIds(
             example_id=example.example_id,
             prompt_id=example.prompt_id,
@@ -131,10 +143,40 @@ class Scorer:
             contrast=contrast,
             contrast_example_ids=[o.example_id for o in others],
             feedback_dropped=dropped,
+            feedback_contrast=feedback_contrast,
+            feedback_contrast_example_ids=[o.example_id for o in feedback_sources],
         )
 
-    def plan(self, examples: Sequence[Example | dict], contrast: int = 2, seed: int = 0) -> list[ContextIds]:
-        """Contexts of every example, with ``contrast`` other-prompt contexts chosen by ``seed``.
+    def feedback_partners(self, examples: Sequence[Example], k: int, seed: int = 0) -> list[list[Example]]:
+        """For each example, ``k`` examples with distinct feedback texts other than its own, chosen by ``seed``.
+
+        Each distinct feedback text is represented by its first example in ``example_id`` order; the choice
+        does not depend on the order of ``examples``. Raises :class:`InputError` naming ``k`` and the count
+        when fewer than ``k`` other feedback texts exist.
+        """
+        texts = sorted({e.feedback for e in examples})
+        if len(texts) - 1 < k:
+            raise InputError(
+                f"feedback_contrast={k} is more than the {len(texts) - 1} distinct feedback texts available to each "
+                f"example (the examples hold {len(texts)} distinct feedbacks, and an example's own is never its "
+                f"contrast); add examples with other feedback or lower feedback_contrast"
+            )
+        source: dict[str, Example] = {}
+        for example in sorted(examples, key=lambda e: _id_key(e.example_id)):
+            source.setdefault(example.feedback, example)
+        generator = torch.Generator().manual_seed(seed)
+        partners: dict[str, list[Example]] = {}
+        for example in sorted(examples, key=lambda e: _id_key(e.example_id)):
+            eligible = [t for t in texts if t != example.feedback]
+            chosen = torch.randperm(len(eligible), generator=generator)[:k].tolist()
+            partners[example.example_id] = [source[eligible[j]] for j in chosen]
+        return [partners[e.example_id] for e in examples]
+
+    def plan(
+        self, examples: Sequence[Example | dict], contrast: int = 2, seed: int = 0, feedback_contrast: int = 0
+    ) -> list[ContextIds]:
+        """Contexts of every example, with ``contrast`` other-prompt contexts and ``feedback_contrast``
+        other-feedback contexts (:meth:`feedback_partners`) chosen by ``seed``.
 
         The choice is made on the examples sorted by ``example_id`` (``credit.contrast_indices``), so it
         does not depend on the order of ``examples``.
@@ -142,6 +184,8 @@ class Scorer:
         examples = self.examples(examples)
         if not _is_int(contrast) or contrast < 0:
             raise InputError(f"contrast: must be an integer >= 0, got {contrast!r}")
+        if not _is_int(feedback_contrast) or feedback_contrast < 0:
+            raise InputError(f"feedback_contrast: must be an integer >= 0, got {feedback_contrast!r}")
         if not _is_int(seed):
             raise InputError(f"seed: must be an integer, got {seed!r}")
         partners: list[list[Example]] = [[] for _ in examples]
@@ -157,7 +201,10 @@ class Scorer:
             chosen = credit.contrast_indices([examples[i].prompt_id for i in order], contrast, generator)
             for i, row in zip(order, chosen.tolist(), strict=True):
                 partners[i] = [examples[order[j]] for j in row]
-        return [self.build(e, p) for e, p in zip(examples, partners, strict=True)]
+        by_feedback = (
+            self.feedback_partners(examples, feedback_contrast, seed) if feedback_contrast else [[] for _ in examples]
+        )
+        return [self.build(e, p, q) for e, p, q in zip(examples, partners, by_feedback, strict=True)]
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
@@ -221,13 +268,16 @@ class Scorer:
         pool: str = "mean",
         seed: int = 0,
         form: str = credit.DEFAULT_FORM,
+        feedback_contrast: int = 0,
     ) -> pd.DataFrame:
         """The per-token table (:mod:`creditlens.schema`) of a list of ``examples``.
 
         ``contrast`` K other-prompt contexts per example (0: plain SD, contrast columns NaN),
         ``lam`` the CREDIT lambda in [0, 1], ``pool`` "mean" or "logmeanexp", ``seed`` the contrast
         choice, ``form`` the CREDIT reward form (``credit.FORMS``); ``lam`` and ``form`` are recorded in
-        the table. Rows come sorted by ``example_id`` (numeric ids by value) and position, so the
+        the table. ``feedback_contrast`` K_f other-feedback contexts per example (0: none) add the
+        feedback-axis columns (``schema.FEEDBACK_COLUMNS``) with the same ``lam``, ``pool`` and ``form``.
+        Rows come sorted by ``example_id`` (numeric ids by value) and position, so the
         table does not depend on the order of ``examples``.
         """
         if pool not in credit.POOLS:
@@ -237,24 +287,28 @@ class Scorer:
         if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not 0.0 <= lam <= 1.0:
             raise InputError(f"lam: must be a number in [0, 1], got {lam!r}")
         normalised = self.examples(examples)
-        built = self.plan(normalised, contrast, seed)
+        built = self.plan(normalised, contrast, seed, feedback_contrast)
         order = sorted(range(len(built)), key=lambda i: _id_key(built[i].example_id))
         normalised, built = [normalised[i] for i in order], [built[i] for i in order]
         sequences: list[tuple[list[int], int]] = []
         for b in built:
             n = len(b.response)
             sequences += [(b.student_ids, n), (b.teacher_ids, n)] + [(ids, n) for ids in b.contrast_ids]
+            sequences += [(ids, n) for ids in b.feedback_contrast_ids]
         flat = iter(self.logprobs(sequences))
         width = max(len(b.response) for b in built)
         student = torch.zeros(len(built), width)
         teacher = torch.zeros(len(built), width)
         contrast_lp = torch.zeros(len(built), contrast, width)
+        feedback_lp = torch.zeros(len(built), feedback_contrast, width)
         token_ids = torch.full((len(built), width), self.pad_id, dtype=torch.long)
         for row, b in enumerate(built):
             n = len(b.response)
             student[row, :n], teacher[row, :n] = next(flat), next(flat)
             for k in range(contrast):
                 contrast_lp[row, k, :n] = next(flat)
+            for k in range(feedback_contrast):
+                feedback_lp[row, k, :n] = next(flat)
             token_ids[row, :n] = torch.tensor(b.response)
         pieces = self.tokenizer.batch_decode([[t] for b in built for t in b.response])
         tokens, offset = [], 0
@@ -270,6 +324,8 @@ class Scorer:
             "contrast_examples": [json.dumps(b.contrast_example_ids) for b in built],
             "feedback_dropped": [b.feedback_dropped for b in built],
         }
+        if feedback_contrast:
+            texts["feedback_contrast_examples"] = [json.dumps(b.feedback_contrast_example_ids) for b in built]
         return schema.build_token_table(
             example_ids=[b.example_id for b in built],
             prompt_ids=[b.prompt_id for b in built],
@@ -283,6 +339,7 @@ class Scorer:
             pool=pool,
             form=form,
             example_columns=texts,
+            feedback_contrast_lp=feedback_lp if feedback_contrast else None,
         )
 
 

@@ -1,14 +1,21 @@
-"""The feedback axis (docs/CREDIT-MATH.md section 8) on the exact model, against brute-force enumeration."""
+"""The feedback axis (docs/CREDIT-MATH.md section 8): identities on the exact model against brute-force
+enumeration, and the scorer's feedback contrasts against plain forwards on contexts rebuilt here."""
 
 import itertools
+import json
 import math
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from creditlens import credit, theory
+from creditlens import credit, errors, models, schema, stats, theory
+from creditlens.contexts import SDPO_TEMPLATE
+from creditlens.scoring import Scorer
+
+TOL = 1e-4  # float32 scorer vs float64 plain forward
 
 
 class Enumerated:
@@ -156,3 +163,128 @@ def test_verify_feedback_identities_detects_a_wrong_objective_and_bad_k():
     assert errors.shortcut_form > 0.2 and errors.shortcut_sum > 0.4 and errors.teacher_form < 1e-9
     with pytest.raises(ValueError, match="k=3"):
         theory.sample_feedback_batch(model, 4, 3)
+
+
+# ---- scorer and table: feedback contrasts (x, f_j, y) on a tiny LM ----
+
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return models.load("tiny")
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return [
+        {
+            "example_id": f"p{p}-s{s}",
+            "prompt_id": f"p{p}",
+            "prompt": f"Problem {p}: write add{p}(a, b) returning a + b + {p}.",
+            "feedback": f"assert add{p}(1, 2) == {3 + p} failed: got {s}",
+            "response": f"def add{p}(a, b):\n    return a - b{' + 1' * s}",
+        }
+        for p in range(3)
+        for s in range(2)
+    ]
+
+
+def plain_logprobs(model, ids: list[int], n: int) -> torch.Tensor:
+    """Log-probs of the last n tokens of ids with one unpadded forward pass, full logits."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0]
+    lp = torch.log_softmax(logits.double(), dim=-1)
+    return lp[torch.arange(len(ids) - n - 1, len(ids) - 1), torch.tensor(ids[len(ids) - n :])]
+
+
+@pytest.mark.parametrize("share_prefixes", [False, True])
+def test_feedback_contrast_matches_plain_forwards_on_rebuilt_contexts(tiny, examples, share_prefixes):
+    model, tok = tiny
+    scorer = Scorer(model, tok, batch_size=3, share_prefixes=share_prefixes, chunk_tokens=9, progress=False)
+    table = scorer.score(examples, contrast=1, feedback_contrast=2, lam=1.0, form="shortcut", seed=3)
+    by_id = {e["example_id"]: e for e in examples}
+    for example_id, rows in table.groupby("example_id"):
+        own = by_id[example_id]
+        sources = json.loads(rows["feedback_contrast_examples"].iloc[0])
+        assert len(set(sources)) == 2 and all(by_id[s]["feedback"] != own["feedback"] for s in sources)
+        response = rows["token_id"].tolist()
+        n = len(response)
+        teacher = plain_logprobs(model, scorer.build({**own, "response": response}).teacher_ids, n)
+        contrast = []
+        for source in sources:
+            # rebuilt here: this prompt and response, the other example's feedback, through the plain teacher path
+            rebuilt = scorer.build({**own, "response": response, "feedback": by_id[source]["feedback"]})
+            chat = [{"role": "user", "content": SDPO_TEMPLATE.format(
+                prompt=own["prompt"], feedback=by_id[source]["feedback"], solution="")}]
+            assert tok.decode(rebuilt.teacher) == tok.apply_chat_template(chat, add_generation_prompt=True,
+                                                                          tokenize=False)
+            contrast.append(plain_logprobs(model, rebuilt.teacher_ids, n))
+        contrast = torch.stack(contrast)
+        student = torch.tensor(rows["student_logprob"].to_numpy())
+        np.testing.assert_allclose(np.stack(rows["feedback_contrast_logprobs"].to_list()), contrast.T, atol=TOL)
+        np.testing.assert_allclose(rows["feedback_baseline"], contrast.mean(0), atol=TOL)
+        np.testing.assert_allclose(rows["feedback_specific"], teacher - contrast.mean(0), atol=TOL)
+        np.testing.assert_allclose(rows["feedback_shortcut"], contrast.mean(0) - student, atol=TOL)
+        # RLCSD: the shortcut form at lam = 1 on feedback contrasts, the student term cancels
+        np.testing.assert_allclose(rows["feedback_credit_reward"], teacher - contrast.mean(0), atol=TOL)
+    # the contrast feedback changes the teacher, so the comparisons above can fail
+    assert (table["feedback_baseline"] - table["teacher_logprob"]).abs().mean() > 1e-3
+    assert (table["n_feedback_contrast"] == 2).all()
+
+
+def test_feedback_contrast_leaves_the_input_axis_alone_and_ignores_order(tiny, examples):
+    model, tok = tiny
+    scorer = Scorer(model, tok, progress=False)
+    plain = scorer.score(examples, contrast=2, seed=1)
+    both = scorer.score(examples, contrast=2, seed=1, feedback_contrast=3)
+    reversed_both = scorer.score(examples[::-1], contrast=2, seed=1, feedback_contrast=3)
+    assert not set(schema.FEEDBACK_COLUMNS) & set(plain.columns)
+    for name in ("teacher_logprob", "specific", "shortcut", "credit_reward"):
+        np.testing.assert_allclose(both[name], plain[name], atol=TOL)
+    assert both["feedback_contrast_examples"].tolist() == reversed_both["feedback_contrast_examples"].tolist()
+    np.testing.assert_allclose(both["feedback_specific"], reversed_both["feedback_specific"], atol=TOL)
+
+
+def test_summary_and_both_generic_shares(tiny, examples, tmp_path):
+    model, tok = tiny
+    table = Scorer(model, tok, progress=False).score(examples, contrast=2, feedback_contrast=2)
+    path = schema.write_token_table(table, tmp_path / "tokens.parquet")
+    table = schema.read_token_table(path)
+    summary = schema.example_summary(table)
+    np.testing.assert_allclose(summary["feedback_specific_sum"] + summary["feedback_shortcut_sum"],
+                               summary["sd_sum"], atol=1e-4)
+    counted = table[table["mask"]]
+    for axis, prefix in (("input", ""), ("feedback", "feedback_")):
+        shortcut = counted[f"{prefix}shortcut"].abs().sum()
+        expected = shortcut / (shortcut + counted[f"{prefix}specific"].abs().sum())
+        assert stats.generic_share(table, axis=axis) == pytest.approx(expected, rel=1e-12)
+    assert stats.generic_share(table, "input") != pytest.approx(stats.generic_share(table, "feedback"))
+    with pytest.raises(ValueError, match="--feedback-contrast"):
+        stats.generic_share(table.drop(columns=list(schema.FEEDBACK_COLUMNS)), axis="feedback")
+
+
+def test_tampered_feedback_columns_are_refused_on_read(tiny, examples, tmp_path):
+    model, tok = tiny
+    table = Scorer(model, tok, progress=False).score(examples, contrast=0, feedback_contrast=1)
+    broken = table.assign(feedback_shortcut=table["feedback_shortcut"] + 0.5)
+    broken.to_parquet(tmp_path / "broken.parquet", index=False)
+    with pytest.raises(errors.SchemaError, match=r"broken.parquet: row 0: feedback_specific \+ feedback_shortcut"):
+        schema.read_token_table(tmp_path / "broken.parquet")
+    table.drop(columns=["feedback_baseline"]).to_parquet(tmp_path / "partial.parquet", index=False)
+    with pytest.raises(errors.SchemaError, match=r"partial.parquet: .* not \['feedback_baseline'\]"):
+        schema.read_token_table(tmp_path / "partial.parquet")
+
+
+def test_bad_feedback_contrast_input(tiny, examples):
+    model, tok = tiny
+    scorer = Scorer(model, tok, progress=False)
+    with pytest.raises(errors.InputError, match=r"feedback_contrast=6 is more than the 5 distinct feedback texts"):
+        scorer.score(examples, contrast=0, feedback_contrast=6)
+    same = [{**e, "feedback": "wrong"} if i < 4 else e for i, e in enumerate(examples)]  # 3 distinct texts
+    with pytest.raises(errors.InputError, match=r"feedback_contrast=3 is more than the 2 distinct"):
+        scorer.score(same, contrast=0, feedback_contrast=3)
+    with pytest.raises(errors.InputError, match="feedback_contrast: must be an integer >= 0"):
+        scorer.score(examples, feedback_contrast=-1)
+    empty = [{**e, "feedback": "  "} if i == 2 else e for i, e in enumerate(examples)]
+    with pytest.raises(errors.InputError, match="example 2: field 'feedback' must be a non-empty string"):
+        scorer.score(empty, contrast=0, feedback_contrast=1)
