@@ -139,6 +139,25 @@ def memory(context_tokens: int = 4096, response_tokens: int = 256, vocab: int = 
               f"above the loaded model ({peak['before_mib']:,.0f} MiB)")
 
 
+def report(k: int, tokens: int, sequences: list, median: dict[str, float], spent: dict[str, float]) -> None:
+    """Print one K's medians, ratios to the best of (b) and (c), and the scorer's profile."""
+    best_c = min((name for name in median if name.startswith("c ")), key=median.get)
+    floor = min(median["b unbatched"], median[best_c])
+    context_tokens = sum(len(ids) for ids, _ in sequences)
+    padded_tokens = sum(len(sequences[g[0]][0]) * len(g) for g in buckets(sequences, int(best_c.split()[-1])))
+    print(f"\nK={k}: {tokens} response tokens, {len(sequences)} contexts, {context_tokens:,} context tokens")
+    for name, seconds in median.items():
+        print(f"  {name:<26} {seconds:7.2f} s  {tokens / seconds:7.0f} response tokens/s  "
+              f"throughput {floor / seconds:.2f}x the best of (b), (c)")
+    print(f"  best (c) pads {padded_tokens:,} tokens for {context_tokens:,} ({padded_tokens / context_tokens - 1:.1%} padding)")
+    other = spent["total"] - spent["contexts"] - spent["logprobs"]
+    print(f"  scorer profile ({spent['total']:.2f} s): contexts {spent['contexts'] / spent['total']:.0%}, "
+          f"forward passes {spent['forward'] / spent['total']:.0%}, log-softmax/gather/cache bookkeeping "
+          f"{(spent['logprobs'] - spent['forward']) / spent['total']:.0%}, table {other / spent['total']:.0%}; "
+          f"tokens run through the model {spent['forward_tokens']:,} = {spent['forward_tokens'] / context_tokens:.2f}x "
+          f"the context tokens (0 padding; shared prefixes run once)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=models.DEFAULT_MODEL)
@@ -163,9 +182,8 @@ def main() -> None:
     scorer.score(rows[:4], contrast=1)  # warm-up
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, model {args.model}, first {len(rows)} examples, "
-          f"median of {args.repeats} interleaved repeats")
+          f"median of {args.repeats} interleaved repeats", flush=True)
 
-    results = {}
     for k in args.contrasts:
         plan = scorer.plan(rows, contrast=k)
         sequences = [(ids, len(b.response)) for b in plan for ids in [b.student_ids, b.teacher_ids, *b.contrast_ids]]
@@ -179,29 +197,14 @@ def main() -> None:
                for r, g in groups.items()},
         }
         times = {name: [] for name in runs}
-        for _ in range(args.repeats):
-            for name, fn in runs.items():
+        names = list(runs)
+        for repeat in range(args.repeats):
+            shift = repeat % len(names)  # rotate the order so no run always follows the same one
+            for name in names[shift:] + names[:shift]:
                 start = time.perf_counter()
-                fn()
+                runs[name]()
                 times[name].append(time.perf_counter() - start)
-        results[k] = (tokens, sequences, {name: statistics.median(t) for name, t in times.items()}, profile(scorer, rows, k))
-
-    for k, (tokens, sequences, median, spent) in results.items():
-        best_c = min((name for name in median if name.startswith("c ")), key=median.get)
-        floor = min(median["b unbatched"], median[best_c])
-        context_tokens = sum(len(ids) for ids, _ in sequences)
-        padded_tokens = sum(len(sequences[g[0]][0]) * len(g) for g in buckets(sequences, int(best_c.split()[-1])))
-        print(f"\nK={k}: {tokens} response tokens, {len(sequences)} contexts, {context_tokens:,} context tokens")
-        for name, seconds in median.items():
-            print(f"  {name:<26} {seconds:7.2f} s  {tokens / seconds:7.0f} response tokens/s  "
-                  f"throughput {floor / seconds:.2f}x the best of (b), (c)")
-        print(f"  best (c) pads {padded_tokens:,} tokens for {context_tokens:,} ({padded_tokens / context_tokens - 1:.1%} padding)")
-        other = spent["total"] - spent["contexts"] - spent["logprobs"]
-        print(f"  scorer profile ({spent['total']:.2f} s): contexts {spent['contexts'] / spent['total']:.0%}, "
-              f"forward passes {spent['forward'] / spent['total']:.0%}, log-softmax/gather/cache bookkeeping "
-              f"{(spent['logprobs'] - spent['forward']) / spent['total']:.0%}, table {other / spent['total']:.0%}; "
-              f"tokens run through the model {spent['forward_tokens']:,} = {spent['forward_tokens'] / context_tokens:.2f}x "
-              f"the context tokens (0 padding; shared prefixes run once)")
+        report(k, tokens, sequences, {name: statistics.median(t) for name, t in times.items()}, profile(scorer, rows, k))
     if args.memory:
         memory()
 

@@ -157,7 +157,7 @@ def main() -> None:
     copies, examples = (1, examples[:8]) if args.smoke else (args.copies, examples)
     workload = [dict(e, example_id=f"{e['example_id']}#{c}") for c in range(copies) for e in examples]
     peak = matmul_peak(device, torch.bfloat16, 1024 if args.smoke else 8192)
-    print(f"\nthroughput, K=3, {len(workload)} triples; measured bf16 matmul peak {peak / 1e12:.1f} TFLOP/s")
+    print(f"\nthroughput, K=3, {len(workload)} triples; measured bf16 matmul peak {peak / 1e12:.3g} TFLOP/s")
     for shape in SHAPES:
         for dtype in (torch.bfloat16, torch.float32):
             for share in (False, True):

@@ -15,6 +15,7 @@ tokenised on its own, so the feedback can be truncated at the token level to fit
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -31,6 +32,7 @@ SDPO_TEMPLATE = (
 SOLUTION_TEMPLATE = "Correct solution:\n\n{solution}\n\n"
 PLAIN_FEEDBACK_TURN = "\n\nFeedback:\n{feedback}"
 _MARK = "\x1fCREDITLENS_FEEDBACK\x1f"
+PIECES_KEPT = 4096  # rendered teacher prompts a ContextBuilder keeps (cleared when full)
 
 
 @dataclass
@@ -149,6 +151,7 @@ class ContextBuilder:
             raise ConfigError("chat=True but the tokenizer has no chat template; set chat=False for plain text")
         add_bos = tokenizer.bos_token_id is not None if config.add_bos is None else config.add_bos
         self.bos = [tokenizer.bos_token_id] if add_bos and not self.chat else []
+        self._pieces: dict[str, tuple[list[int], list[int]]] = {}  # see _teacher_pieces
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``: no special tokens are added, special-token strings are kept as such."""
@@ -193,13 +196,21 @@ class ContextBuilder:
         return self.bos + self.encode(self._render(example.prompt, None))
 
     def _teacher_pieces(self, prompt: str | list[dict[str, str]], example: Example) -> tuple[list[int], list[int]]:
-        solution = self.config.solution_template.format(solution=example.solution) if example.solution else ""
-        user = self.config.template.format(prompt=self._last_user(prompt), feedback=_MARK, solution=solution)
-        text = self._render(prompt, user)
-        if text.count(_MARK) != 1:
-            raise InputError(f"example {example.example_id}: the rendered teacher context must hold the feedback once")
-        before, after = text.split(_MARK)
-        return self.bos + self.encode(before), self.encode(after)
+        """Ids before and after the feedback in the teacher context of ``prompt``, rendered once per
+        (prompt, solution): with K contrasts every prompt is needed K + 1 times."""
+        key = json.dumps([prompt, example.solution])
+        if key not in self._pieces:
+            solution = self.config.solution_template.format(solution=example.solution) if example.solution else ""
+            user = self.config.template.format(prompt=self._last_user(prompt), feedback=_MARK, solution=solution)
+            text = self._render(prompt, user)
+            if text.count(_MARK) != 1:
+                raise InputError(f"example {example.example_id}: the rendered teacher context must hold the feedback once")
+            before, after = text.split(_MARK)
+            if len(self._pieces) >= PIECES_KEPT:
+                self._pieces.clear()
+            self._pieces[key] = (self.bos + self.encode(before), self.encode(after))
+        before, after = self._pieces[key]
+        return list(before), list(after)
 
     def teacher(
         self, example: Example, contrast_prompts: Sequence[str | list] = (), n_response: int = 0
