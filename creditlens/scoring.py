@@ -147,7 +147,8 @@ class Scorer:
             feedback_contrast_example_ids=[o.example_id for o in feedback_sources],
         )
 
-    def feedback_partners(self, examples: Sequence[Example], k: int, seed: int = 0) -> list[list[Example]]:
+    @staticmethod
+    def feedback_partners(examples: Sequence[Example], k: int, seed: int = 0) -> list[list[Example]]:
         """For each example, ``k`` examples with distinct feedback texts other than its own, chosen by ``seed``.
 
         Each distinct feedback text is represented by its first example in ``example_id`` order; the choice

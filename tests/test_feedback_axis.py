@@ -6,12 +6,13 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from creditlens import credit, errors, models, schema, stats, theory
+from creditlens import cli, credit, errors, models, schema, stats, theory
 from creditlens.contexts import SDPO_TEMPLATE
 from creditlens.scoring import Scorer
 
@@ -288,3 +289,23 @@ def test_bad_feedback_contrast_input(tiny, examples):
     empty = [{**e, "feedback": "  "} if i == 2 else e for i, e in enumerate(examples)]
     with pytest.raises(errors.InputError, match="example 2: field 'feedback' must be a non-empty string"):
         scorer.score(empty, contrast=0, feedback_contrast=1)
+
+
+def test_cli_feedback_contrast_writes_both_generic_shares(examples, tmp_path, capsys):
+    path = tmp_path / "ex.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    out = tmp_path / "out"
+    argv = ["score", str(path), "--model", "tiny", "--contrast", "1", "--feedback-contrast", "2", "--out", str(out)]
+    assert cli.main(argv) == 0
+    table = schema.read_token_table(out / "tokens.parquet")
+    summary = pd.read_parquet(out / "summary.parquet").set_index("example_id")
+    for axis, column in (("input", "generic_share"), ("feedback", "feedback_generic_share")):
+        expected = stats.generic_share_by_example(table, axis)
+        np.testing.assert_allclose(summary.loc[expected.index, column], expected, rtol=1e-12)
+    assert (summary["n_feedback_contrast"] == 2).all()
+    capsys.readouterr()
+    refused = tmp_path / "refused"
+    assert cli.main(argv[:-1] + [str(refused)] + ["--feedback-contrast", "7"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "feedback_contrast=7 is more than the 5 distinct feedback texts" in err
+    assert not refused.exists()

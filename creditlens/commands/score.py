@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              f"downloaded (default {DEFAULT_MODEL})")
     parser.add_argument("--contrast", type=non_negative_int, default=2,
                         help="K contrast inputs per example (0: plain SD)")
+    parser.add_argument("--feedback-contrast", type=non_negative_int, default=0,
+                        help="K other examples' feedback texts per example: the feedback axis (x, f_j, y), "
+                             "docs/CREDIT-MATH.md section 8 (0: none)")
     parser.add_argument("--lam", type=unit_float, default=0.5, help="CREDIT lambda in [0, 1]")
     parser.add_argument("--pool", default="mean", choices=POOLS, help="contrast pooling")
     parser.add_argument("--form", default=DEFAULT_FORM, choices=FORMS,
@@ -43,9 +46,9 @@ def score_file(args: argparse.Namespace) -> tuple[Path, Path]:
     """
     import pandas as pd
 
-    from creditlens import models, runs, schema
+    from creditlens import models, runs, schema, stats
     from creditlens.cache import staged_dir
-    from creditlens.contexts import read_examples
+    from creditlens.contexts import as_example, read_examples
     from creditlens.gap import GapConfig, compatibility_gap, summary_with_gap
     from creditlens.scoring import Scorer
 
@@ -56,15 +59,24 @@ def score_file(args: argparse.Namespace) -> tuple[Path, Path]:
                          f"empty directory (an earlier score result there is replaced whole)")
     models.check_device(args.device)
     rows = read_examples(args.examples)
+    if args.feedback_contrast:  # K over the distinct feedbacks is refused before the model loads
+        Scorer.feedback_partners([as_example(r, i) for i, r in enumerate(rows)], args.feedback_contrast, args.seed)
     model, tokenizer = models.load(args.model, device=args.device)
     scorer = Scorer(model, tokenizer, batch_size=args.batch_size)
-    table = scorer.score(rows, contrast=args.contrast, lam=args.lam, pool=args.pool, seed=args.seed, form=args.form)
+    table = scorer.score(rows, contrast=args.contrast, lam=args.lam, pool=args.pool, seed=args.seed, form=args.form,
+                         feedback_contrast=args.feedback_contrast)
     if args.gap_samples:
         gap = compatibility_gap(scorer, rows, table, GapConfig(samples=args.gap_samples, seed=args.seed))
         summary = summary_with_gap(table, gap)
     else:
         summary = schema.example_summary(table)
-    summary = summary.assign(form=args.form, lam=args.lam, pool=args.pool, n_contrast=args.contrast)
+    summary = summary.assign(form=args.form, lam=args.lam, pool=args.pool, n_contrast=args.contrast,
+                             n_feedback_contrast=args.feedback_contrast)
+    shares = (("input", args.contrast, "generic_share"), ("feedback", args.feedback_contrast, "feedback_generic_share"))
+    for axis, k, column in shares:
+        if k:  # the generic share of each response along each scored axis
+            share = stats.generic_share_by_example(table, axis).rename(column)
+            summary = summary.merge(share, left_on="example_id", right_index=True, how="left")
     extra = [c for c in ("kind", "source") if any(c in r for r in rows)]
     if extra:
         meta = pd.DataFrame([{"example_id": str(r.get("example_id", i)), **{c: r.get(c) for c in extra}} for i, r in enumerate(rows)])
