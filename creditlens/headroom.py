@@ -12,7 +12,7 @@ A teacher pass rate is compared with the student's *matched* pass rate: for each
 pass rate of the student's other attempts at the same problem (leave-one-out), so both rates are about
 the same problems. ``headroom = teacher pass rate - matched student pass rate``.
 
-The failed attempts are also scored token by token (:class:`creditlens.scoring.Scorer`, the SD teacher's
+The re-answered failed attempts are also scored token by token (:class:`creditlens.scoring.Scorer`, the SD teacher's
 context with the sibling when there is one, K contrast prompts of other problems): mean ``sd_reward``,
 ``specific``, ``shortcut`` and the generic share ``sum|shortcut| / (sum|specific| + sum|shortcut|)``.
 """
@@ -258,10 +258,11 @@ def summarize(attempts: pd.DataFrame, tokens: pd.DataFrame | None) -> dict[str, 
 
 def token_table(attempts: pd.DataFrame, problems: list[Problem], model: PreTrainedModel,
                 tokenizer: PreTrainedTokenizerBase, config: HeadroomConfig, progress: bool) -> pd.DataFrame | None:
-    """Per-token SD decomposition (:mod:`creditlens.schema` table) of the failed attempts, or None when
-    there is nothing to contrast (no contrast asked, or fewer than ``n_contrast + 1`` problems failed)."""
+    """Per-token SD decomposition (:mod:`creditlens.schema` table) of the failed attempts the teacher
+    re-answered, or None when there is nothing to contrast (no contrast asked, or fewer than
+    ``n_contrast + 1`` problems with such attempts)."""
     by_id = {p.id: p for p in problems}
-    failed = attempts[~attempts["passed"].astype(bool)]
+    failed = attempts[~attempts["passed"].astype(bool) & attempts["teacher_feedback_response"].notna()]
     if config.n_contrast < 1 or failed["problem_id"].nunique() < config.n_contrast + 1:
         return None
     examples = [

@@ -71,7 +71,7 @@ def test_rates_match_the_attempts(run):
 def test_token_logprobs_are_those_of_the_sdpo_teacher_context(run, tiny):
     model, tokenizer = tiny
     summary, attempts, tokens = run
-    failed = attempts[~attempts["passed"]]
+    failed = attempts[~attempts["passed"] & attempts["teacher_feedback_response"].notna()]
     assert sorted(tokens["example_id"].unique()) == sorted(f"{r.problem_id}#{r.attempt}" for r in failed.itertuples())
     problems = {p.id: p for p in CoinEnv().problems(n=5)}
     row = failed[failed["solution"].notna()].iloc[0] if failed["solution"].notna().any() else failed.iloc[0]
