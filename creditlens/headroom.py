@@ -329,11 +329,11 @@ def format_table(summary: dict[str, Any]) -> str:
 
 def write(out: str | Path, summary: dict[str, Any], attempts: pd.DataFrame, tokens: pd.DataFrame | None) -> Path:
     """Write ``headroom.json``, ``attempts.jsonl`` and (when scored) ``tokens.parquet`` into ``out``."""
-    from creditlens import schema
+    from creditlens import runs, schema
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "headroom.json").write_text(json.dumps(summary, indent=1) + "\n")
+    runs.atomic_write_text(out / "headroom.json", json.dumps(runs.jsonable(summary), indent=1) + "\n")  # NaN: null
     attempts.drop(columns=["response_ids"]).to_json(out / "attempts.jsonl", orient="records", lines=True)
     if tokens is not None:
         schema.write_token_table(tokens, out / "tokens.parquet")

@@ -88,25 +88,25 @@ def check_out_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     return path
 
 
-def _json_value(value: Any) -> Any:
-    """``value`` as plain JSON: non-finite floats become None (JSON has no NaN), numpy / torch scalars
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data: non-finite floats become None (JSON has no NaN), numpy / torch scalars
     become Python numbers."""
     if isinstance(value, dict):
-        return {str(key): _json_value(item) for key, item in value.items()}
+        return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_value(item) for item in value]
+        return [jsonable(item) for item in value]
     if value is None or isinstance(value, (str, bool, int)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if hasattr(value, "item"):
-        return _json_value(value.item())
-    return _json_value(float(value))
+        return jsonable(value.item())
+    return jsonable(float(value))
 
 
 def json_line(record: dict[str, Any]) -> str:
     """One JSONL line (with its newline) for ``record``; NaN and inf are written as ``null``."""
-    return json.dumps(_json_value(record), allow_nan=False) + "\n"
+    return json.dumps(jsonable(record), allow_nan=False) + "\n"
 
 
 def write_manifest(run_dir: str | os.PathLike, manifest: dict[str, Any]) -> Path:

@@ -39,5 +39,5 @@ def run(args: argparse.Namespace) -> int:
     summary["model"] = args.model
     if args.out is not None:
         headroom.write(args.out, summary, attempts, tokens)
-    print(json.dumps(summary, indent=1) if args.json else headroom.format_table(summary))
+    print(json.dumps(runs.jsonable(summary), indent=1) if args.json else headroom.format_table(summary))
     return 0
