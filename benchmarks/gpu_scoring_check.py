@@ -4,7 +4,7 @@ Usage (one short run, about 5 minutes on an H100/H200; no GPU was lent when it w
 docs/scoring.md):
 
     python benchmarks/gpu_scoring_check.py                  # accuracy (tiny) + throughput (both shapes)
-    python benchmarks/gpu_scoring_check.py --smoke          # CPU, 2-layer shapes: checks the script runs
+    python benchmarks/gpu_scoring_check.py --smoke          # CPU, 2 layers, vocabulary 4096: checks the script runs
 
 1. Accuracy: for each ``--model`` it scores the bundled triples (K=2) on the CPU in float32 and on CUDA
    in float32 and bfloat16 and prints the largest difference of every column against the CPU table.
@@ -89,7 +89,7 @@ def throughput(shape: str, examples: list[dict], device: str, dtype: torch.dtype
                smoke: bool, batch_size: int, max_batch_tokens: int) -> None:
     """Score the workload with a random-weight model of ``shape``; print tokens/s and the fraction of peak."""
     model_class, config_class, fields = SHAPES[shape]
-    config = config_class(**{**fields, **(dict(num_hidden_layers=2) if smoke else {})})
+    config = config_class(**{**fields, **(dict(num_hidden_layers=2, vocab_size=4096) if smoke else {})})
     torch.manual_seed(0)
     model = model_class(config).to(device=device, dtype=dtype).eval()
     _, tokenizer = models.load(models.TINY_MODEL)
@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--copies", type=int, default=16, help="throughput workload: copies of the bundled triples")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-batch-tokens", type=int, default=65536)
-    parser.add_argument("--smoke", action="store_true", help="CPU, 2-layer shapes, first 8 triples once: check that the script runs")
+    parser.add_argument("--smoke", action="store_true", help="CPU, 2 layers, vocabulary 4096, first 4 triples: check that the script runs")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     examples = read_examples(args.examples)
@@ -154,7 +154,7 @@ def main() -> None:
     if not args.smoke:
         for name in args.model or [models.TINY_MODEL]:
             check_model(name, examples)
-    copies, examples = (1, examples[:8]) if args.smoke else (args.copies, examples)
+    copies, examples = (1, examples[:4]) if args.smoke else (args.copies, examples)
     workload = [dict(e, example_id=f"{e['example_id']}#{c}") for c in range(copies) for e in examples]
     peak = matmul_peak(device, torch.bfloat16, 1024 if args.smoke else 8192)
     print(f"\nthroughput, K=3, {len(workload)} triples; measured bf16 matmul peak {peak / 1e12:.3g} TFLOP/s")
