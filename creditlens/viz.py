@@ -62,6 +62,21 @@ def _figure_axes(ax, figsize: tuple[float, float]):
     return ax.figure, ax
 
 
+AXIS_VIEW = {"specific": "feedback_specific", "shortcut": "feedback_shortcut",
+             "contrast_baseline": "feedback_baseline", "credit_reward": "feedback_credit_reward"}
+"""Input-axis column -> its feedback-axis counterpart (docs/CREDIT-MATH.md section 8)."""
+
+
+def along_axis(table: pd.DataFrame, axis: str, source: str = "table") -> pd.DataFrame:
+    """``table`` with ``specific``, ``shortcut``, ``contrast_baseline`` and ``credit_reward`` holding the split
+    along ``axis`` ("input": the table itself; "feedback": its ``feedback_*`` columns), so every input-axis
+    view reads either axis. ValueError when the table has no split along ``axis``."""
+    stats.require_contrasts(table, source, axis)
+    if axis == "input":
+        return table
+    return table.assign(**{name: table[feedback] for name, feedback in AXIS_VIEW.items()})
+
+
 def available_components(table: pd.DataFrame) -> list[str]:
     """Components of :data:`COMPONENTS` present in ``table`` with at least one finite value."""
     return [
@@ -482,11 +497,12 @@ class TokenHeatmap(_Rendered):
 
 
 class CreditDecomposition(_Rendered):
-    """Where the SD credit of a table sits: ``specific`` vs ``shortcut``, by token and position."""
+    """Where the SD credit of a table sits: ``specific`` vs ``shortcut``, by token and position, along the
+    input axis or (``axis="feedback"``, tables scored with feedback contrasts) the feedback axis."""
 
-    def __init__(self, table: pd.DataFrame, source: str = "table"):
-        stats.require_contrasts(table, source)
-        self.table = table
+    def __init__(self, table: pd.DataFrame, source: str = "table", axis: str = "input"):
+        self.table = along_axis(table, axis, source)
+        self.axis = axis
 
     def to_dataframe(self) -> pd.DataFrame:
         columns = [c for c in ("example_id", "position", "token", "specific", "shortcut", "contrast_baseline",
