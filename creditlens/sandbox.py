@@ -109,7 +109,7 @@ def run_python(
 ) -> SandboxResult:
     """Run ``source`` as ``__main__`` (stdlib only, cwd ``/tmp``) and report what happened.
 
-    ``timeout_s`` is wall-clock (CPU time is capped a second above it); ``memory_mb`` bounds the
+    ``timeout_s`` is wall-clock, in (0, 86400) (CPU time is capped a second above it); ``memory_mb`` bounds the
     address space; ``max_output_bytes`` bounds stdout, stderr and every file the program writes;
     ``isolation`` is "auto" (bwrap, else rlimits with a warning), "bwrap" (error when unavailable)
     or "rlimits". Thread-safe.
@@ -138,6 +138,11 @@ def _check_arguments(source, timeout_s, memory_mb, stdin, max_processes, max_ope
     if stdin is not None and not isinstance(stdin, str):
         raise SandboxError(f"run_python: stdin must be a str or None, got {type(stdin).__name__} "
                            "(decode bytes first)")
+    for name, text in (("source", source), ("stdin", stdin or "")):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise SandboxError(f"run_python: {name} is not valid Unicode (lone surrogate at index {error.start})") from None
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real) or not 0 < timeout_s < 86_400:
         raise SandboxError(f"run_python: timeout_s must be a number of seconds in (0, 86400), got {timeout_s!r}")
     for name, value in (("memory_mb", memory_mb), ("max_processes", max_processes),

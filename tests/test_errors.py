@@ -268,6 +268,8 @@ def test_cli_one_line_joins_lines_and_names_the_file_of_an_os_error():
     ({"tmp_size_mb": 0}, "tmp_size_mb"), ({"max_processes": 0}, "max_processes"),
     ({"max_output_bytes": -1}, "max_output_bytes"), ({"max_open_files": 2.5}, "max_open_files"),
     ({"stdin": b"input"}, "stdin must be a str"), ({"isolation": "docker"}, "isolation='docker'"),
+    ({"source": "print('\udcff')"}, r"source is not valid Unicode \(lone surrogate at index 7\)"),
+    ({"stdin": "ok\ud800"}, "stdin is not valid Unicode"), ({"timeout_s": 1e9}, "timeout_s"),
 ])
 def test_run_python_checks_its_arguments_before_starting_anything(monkeypatch, kwargs, fragment):
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a process was started"))
