@@ -112,7 +112,9 @@ def run_python(
     ``timeout_s`` is wall-clock, in (0, 86400) (CPU time is capped a second above it); ``memory_mb`` bounds the
     address space; ``max_output_bytes`` bounds stdout, stderr and every file the program writes;
     ``isolation`` is "auto" (bwrap, else rlimits with a warning), "bwrap" (error when unavailable)
-    or "rlimits". Thread-safe.
+    or "rlimits". Thread-safe. A bad argument (a non-str source, bytes stdin, a timeout that is not a
+    finite positive number, a limit that is not a whole number >= 1) raises :class:`SandboxError`
+    before anything runs.
     """
     _check_arguments(source, timeout_s, memory_mb, stdin, max_processes, max_open_files, max_output_bytes,
                      tmp_size_mb, isolation)
