@@ -103,7 +103,8 @@ def test_config_types_are_checked_and_yaml_exponent_floats_accepted(tmp_path):
 
 
 def test_example_configs_load():
-    files = sorted((ROOT / "configs").glob("*.yaml"))
+    # headroom configs hold creditlens.headroom.HeadroomConfig fields (tests/test_headroom.py loads them)
+    files = sorted(p for p in (ROOT / "configs").glob("*.yaml") if "headroom" not in p.name)
     assert len(files) >= 4
     for path in files:
         load_config(path)

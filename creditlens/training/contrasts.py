@@ -5,12 +5,12 @@ The rule (docs/training.md, "Contrast inputs"):
 1. A prompt's identity is its ``prompt_id`` column when the dataset has one, else the prompt itself
    (a string as is, chat messages as canonical JSON) — :func:`prompt_key`.
 2. The candidates of sample i are the other distinct prompts of its generation batch (gathered over all
-   processes), then the prompts of a bounded bank of earlier generation batches (:class:`PromptBank`,
-   most recent first), never sample i's own prompt.
+   processes); only when there are fewer than K of them, the prompts of a bounded bank of earlier
+   generation batches (:class:`PromptBank`, most recent first) join them. Never sample i's own prompt.
 3. K = ``n_contrast`` candidates are drawn uniformly without replacement, with replacement when fewer
    than K exist; a sample with no candidate at all gets no contrast and keeps the SD reward.
-4. Draws use a ``torch.Generator`` seeded from the run seed and a batch counter, so every process draws
-   the same contrasts and a rerun draws them again.
+4. Draws use a ``torch.Generator`` seeded from the run seed and the trainer's step, so every process
+   draws the same contrasts and a rerun, or a resumed run, draws them again.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def draw_contrasts(
     earlier = [key for key in reversed(bank.prompts) if key not in seen]
     picks = []
     for key in keys:
-        candidates = [c for c in in_batch if c != key] + [c for c in earlier if c != key]
+        candidates = [c for c in in_batch if c != key]
+        if len(candidates) < k:
+            candidates += [c for c in earlier if c != key]
         if not candidates:
             picks.append([])
         elif len(candidates) >= k:

@@ -112,7 +112,7 @@ class CreditTrainer(SDPOTrainer):
         self.contrast_bank = PromptBank(args.contrast_bank_size)
         self.log_contrasts = False
         self.timer = PhaseTimer(self.accelerator.device, enabled=False)
-        self._contrast_draws = {"train": 0, "eval": 0}
+        self._eval_draws = 0
 
     # ---- contrast contexts, built once per generation batch -------------------------------------
     def _uses_contrasts(self) -> bool:
@@ -136,9 +136,11 @@ class CreditTrainer(SDPOTrainer):
         gathered = gather_object([(prompt_key(x), x["prompt"]) for x in inputs])
         keys = [key for key, _ in gathered]
         lookup = {**self.contrast_bank.prompts, **dict(gathered)}
-        seed = self.args.seed * 1_000_003 + self._contrast_draws[mode] + (EVAL_SEED_OFFSET if mode == "eval" else 0)
+        micro_step = self._step % self.args.gradient_accumulation_steps  # TRL restarts _step at 0 on resume
+        seed = self.args.seed * 1_000_003 + self.state.global_step * 1_009 + micro_step
+        seed += EVAL_SEED_OFFSET + self._eval_draws if mode == "eval" else 0
         picks = draw_contrasts(keys, self.contrast_bank, self.args.n_contrast, torch.Generator().manual_seed(seed))
-        self._contrast_draws[mode] += 1
+        self._eval_draws += mode == "eval"
         if mode == "train":
             self.contrast_bank.add(keys, [prompt for _, prompt in gathered])
         covered = sum(bool(p) for p in picks) / max(len(picks), 1)

@@ -191,6 +191,9 @@ def train(
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"--out {run_dir}: a file, not a directory; choose another --out")
+    existing = next(p for p in [run_dir.absolute(), *run_dir.absolute().parents] if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise RunError(f"--out {run_dir}: {existing} is not writable; choose another --out")
     env = env if env is not None else resolve_env(env_name, config.env_args)
     args = trl_args(config, algo, run_dir / runs.CHECKPOINTS_DIR, world_size())
     has_manifest = (run_dir / runs.MANIFEST).exists()
