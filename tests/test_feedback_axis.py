@@ -4,6 +4,7 @@ enumeration, and the scorer's feedback contrasts against plain forwards on conte
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -309,3 +310,56 @@ def test_cli_feedback_contrast_writes_both_generic_shares(examples, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "feedback_contrast=7 is more than the 5 distinct feedback texts" in err
     assert not refused.exists()
+
+
+# ---- dashboard: the decomposition and token pages read the feedback axis ----
+
+APP_PAGES = Path(__file__).resolve().parents[1] / "creditlens" / "app" / "pages"
+
+
+@pytest.fixture(scope="module")
+def scored_both_axes(tiny, examples, tmp_path_factory) -> Path:
+    model, tok = tiny
+    root = tmp_path_factory.mktemp("scored")
+    table = Scorer(model, tok, progress=False).score(examples, contrast=1, feedback_contrast=2, seed=2)
+    schema.write_token_table(table, root / "both" / "tokens.parquet")
+    return root
+
+
+def test_decomposition_page_switches_axis(scored_both_axes, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CREDITLENS_RUNS_DIR", str(scored_both_axes))
+    at = AppTest.from_file(str(APP_PAGES / "2_Decomposition.py"), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = pd.read_parquet(scored_both_axes / "both" / "tokens.parquet")
+    counted = table[table["mask"]]
+    teacher, student = counted["teacher_logprob"], counted["student_logprob"]
+    by_axis = {  # baselines recomputed from the stored contrast log-probs (mean pooling)
+        "input": np.array([np.mean(v) for v in counted["contrast_logprobs"]]),
+        "feedback": np.array([np.mean(v) for v in counted["feedback_contrast_logprobs"]]),
+    }
+    assert at.sidebar.radio(key="axis").options == ["input", "feedback"]
+    for axis in ("input", "feedback"):
+        at.sidebar.radio(key="axis").set_value(axis).run()
+        assert not at.exception, [e.value for e in at.exception]
+        specific, shortcut = teacher - by_axis[axis], by_axis[axis] - student
+        share = shortcut.abs().sum() / (specific.abs().sum() + shortcut.abs().sum())
+        assert at.metric[0].value == f"{share:.1%}" and axis in at.metric[0].label
+        assert at.metric[1].value == f"{specific.mean():+.3f}"
+        assert f"{axis} axis" in at.caption[0].value
+    assert at.metric[0].value != f"{stats.generic_share(table, 'input'):.1%}"
+
+
+def test_token_page_offers_feedback_components(scored_both_axes, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CREDITLENS_RUNS_DIR", str(scored_both_axes))
+    at = AppTest.from_file(str(APP_PAGES / "1_Token_credit.py"), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    options = at.sidebar.selectbox(key="component").options
+    assert {"specific", "feedback_specific", "feedback_shortcut"} <= set(options)
+    at.sidebar.selectbox(key="component").set_value("specific").run()
+    at.sidebar.selectbox(key="second").set_value("feedback_specific").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert len(at.html) == 2 and "what this feedback explains" in at.html[1].proto.body
