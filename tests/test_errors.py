@@ -202,6 +202,11 @@ def test_train_refuses_bad_configs_and_models_before_writing(cli_error, tmp_path
     cli_error([*train, "--model", "no-such-model"], "model 'no-such-model'", "never downloads")
     (tmp_path / "empty").mkdir()
     cli_error([*train, "--model", tmp_path / "empty"], "empty")
+    cli_error([*train[:-1], tmp_path / "empty", "--resume", "--model", "tiny"], "--resume", "empty")
+    logs_only = tmp_path / "logs-only"  # a run whose checkpoints were pruned: --resume must not start over
+    runs.write_manifest(logs_only, {"algo": "sd", "env": "shortcut", "model": "tiny", "seed": 0, "config": {}})
+    runs.append_jsonl(logs_only / runs.METRICS, {"step": 1, "loss": 0.5})
+    cli_error([*train[:-1], logs_only, "--resume", "--model", "tiny"], "--resume", "logs-only")
 
 
 def test_train_without_network_is_one_line(cli_error, tmp_path, monkeypatch):
