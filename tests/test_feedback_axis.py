@@ -4,6 +4,7 @@ enumeration, and the scorer's feedback contrasts against plain forwards on conte
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 
 from creditlens import cli, credit, errors, models, schema, stats, theory
 from creditlens.contexts import SDPO_TEMPLATE
+from creditlens.envs.base import Environment, Outcome
+from creditlens.envs.shortcut import ShortcutEnv
 from creditlens.scoring import Scorer
 
 TOL = 1e-4  # float32 scorer vs float64 plain forward
@@ -363,3 +366,43 @@ def test_token_page_offers_feedback_components(scored_both_axes, monkeypatch):
     at.sidebar.selectbox(key="second").set_value("feedback_specific").run()
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.html) == 2 and "what this feedback explains" in at.html[1].proto.body
+
+
+# ---- environments: a deliberately wrong hint for the feedback axis ----
+
+
+@pytest.mark.parametrize("cue,cue_kind", [(0.0, "filler"), (1.0, "filler"), (1.0, "letter")])
+def test_shortcut_wrong_hint_points_every_wrong_position_at_another_input(cue, cue_kind):
+    env = ShortcutEnv(cue=cue, cue_kind=cue_kind)
+    rng = np.random.default_rng(0)
+    for problem in env.problems("train", n=12, seed=1):
+        answer = problem.reference["answer"]
+        letters = [a if rng.random() < 0.5 else env.letters[(env.letters.index(a) + 1) % len(env.letters)]
+                   for a in answer]
+        response = f"answer : {' '.join(letters)} ."
+        right, wrong = env.verify(problem, response), env.wrong_feedback(problem, response)
+        if right.passed:
+            assert wrong is None
+            continue
+        right_hints = re.findall(r"position (\d+) should be input (\d+) \.", right.feedback)
+        wrong_hints = re.findall(r"position (\d+) should be input (\d+) \.", wrong)
+        assert [p for p, _ in wrong_hints] == [p for p, _ in right_hints]  # the same wrong positions
+        source = problem.reference["source"]
+        for (position, shown), (_, true) in zip(wrong_hints, right_hints, strict=True):
+            assert shown != true and int(shown) == source[int(position) % env.length] + 1
+        assert wrong.endswith(env.cue_feedback) == right.feedback.endswith(env.cue_feedback) == (cue == 1.0)
+    problem = env.problems("train", n=1)[0]
+    assert env.wrong_feedback(problem, "not an answer") is None
+
+
+def test_environments_without_a_wrong_hint_offer_none():
+    class Echo(Environment):
+        name = "echo"
+
+        def problems(self, split="train", n=None, seed=0):
+            return []
+
+        def verify(self, problem, response):
+            return Outcome(0.0, False, "no")
+
+    assert Echo().wrong_feedback(None, "anything") is None

@@ -43,6 +43,12 @@ class Environment(ABC):
     def verify(self, problem: Problem, response: str) -> Outcome:
         """Grade ``response`` (the model's text) against ``problem``."""
 
+    def wrong_feedback(self, problem: Problem, response: str) -> str | None:
+        """A deliberately wrong feedback on ``response``, worded like ``verify``'s (the feedback-axis contrast
+        (x, f_wrong, y) of docs/CREDIT-MATH.md section 8), or None when the environment cannot make one
+        (the default) or the response needs no feedback."""
+        return None
+
     def default_model(self) -> str | Path:
         """The start model ``creditlens train`` uses without ``--model``: a model name of
         ``creditlens.models`` or a local directory. Default: the embedded SmolLM2-135M-Instruct."""

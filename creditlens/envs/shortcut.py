@@ -167,6 +167,20 @@ class ShortcutEnv(Environment):
             feedback = f"{feedback} {self.cue_feedback}"
         return Outcome(reward=reward, passed=False, feedback=feedback)
 
+    def wrong_feedback(self, problem: Problem, response: str) -> str | None:
+        """``verify``'s feedback with every hint pointing at the input of another position: the hint for wrong
+        position i names the source of position i + 1 (cyclically), so it is the hint for another position and
+        never the right one; the cue, when ``verify`` adds one, is kept, so only the input-specific hints differ.
+        None for a passed or unparseable response (no hint to falsify)."""
+        outcome = self.verify(problem, response)
+        letters = self.parse(response)
+        if outcome.passed or letters is None:
+            return None
+        source = problem.reference["source"]
+        wrong = [i for i, (got, want) in enumerate(zip(letters, problem.reference["answer"], strict=True)) if got != want]
+        hints = " ".join(f"position {i + 1} should be input {source[(i + 1) % self.length] + 1} ." for i in wrong)
+        return f"{hints} {self.cue_feedback}" if outcome.feedback.endswith(self.cue_feedback) else hints
+
     # ----- labels and contexts -----
     def token_labels(self, problem: Problem | None, tokens: Sequence[str]) -> list[str]:
         """Ground-truth label of each response token (word-level tokens, e.g. a token table's ``token``).
