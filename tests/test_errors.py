@@ -459,3 +459,17 @@ def test_damaged_pytorch_weights_are_a_model_error(tmp_path, tiny_dir, cli_error
     with pytest.raises(ModelError, match=r"bin-model'?: transformers cannot load it \(UnpicklingError"):
         models.load(str(model_dir))
     cli_error(["score", examples, "--model", model_dir, "--out", tmp_path / "o"], "bin-model", "cannot load it")
+
+
+def test_scorer_api_names_the_argument():
+    from creditlens.scoring import Scorer
+
+    model, tokenizer = models.load("tiny")
+    scorer = Scorer(model, tokenizer, progress=False)
+    example = dict(EXAMPLE)
+    for call, kind, field in [(lambda: scorer.score([]), InputError, "examples"),
+                              (lambda: scorer.score(example), InputError, "examples"),
+                              (lambda: scorer.score([example] * 3, seed="abc"), InputError, "seed"),
+                              (lambda: Scorer(model, tokenizer, max_length=-1), ConfigError, "max_length")]:
+        with pytest.raises(kind, match=f"^{field}: "):
+            call()
