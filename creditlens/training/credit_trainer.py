@@ -286,21 +286,31 @@ class CreditTrainer(SDPOTrainer):
         return compute_divergence(student, target, self.args.distillation_alpha)
 
     def _full_target(self, logits: CreditLogits) -> DistillationLogits:
-        """SDPO's inputs with the teacher logits replaced by the CREDIT target log-probs ``[B, T, V]``."""
+        """SDPO's inputs with the teacher logits replaced by the CREDIT target log-probs ``[B, T, V]``.
+
+        The target is built ``contrast_chunk_rows`` rows at a time, and the teacher logits and pooled
+        contrasts it replaces are released from ``logits`` afterwards, so the step holds one ``[B, T, V]``
+        more than SDPO's at most.
+        """
+        k = logits.contrast_token_lp.size(1)
+        batch = logits.teacher_logits.size(0)
+        rows = self.args.contrast_chunk_rows or batch
+        target = torch.empty_like(logits.teacher_logits)
         with torch.no_grad():
-            teacher = torch.log_softmax(logits.teacher_logits, dim=-1)
-            k = logits.contrast_token_lp.size(1)
-            pooled = logits.pooled_contrast_lp.unsqueeze(1)
-            if self.args.form == "contrastive":
-                pooled = pooled.expand(-1, k, -1, -1)
-            student = None
-            if self.args.form != "teacher":
-                student = torch.log_softmax(logits.student_logits.detach(), dim=-1)
-            target = credit.credit_target_logprobs(
-                teacher, pooled, self.args.lam, "mean", self.args.form, student_logprobs=student
-            )
-            if not bool(logits.has_contrast.all()):
-                target = torch.where(logits.has_contrast[:, None, None], target, teacher)
+            for start in range(0, batch, rows):
+                chunk = slice(start, start + rows)
+                teacher = torch.log_softmax(logits.teacher_logits[chunk], dim=-1)
+                pooled = logits.pooled_contrast_lp[chunk].unsqueeze(1)
+                if self.args.form == "contrastive":
+                    pooled = pooled.expand(-1, k, -1, -1)
+                student = None
+                if self.args.form != "teacher":
+                    student = torch.log_softmax(logits.student_logits[chunk].detach(), dim=-1)
+                credit_target = credit.credit_target_logprobs(
+                    teacher, pooled, self.args.lam, "mean", self.args.form, student_logprobs=student
+                )
+                target[chunk] = torch.where(logits.has_contrast[chunk, None, None], credit_target, teacher)
+        logits.teacher_logits, logits.pooled_contrast_lp = None, None  # replaced by the target: free them
         return DistillationLogits(
             completion_ids=logits.completion_ids,
             completion_mask=logits.completion_mask,
