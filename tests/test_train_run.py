@@ -4,6 +4,7 @@ a resume after a real SIGKILL, and a 2-process torchrun launch."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -100,6 +101,23 @@ def test_config_types_are_checked_and_yaml_exponent_floats_accepted(tmp_path):
     path.write_text("max_steps: 2.5\n")
     with pytest.raises(ValueError, match="'max_steps' expects int"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"lam": "abc"}, "'lam' expects float, got 'abc'"),
+        ({"max_steps": None}, "'max_steps' expects int, got None"),
+        ({"learning_rate": -1e-3}, "learning_rate must be >= 0"),
+        ({"seed": -1}, "seed must be >= 0"),
+        ({"temperature": -0.5}, "temperature must be > 0"),
+        ({"form": "other"}, "form must be one of"),
+        ({"trl": None}, "'trl' expects dict"),
+    ],
+)
+def test_config_fields_are_checked_in_python_too(fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**fields)
 
 
 def test_example_configs_load():
