@@ -5,3 +5,4 @@ ALGOS = ("grpo", "sd", "credit")  # creditlens train --algo: GRPO, self-distilla
 POOLS = ("mean", "logmeanexp")  # how K contrast log-probs pool into B_t (docs/CREDIT-MATH.md)
 FORMS = ("teacher", "shortcut", "contrastive")  # CREDIT reward forms (creditlens.credit.credit_rewards)
 DEFAULT_FORM = "teacher"
+AXES = ("input", "feedback")  # contrast axis: other inputs (x_j, f, y) or other feedback (x, f_j, y)

@@ -10,9 +10,10 @@ import torch
 from trl.experimental.sdpo import SDPOConfig
 
 from creditlens import credit
+from creditlens.choices import AXES
 from creditlens.errors import ConfigError
 
-CREDIT_FIELDS = ("lam", "n_contrast", "pool", "form", "contrast_bank_size", "contrast_chunk_rows")
+CREDIT_FIELDS = ("lam", "n_contrast", "pool", "form", "contrast_axis", "contrast_bank_size", "contrast_chunk_rows")
 
 
 @dataclass
@@ -28,6 +29,11 @@ class CreditConfig(SDPOConfig):
             Pooling of the K contrast log-probs: `"mean"` (of log-probs) or `"logmeanexp"` (of probabilities).
         form (`str`, *optional*, defaults to `"teacher"`):
             Reward form, one of `creditlens.credit.FORMS` (docs/CREDIT-MATH.md).
+        contrast_axis (`str`, *optional*, defaults to `"input"`):
+            What the K contrast contexts change: `"input"`, another prompt with this sample's feedback (x_j, f, y);
+            `"feedback"`, this prompt and solution with another feedback (x, f_j, y): the environment's wrong hint
+            first when it offers one, then other samples' feedback (docs/CREDIT-MATH.md section 8). `form="shortcut"`
+            with `lam=1` on the feedback axis is the RLCSD reward log pi_T(x, f) - log pi_T(x, f_wrong).
         contrast_bank_size (`int`, *optional*, defaults to `64`):
             Distinct prompts of earlier generation batches kept as contrast candidates, for batches with too
             few distinct prompts of their own (e.g. one prompt per generation batch); 0 keeps none.
@@ -47,6 +53,10 @@ class CreditConfig(SDPOConfig):
     )
     pool: str = field(default="mean", metadata={"help": f"Pooling of contrast log-probs, one of {credit.POOLS}."})
     form: str = field(default=credit.DEFAULT_FORM, metadata={"help": f"Reward form, one of {credit.FORMS}."})
+    contrast_axis: str = field(
+        default="input",
+        metadata={"help": f"What contrasts change, one of {AXES}: the prompt (input) or the feedback (feedback)."},
+    )
     contrast_bank_size: int = field(
         default=64,
         metadata={"help": "Distinct earlier prompts kept as contrast candidates (0: only the current batch)."},
@@ -82,6 +92,7 @@ def check_credit_fields(config: SDPOConfig) -> None:
         (_is_int(config.n_contrast) and config.n_contrast >= 1, f"n_contrast: must be an int >= 1, got {config.n_contrast!r}"),
         (config.pool in credit.POOLS, f"pool: must be one of {credit.POOLS}, got {config.pool!r}"),
         (config.form in credit.FORMS, f"form: must be one of {credit.FORMS}, got {config.form!r}"),
+        (config.contrast_axis in AXES, f"contrast_axis: must be one of {AXES}, got {config.contrast_axis!r}"),
         (
             _is_int(config.contrast_bank_size) and config.contrast_bank_size >= 0,
             f"contrast_bank_size: must be an int >= 0, got {config.contrast_bank_size!r}",
