@@ -122,9 +122,9 @@ def pmi_columns(summary: pd.DataFrame) -> tuple[str, str | None] | None:
     return estimate, next((c for c in PMI_SE_COLUMNS if c in summary.columns), None)
 
 
-NO_PMI_HELP = ("score with `creditlens score EXAMPLES --gap-samples M --out DIR` (M >= 2 for a standard error) "
-               "or run `creditlens demo`, which estimates it for a few examples; both write it to "
-               "DIR/summary.parquet")
+NO_PMI_HELP = ("`creditlens score EXAMPLES --gap-samples M --out DIR` estimates it for every example into "
+               "DIR/summary.parquet (M >= 2 for a standard error); `creditlens demo` does so for 4 bundled examples "
+               "into runs/demo-scored/summary.parquet")
 
 
 def pmi_frame(summary: pd.DataFrame) -> pd.DataFrame:

@@ -200,11 +200,12 @@ def pick_source(cat: Catalog, allow_all_steps: bool = False, key: str = "", pref
 
 
 def example_label(row: pd.Series) -> str:
-    parts = [f"step {row['step']}" if "step" in row else None, f"sample {row['sample']}" if "sample" in row else None,
-             str(row["example_id"]), f"{row['n_tokens']} tokens", f"SD sum {row['sd_sum']:+.3f}"]
+    """``ID #sample · SD sum · reward · tokens``: the identifying part first, so that a narrow sidebar
+    cuts only the statistics (the step is chosen in its own box)."""
+    parts = [str(row["example_id"]) + (f" #{row['sample']}" if "sample" in row else ""), f"SD {row['sd_sum']:+.2f}"]
     if "outcome_reward" in row and pd.notna(row["outcome_reward"]):
         parts.append(f"reward {row['outcome_reward']:g}")
-    return " · ".join(p for p in parts if p)
+    return " · ".join(parts + [f"{row['n_tokens']} tokens"])
 
 
 def pick_example(source: Source, key: str = "") -> pd.DataFrame:
