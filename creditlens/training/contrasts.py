@@ -11,6 +11,9 @@ The rule (docs/training.md, "Contrast inputs"):
    than K exist; a sample with no candidate at all gets no contrast and keeps the SD reward.
 4. Draws use a ``torch.Generator`` seeded from the run seed and the trainer's step, so every process
    draws the same contrasts and a rerun, or a resumed run, draws them again.
+
+On the feedback axis (``CreditConfig.contrast_axis="feedback"``, docs/CREDIT-MATH.md section 8) a sample keeps
+its prompt and solution and gets K other feedback texts instead (:func:`draw_feedback_contrasts`).
 """
 
 from __future__ import annotations
@@ -75,6 +78,32 @@ def draw_contrasts(
     return picks
 
 
+def draw_feedback_contrasts(
+    feedbacks: list[str], wrong: list[str | None], k: int, generator: torch.Generator
+) -> list[list[str]]:
+    """K contrast feedback texts for each sample of the global batch (B entries each): ``feedbacks[i]`` is the
+    formatted feedback text of sample i's teacher context ("" for none), ``wrong[i]`` a wrong hint for it or None.
+
+    Candidates of sample i: its wrong hint first (when offered), then the batch's other distinct feedback texts
+    (never its own), drawn uniformly without replacement, with replacement when fewer than K exist. A sample
+    without feedback, or without any candidate, gets [] (no contrast: it keeps the SD reward).
+    """
+    distinct = [text for text in dict.fromkeys(feedbacks) if text]
+    picks = []
+    for own, hint in zip(feedbacks, wrong, strict=True):
+        first = [hint] if own and hint and hint != own else []
+        others = [text for text in distinct if own and text != own and text not in first]
+        if len(first) + len(others) >= k:
+            order = torch.randperm(len(others), generator=generator)[: k - len(first)].tolist()
+            picks.append((first + [others[j] for j in order])[:k])
+        elif first or others:
+            candidates = first + others
+            picks.append([candidates[j] for j in torch.randint(len(candidates), (k,), generator=generator).tolist()])
+        else:
+            picks.append([])
+    return picks
+
+
 class ContextRecorder(SuccessfulRolloutTeacherContextBuilder):
     """TRL's teacher-context builder that remembers, per local sample, the solution and feedback it used.
 
@@ -117,3 +146,24 @@ class ContextRecorder(SuccessfulRolloutTeacherContextBuilder):
             )
             return other[:-1] + [{"role": "user", "content": text}]
         return SuccessfulRolloutTeacherContextBuilder._build_reprompt_text(self, other, *parts)
+
+    def feedback_text(self, row: int) -> str:
+        """The formatted feedback text of local sample ``row``'s teacher context ("" when it holds none)."""
+        parts = self.used[row]
+        return "" if parts is None else parts[1]
+
+    def wrong_feedback_text(self, row: int) -> str | None:
+        """A deliberately wrong feedback for local sample ``row``, formatted like its own, or None (this class
+        offers none; :class:`~creditlens.training.feedback.FeedbackContextBuilder` offers the environment's)."""
+        return None
+
+    def feedback_contrast_prompt(self, row: int, prompt: Prompt, feedback_text: str) -> Prompt:
+        """Teacher prompt of local sample ``row`` (its ``prompt``, its solution) with ``feedback_text`` in place of
+        its feedback: the feedback-axis context (x, f_j, .)."""
+        solution = "" if self.used[row] is None else self.used[row][0]
+        if isinstance(prompt, list):
+            text = SuccessfulRolloutTeacherContextBuilder._build_reprompt_text(
+                self, _extract_last_user_text(prompt), solution, feedback_text
+            )
+            return prompt[:-1] + [{"role": "user", "content": text}]
+        return SuccessfulRolloutTeacherContextBuilder._build_reprompt_text(self, prompt, solution, feedback_text)

@@ -52,7 +52,8 @@ def build_dataset(problems: list[Problem], tokenizer: Any) -> Dataset:
 
 
 class EnvReward:
-    """A TRL reward function: ``Environment.verify`` on every rollout; ``last`` holds their outcomes."""
+    """A TRL reward function: ``Environment.verify`` on every rollout; ``last`` holds their outcomes and
+    ``last_wrong`` the environment's wrong hint for each (``Environment.wrong_feedback``, None where it has none)."""
 
     __name__ = "env_reward"
 
@@ -60,12 +61,12 @@ class EnvReward:
         self.env = env
         self.problems = problems
         self.last: list[Outcome] = []
+        self.last_wrong: list[str | None] = []
 
     def __call__(self, prompts: list, completions: list, problem_index: list[int], **_: Any) -> list[float]:
-        self.last = [
-            self.env.verify(self.problems[int(i)], completion_text(c))
-            for i, c in zip(problem_index, completions, strict=True)
-        ]
+        graded = [(self.problems[int(i)], completion_text(c)) for i, c in zip(problem_index, completions, strict=True)]
+        self.last = [self.env.verify(problem, text) for problem, text in graded]
+        self.last_wrong = [self.env.wrong_feedback(problem, text) for problem, text in graded]
         return [float(o.reward) for o in self.last]
 
 
@@ -79,3 +80,11 @@ class FeedbackContextBuilder(ContextRecorder):
 
     def build(self, output: dict, prompts: list, rewards: Any, feedbacks: list | None = None) -> dict:
         return super().build(output, prompts, rewards, feedbacks=[o.feedback for o in self.reward.last])
+
+    def wrong_feedback_text(self, row: int) -> str | None:
+        """The environment's wrong hint for local sample ``row``, in the feedback template, when the sample's
+        teacher context holds feedback and the environment offers one (the shortcut testbed does); else None."""
+        hint = self.reward.last_wrong[row]
+        if hint is None or not self.feedback_text(row):
+            return None
+        return self.trainer.args.feedback_template.format(feedback_raw=hint)
