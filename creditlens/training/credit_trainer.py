@@ -19,6 +19,10 @@ of :class:`~creditlens.training.credit_config.CreditConfig`:
 Contrast forwards run ``contrast_chunk_rows`` rows at a time, so their transient logits stay a fraction of
 the student's and teacher's.
 
+With ``contrast_axis="feedback"`` the K contexts keep sample i's prompt and solution and change its feedback
+instead (x, f_j, y): the environment's wrong hint first, then other samples' feedback (docs/CREDIT-MATH.md
+section 8); the same forms apply, and ``form="shortcut"``, ``lam=1`` is the RLCSD reward.
+
 ``lam = 0`` runs SDPO's own loss (bit-identical, tested). A sample with no other prompt available (see
 contrasts.py) keeps SDPO's target. Per-token values are offered to callbacks through the
 ``on_tokens_scored`` event (what creditlens' run logs listen to); without a listener nothing is computed.
@@ -41,7 +45,13 @@ from trl.trainer.utils import get_config_model_id, selective_log_softmax
 
 from creditlens import credit
 from creditlens.errors import ConfigError
-from creditlens.training.contrasts import ContextRecorder, PromptBank, draw_contrasts, prompt_key
+from creditlens.training.contrasts import (
+    ContextRecorder,
+    PromptBank,
+    draw_contrasts,
+    draw_feedback_contrasts,
+    prompt_key,
+)
 from creditlens.training.credit_config import CreditConfig, as_credit_config
 from creditlens.training.timing import PhaseTimer
 
@@ -139,6 +149,9 @@ class CreditTrainer(SDPOTrainer):
         micro_step = self._step % self.args.gradient_accumulation_steps  # TRL restarts _step at 0 on resume
         seed = self.args.seed * 1_000_003 + self.state.global_step * 1_009 + micro_step
         seed += EVAL_SEED_OFFSET + self._eval_draws if mode == "eval" else 0
+        if self.args.contrast_axis == "feedback":
+            self._eval_draws += mode == "eval"
+            return self._feedback_contrast_contexts(inputs, builder, mode, torch.Generator().manual_seed(seed))
         picks = draw_contrasts(keys, self.contrast_bank, self.args.n_contrast, torch.Generator().manual_seed(seed))
         self._eval_draws += mode == "eval"
         if mode == "train":
@@ -158,6 +171,32 @@ class CreditTrainer(SDPOTrainer):
             has_contrast.append(bool(mine))
             others = [lookup[key] for key in mine] or [example["prompt"]] * self.args.n_contrast
             messages += [builder.contrast_prompt(row, other) for other in others]
+        tokenized = builder._tokenize_teacher_messages(messages)
+        shape = (len(inputs), self.args.n_contrast, -1)
+        return {
+            "contrast_prompt_ids": tokenized["prompt_ids"].view(shape),
+            "contrast_prompt_mask": tokenized["prompt_mask"].view(shape),
+            "has_contrast": torch.tensor(has_contrast, device=self.accelerator.device),
+        }
+
+    def _feedback_contrast_contexts(
+        self, inputs: list[dict[str, Any]], builder: ContextRecorder, mode: str, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """The feedback axis: each local sample's own prompt and solution with K other feedback texts, tokenized
+        ``[B, K, L]`` (+ mask), and ``has_contrast [B]`` (False for a sample whose reprompt holds no feedback)."""
+        rows = range(len(inputs))
+        gathered = gather_object([(builder.feedback_text(row), builder.wrong_feedback_text(row)) for row in rows])
+        picks = draw_feedback_contrasts(
+            [own for own, _ in gathered], [wrong for _, wrong in gathered], self.args.n_contrast, generator
+        )
+        self._metrics[mode]["credit/contrast_fraction"].append(sum(bool(p) for p in picks) / max(len(picks), 1))
+        offset = self.accelerator.process_index * len(inputs)
+        messages, has_contrast = [], []
+        for row, example in zip(rows, inputs, strict=True):
+            mine = picks[offset + row]
+            has_contrast.append(bool(mine))
+            texts = mine or [builder.feedback_text(row)] * self.args.n_contrast
+            messages += [builder.feedback_contrast_prompt(row, example["prompt"], text) for text in texts]
         tokenized = builder._tokenize_teacher_messages(messages)
         shape = (len(inputs), self.args.n_contrast, -1)
         return {
