@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from creditlens import credit
-from creditlens.choices import ALGOS
+from creditlens.choices import ALGOS, AXES
 from creditlens.errors import ConfigError
 from creditlens.yamlfiles import parse_yaml, read_yaml
 
@@ -117,6 +117,11 @@ class TrainConfig:
         default=credit.DEFAULT_FORM,
         metadata={"help": f"CREDIT reward form, one of {credit.FORMS} (see docs/CREDIT-MATH.md)."},
     )
+    contrast_axis: str = field(
+        default="input",
+        metadata={"help": f"What the contrasts change, one of {AXES}: the prompt (x_j, f, y) or the feedback "
+                          "(x, f_j, y; the env's wrong hint first). shortcut form at lam 1 on feedback = RLCSD."},
+    )
 
     # --- logging, evaluation, checkpoints ---
     log_contrasts: bool = field(
@@ -174,6 +179,7 @@ class TrainConfig:
             (self.n_contrast >= 1, "n_contrast must be >= 1"),
             (self.pool in credit.POOLS, f"pool must be one of {credit.POOLS}"),
             (self.form in credit.FORMS, f"form must be one of {credit.FORMS}"),
+            (self.contrast_axis in AXES, f"contrast_axis must be one of {AXES}"),
             (self.log_tokens_every >= 1, "log_tokens_every must be >= 1"),
             (self.eval_every >= 0, "eval_every must be >= 0 (0: only at step 0 and at the end)"),
             (self.save_every >= 1, "save_every must be >= 1"),
@@ -324,6 +330,7 @@ def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size:
         n_contrast=config.n_contrast,
         pool=config.pool,
         form=config.form,
+        contrast_axis=config.contrast_axis,
         max_prompt_length=config.max_prompt_length,
         distillation_mode=config.distillation_mode,
         distillation_topk=config.distillation_topk,

@@ -127,7 +127,8 @@ class RunLog(TrainerCallback):
                 config = self.run.config
                 columns = {"run": self.run.name, "algo": self.run.algo}
                 table = records_table(
-                    self.records, tokenizer, step, first, columns, config.lam, config.pool, config.form
+                    self.records, tokenizer, step, first, columns, config.lam, config.pool, config.form,
+                    config.contrast_axis,
                 )
             local = {
                 "table": table,

@@ -97,10 +97,12 @@ def records_table(
     lam: float,
     pool: str,
     form: str,
+    contrast_axis: str = "input",
 ) -> pd.DataFrame | None:
     """The token table of ``records``: rows numbered ``first_sample, first_sample + 1, ...`` in order.
 
-    ``columns`` are constant example columns (run, algo); ``lam``/``pool``/``form`` set the credit columns.
+    ``columns`` are constant example columns (run, algo); ``lam``/``pool``/``form`` set the credit columns;
+    ``contrast_axis="feedback"`` writes the contrasts into the feedback-axis columns (``schema.FEEDBACK_COLUMNS``).
     """
     frames, sample = [], first_sample
     for record in records:
@@ -123,7 +125,10 @@ def records_table(
                 tokens=tokens,
                 teacher_lp=record.teacher_lp.double(),
                 student_lp=record.student_lp.double(),
-                contrast_lp=None if record.contrast_lp is None else record.contrast_lp.double(),
+                contrast_lp=None if record.contrast_lp is None or contrast_axis == "feedback"
+                else record.contrast_lp.double(),
+                feedback_contrast_lp=None if record.contrast_lp is None or contrast_axis == "input"
+                else record.contrast_lp.double(),
                 mask=record.mask,
                 lengths=lengths,
                 lam=lam,
