@@ -13,6 +13,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from train_support import WORDS, EchoEnv
+from transformers import TrainerCallback
 
 from creditlens import cli, credit, errors, models, schema, stats, theory
 from creditlens.contexts import SDPO_TEMPLATE
@@ -406,3 +408,89 @@ def test_environments_without_a_wrong_hint_offer_none():
             return Outcome(0.0, False, "no")
 
     assert Echo().wrong_feedback(None, "anything") is None
+
+
+# ---- trainer: CreditConfig.contrast_axis = "feedback" (RLCSD = shortcut form at lam 1) ----
+
+
+class WrongHintEchoEnv(EchoEnv):
+    """EchoEnv that offers a wrong hint: the expected word of the next problem."""
+
+    def wrong_feedback(self, problem, response):
+        outcome = self.verify(problem, response)
+        if outcome.passed:
+            return None
+        word = problem.reference["word"]
+        other = WORDS[(WORDS.index(word) + 1) % len(WORDS)]
+        return outcome.feedback.replace(f"expected {word},", f"expected {other},", 1)
+
+
+def test_trainer_feedback_axis_contexts_and_rlcsd_advantage(tmp_path):
+    from creditlens.training.config import TrainConfig, trl_args
+    from creditlens.training.run import build_trainer
+
+    model, tokenizer = models.load("tiny")
+    model_dir = tmp_path / "tiny"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    env = WrongHintEchoEnv()
+    config = TrainConfig(num_prompts=3, num_generations=2, max_completion_length=6, n_eval_problems=2, log_kl=False,
+                         lam=1.0, form="shortcut", contrast_axis="feedback", n_contrast=2,
+                         use_successful_as_teacher=False)
+    trainer = build_trainer("credit", env, str(model_dir), config, trl_args(config, "credit", tmp_path / "out"))
+    assert trainer.args.contrast_axis == "feedback"
+    trainer.current_gradient_accumulation_steps = 1
+    captured = {}
+
+    class Capture(TrainerCallback):
+        def on_rollouts_scored(self, rollouts, **_):
+            captured.setdefault("rollouts", {}).update(rollouts)
+
+        def on_tokens_scored(self, **payload):
+            captured["tokens"] = payload
+
+    trainer.add_callback(Capture())
+    trainer.model.train()
+    torch.manual_seed(0)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    trainer.compute_loss(trainer.model, batch)
+    tokens = captured["tokens"]
+
+    problems = {p.id: p for p in env.problems()}
+    own = [problems[captured["rollouts"][i].prompt_id] for i in batch["rollout_id"].tolist()]
+    texts = tokenizer.batch_decode(batch["completion_ids"], skip_special_tokens=True)
+    feedbacks = [env.verify(p, t).feedback for p, t in zip(own, texts, strict=True)]
+    template = trainer.args.feedback_template
+
+    def context_ids(problem, raw_feedback):
+        text = trainer.args.reprompt_template.format(prompt=problem.prompt[-1]["content"], solution="",
+                                                     feedback=template.format(feedback_raw=raw_feedback))
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+        return ids if isinstance(ids, list) else ids["input_ids"]
+
+    ids = batch["completion_ids"].unsqueeze(-1)
+    expected_contrast = torch.zeros(ids.shape[0], 2, ids.shape[1])
+    for i, problem in enumerate(own):
+        assert feedbacks[i], "the tiny model should fail the echo task here"
+        got = [batch["contrast_prompt_ids"][i, k][batch["contrast_prompt_mask"][i, k].bool()].tolist() for k in (0, 1)]
+        assert got[0] == context_ids(problem, env.wrong_feedback(problem, texts[i]))  # the wrong hint comes first
+        others = {tuple(context_ids(problem, f)) for f in feedbacks if f != feedbacks[i]}
+        assert tuple(got[1]) in others  # this prompt, another sample's feedback
+        for k in (0, 1):
+            context = torch.tensor([got[k]])
+            one = {key: batch[key][i : i + 1] for key in ("completion_ids", "completion_mask")}
+            full = torch.cat([context, one["completion_ids"]], dim=1)
+            with torch.no_grad():
+                logits = trainer.teacher_model(input_ids=full).logits[:, :-1]
+            lp = torch.log_softmax(logits[:, -ids.shape[1]:].float(), -1)[0]
+            expected_contrast[i, k] = lp.gather(-1, ids[i])[..., 0]
+    split = batch["teacher_input_ids"].shape[1] - ids.shape[1]
+    full = batch["teacher_input_ids"]
+    with torch.no_grad():
+        logits = trainer.teacher_model(input_ids=full, attention_mask=batch["teacher_attention_mask"]).logits[:, :-1]
+    teacher = torch.log_softmax(logits[:, split - 1:].float(), -1).gather(-1, ids)[..., 0]
+    mask = tokens["loss_mask"].bool()
+    assert mask.any() and bool(tokens["has_contrast"].all())
+    # RLCSD: log pi_T(x, f) - mean_j log pi_T(x, f_j); the student term cancels
+    torch.testing.assert_close(tokens["advantage"][mask], (teacher - expected_contrast.mean(1))[mask],
+                               atol=2e-5, rtol=1e-5)
