@@ -494,3 +494,24 @@ def test_trainer_feedback_axis_contexts_and_rlcsd_advantage(tmp_path):
     # RLCSD: log pi_T(x, f) - mean_j log pi_T(x, f_j); the student term cancels
     torch.testing.assert_close(tokens["advantage"][mask], (teacher - expected_contrast.mean(1))[mask],
                                atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("axis", ["input", "feedback"])
+def test_run_log_table_puts_contrasts_on_their_axis(tiny, axis):
+    from creditlens.training.token_log import Rollout, make_record, records_table
+
+    _, tok = tiny
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 50, (2, 4), generator=g)
+    student, teacher = -torch.rand(2, 4, generator=g) * 3, -torch.rand(2, 4, generator=g) * 3
+    contrast = -torch.rand(2, 2, 4, generator=g) * 3
+    ones = torch.ones(2, 4)
+    rollouts = [Rollout(f"p{i}", f"p{i}", 0.0, False, f"f{i}") for i in range(2)]
+    record = make_record(rollouts, ids, ones, student, teacher, teacher - student, ones, ones * 0, ones * 0, contrast)
+    table = records_table([record], tok, 3, 0, {"run": "r", "algo": "credit"}, 1.0, "mean", "shortcut", axis)
+    schema.validate_token_table(table)
+    prefix, other = ("", "feedback_") if axis == "input" else ("feedback_", "")
+    expected = (teacher - contrast.mean(1)).flatten().numpy()
+    np.testing.assert_allclose(table[f"{prefix}specific"], expected, atol=1e-6)
+    np.testing.assert_allclose(table[f"{prefix}credit_reward"], expected, atol=1e-6)  # shortcut form at lam 1
+    assert f"{other}specific" not in table or table[f"{other}specific"].isna().all()
