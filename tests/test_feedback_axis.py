@@ -515,3 +515,21 @@ def test_run_log_table_puts_contrasts_on_their_axis(tiny, axis):
     np.testing.assert_allclose(table[f"{prefix}specific"], expected, atol=1e-6)
     np.testing.assert_allclose(table[f"{prefix}credit_reward"], expected, atol=1e-6)  # shortcut form at lam 1
     assert f"{other}specific" not in table or table[f"{other}specific"].isna().all()
+
+
+def test_train_run_on_the_feedback_axis_logs_the_reward_it_used(tmp_path):
+    """creditlens' train(): contrast_axis=feedback reaches the trainer, and the logged advantage is the table's
+    feedback_credit_reward (shortcut at lam 1: RLCSD), the input-axis columns staying NaN."""
+    from train_support import tiny_fields
+
+    from creditlens.training.config import TrainConfig
+    from creditlens.training.run import train
+
+    config = TrainConfig(**tiny_fields(1), contrast_axis="feedback", lam=1.0, form="shortcut", n_contrast=2)
+    train("credit", "echo", "tiny", config, tmp_path / "run", env=WrongHintEchoEnv())
+    table = schema.read_token_table(tmp_path / "run" / "tokens")
+    counted = table[table["mask"]]
+    assert len(counted) and (table["n_feedback_contrast"] == 2).all() and table["specific"].isna().all()
+    np.testing.assert_allclose(counted["advantage"], counted["feedback_credit_reward"], atol=1e-5)
+    np.testing.assert_allclose(counted["feedback_credit_reward"], counted["feedback_specific"], atol=1e-5)
+    assert 0 < stats.generic_share(table, "feedback") < 1
