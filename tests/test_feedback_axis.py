@@ -368,6 +368,13 @@ def test_token_page_offers_feedback_components(scored_both_axes, monkeypatch):
     at.sidebar.selectbox(key="second").set_value("feedback_specific").run()
     assert not at.exception, [e.value for e in at.exception]
     assert len(at.html) == 2 and "what this feedback explains" in at.html[1].proto.body
+    table = pd.read_parquet(scored_both_axes / "both" / "tokens.parquet")
+    shown = table[table["example_id"] == at.caption[0].value.split("example `")[1].split("`")[0]]
+    counted = shown[shown["mask"]]
+    baseline = np.array([np.mean(v) for v in counted["feedback_contrast_logprobs"]])
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Σ feedback_specific"] == f"{(counted['teacher_logprob'] - baseline).sum():+.3f}"
+    assert metrics["Σ feedback_shortcut"] == f"{(baseline - counted['student_logprob']).sum():+.3f}"
 
 
 # ---- environments: a deliberately wrong hint for the feedback axis ----

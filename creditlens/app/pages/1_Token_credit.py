@@ -55,6 +55,10 @@ with left:
     for column, name in zip(sums, ("sd_reward", "credit_reward", "specific", "shortcut"), strict=False):
         value = counted[name].sum(min_count=1) if name in counted else float("nan")
         column.metric(f"Σ {name}", "n/a" if pd.isna(value) else f"{value:+.3f}")
+    feedback_axis = [c for c in ("feedback_credit_reward", "feedback_specific", "feedback_shortcut") if c in counted]
+    for column, name in zip(st.columns(4) if feedback_axis else [], feedback_axis, strict=False):
+        value = counted[name].sum(min_count=1)  # the same sums along the feedback axis (x, f_j, y)
+        column.metric(f"Σ {name}", "n/a" if pd.isna(value) else f"{value:+.3f}")
 with right:
     if "prompt" in tokens.columns:
         st.markdown("**Prompt**")
