@@ -76,7 +76,7 @@ def credit_methods(lams: dict[str, float] | Sequence[float], forms: Sequence[str
 GRPO, SD = StudyRun("grpo", 0), StudyRun("sd", 0)
 MAIN_ORDER = ("contrastive", "shortcut", "teacher")  # run order in the main grids (teacher was studied on 11-27)
 # lam per form chosen by the pilot (rule in docs/results.md "Pruning rule"); the grids below use these.
-CHOSEN_LAMS = {"teacher": 0.1, "shortcut": 0.1, "contrastive": 0.1}
+CHOSEN_LAMS = {"teacher": 0.5, "shortcut": 0.5, "contrastive": 0.5}
 MAIN_STEPS = "max_steps=60"  # the main grids' length (docs/results.md, plan amendments of 18:40 and 18:55 UTC)
 PRESETS = {
     "cue-cost-harmful-sd": Preset(
