@@ -102,6 +102,15 @@ def test_token_page_renders_coloured_spans_in_chromium(served_app):
             assert "sd_reward = " in title and "teacher_logprob = " in title
             assert page.locator(".cl-legend").count() == 1
             page.screenshot(path=str(ARTIFACTS / "app_token_credit.png"), full_page=True)
+            page.get_by_role("combobox", name="Side by side with").click()
+            page.get_by_role("option", name="specific", exact=True).click()
+            page.locator(".cl-legend").nth(1).wait_for(timeout=30_000)
+            assert page.locator("span.cl-token").count() == 2 * appdata.exact_model().length
+            for i in range(2):  # each legend's title gets its own line, as wide as its column allows
+                title = page.locator(".cl-legend").nth(i).locator("div").first.bounding_box()
+                legend = page.locator(".cl-legend").nth(i).bounding_box()
+                assert title["width"] >= 0.9 * legend["width"] and title["height"] < 60, (title, legend)
+            page.screenshot(path=str(ARTIFACTS / "app_token_credit_side_by_side.png"), full_page=True)
             for name, ready in (("Decomposition", "Generic share of SD credit"), ("pMI check", "Mean |gap|")):
                 page.locator('[data-testid="stSidebarNav"] a', has_text=name).click()
                 page.get_by_text(ready).first.wait_for(timeout=30_000)
