@@ -270,10 +270,11 @@ def test_local_model_instance_args_none_and_plain_sdpo_config(model_dir, tmp_pat
         ({"contrast_chunk_rows": 0}, "contrast_chunk_rows"),
         ({"use_teacher_server": True}, "use_teacher_server"),
         ({"distillation_weight": 0.0}, "distillation_weight"),
+        ({"distillation_mode": "topk_logits", "distillation_alpha": 0.5}, "distillation_topk"),
     ],
 )
 def test_config_refuses_what_credit_cannot_honour(tmp_path, fields, named):
-    with pytest.raises(ValueError, match=rf"CreditConfig {named}: must"):
+    with pytest.raises(ValueError, match=rf"CreditConfig {named}: must"):  # named before any model loads
         CreditConfig(output_dir=str(tmp_path), report_to=[], **fields)
 
 

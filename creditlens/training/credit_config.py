@@ -102,6 +102,10 @@ def check_credit_fields(config: SDPOConfig) -> None:
             f"contrast_chunk_rows: must be None or an int >= 1, got {config.contrast_chunk_rows!r}",
         ),
         (
+            config.distillation_mode != "topk_logits" or _is_int(config.distillation_topk),
+            "distillation_topk: must be an int when distillation_mode='topk_logits' (the student's top-k support)",
+        ),
+        (
             not config.use_teacher_server,
             "use_teacher_server: must be False for CREDIT (the vLLM teacher server scores only the sample's own "
             "teacher context, not the contrast contexts); set use_teacher_server=False",
