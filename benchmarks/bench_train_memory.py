@@ -143,15 +143,36 @@ def main() -> None:
         rows = []
         for mode in args.modes:
             for algo in ("sd", "credit"):
-                command = [sys.executable, __file__, "--child", "--algo", algo, "--mode", mode, "--model", tmp]
-                command += ["--vocab", str(args.vocab), "--batch", str(args.batch), "--tokens", str(args.tokens)]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    "--algo",
+                    algo,
+                    "--mode",
+                    mode,
+                    "--model",
+                    tmp,
+                ]
+                command += [
+                    "--vocab",
+                    str(args.vocab),
+                    "--batch",
+                    str(args.batch),
+                    "--tokens",
+                    str(args.tokens),
+                ]
                 command += ["--k", str(args.k), "--topk", str(args.topk), "--device", args.device]
                 env = {**os.environ, "OMP_NUM_THREADS": "1"}
                 out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                 print(json.dumps(rows[-1]), flush=True)
-    print(f"\nB={args.batch} T={args.tokens} V={args.vocab} K={args.k} top-k={args.topk} device={args.device}")
-    print(f"{'mode':<15}{'SD peak':>10}{'CREDIT peak':>13}{'ratio':>7}{'SD step':>10}{'CREDIT step':>13}{'ratio':>7}  (MiB)")
+    print(
+        f"\nB={args.batch} T={args.tokens} V={args.vocab} K={args.k} top-k={args.topk} device={args.device}"
+    )
+    print(
+        f"{'mode':<15}{'SD peak':>10}{'CREDIT peak':>13}{'ratio':>7}{'SD step':>10}{'CREDIT step':>13}{'ratio':>7}  (MiB)"
+    )
     for mode in args.modes:
         sd, cr = (next(r for r in rows if r["mode"] == mode and r["algo"] == a) for a in ("sd", "credit"))
         print(

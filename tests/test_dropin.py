@@ -30,8 +30,12 @@ class Capture(TrainerCallback):
     def __init__(self):
         self.teacher_texts, self.mask, self.old_logps = [], None, None
 
-    def on_teacher_context_built(self, processing_class=None, teacher_input_ids=None, self_distillation_mask=None, **_):
-        self.teacher_texts += [processing_class.decode(ids, skip_special_tokens=True) for ids in teacher_input_ids]
+    def on_teacher_context_built(
+        self, processing_class=None, teacher_input_ids=None, self_distillation_mask=None, **_
+    ):
+        self.teacher_texts += [
+            processing_class.decode(ids, skip_special_tokens=True) for ids in teacher_input_ids
+        ]
         if self.mask is None:
             self.mask = self_distillation_mask.detach().cpu()
 
@@ -90,7 +94,9 @@ def train_and_check(trainer, changes=True):
 @pytest.mark.parametrize("lam", LAMS)
 def test_positional_config_plain_prompts_without_ids(model_dir, tmp_path, lam):
     dataset = Dataset.from_dict({"prompt": ["Solve 2+2.", "Solve 3+3.", "Name a colour."]})
-    args = config(tmp_path, lam, generation_batch_size=6, per_device_train_batch_size=6, success_reward_threshold=0.5)
+    args = config(
+        tmp_path, lam, generation_batch_size=6, per_device_train_batch_size=6, success_reward_threshold=0.5
+    )
     trainer = CreditTrainer(model_dir, first_only, args, dataset)
     train_and_check(trainer)
     assert isinstance(trainer.args, CreditConfig) and trainer.args.lam == lam
@@ -115,9 +121,15 @@ def test_one_row_conversational_dataset_keeps_the_system_prompt(model_dir, tmp_p
     with caplog.at_level(logging.WARNING):
         train_and_check(trainer)
     assert any("careful assistant" in t and "Solve 2+2" in t for t in capture.teacher_texts)
-    if lam > 0:  # one distinct prompt: no other input to contrast with, SDPO's target is kept (docs/training.md)
+    if (
+        lam > 0
+    ):  # one distinct prompt: no other input to contrast with, SDPO's target is kept (docs/training.md)
         assert "no other prompt to contrast with" in caplog.text
-        contrast = [e["credit/contrast_fraction"] for e in trainer.state.log_history if "credit/contrast_fraction" in e]
+        contrast = [
+            e["credit/contrast_fraction"]
+            for e in trainer.state.log_history
+            if "credit/contrast_fraction" in e
+        ]
         assert contrast == [0.0]  # one generation batch, spread over the two steps
 
 
@@ -125,10 +137,17 @@ def test_one_row_conversational_dataset_keeps_the_system_prompt(model_dir, tmp_p
 def test_one_prompt_per_generation_batch_contrasts_with_earlier_prompts(model_dir, tmp_path, lam):
     dataset = Dataset.from_dict({"prompt": ["Solve 2+2.", "Solve 3+3.", "Name a colour."]})
     args = config(
-        tmp_path, lam, max_steps=3, per_device_train_batch_size=2, success_reward_threshold=0.5, shuffle_dataset=False
+        tmp_path,
+        lam,
+        max_steps=3,
+        per_device_train_batch_size=2,
+        success_reward_threshold=0.5,
+        shuffle_dataset=False,
     )
     trainer = train_and_check(CreditTrainer(model_dir, first_only, args, dataset))
-    contrast = [e["credit/contrast_fraction"] for e in trainer.state.log_history if "credit/contrast_fraction" in e]
+    contrast = [
+        e["credit/contrast_fraction"] for e in trainer.state.log_history if "credit/contrast_fraction" in e
+    ]
     if lam > 0:  # step 1 has seen one prompt only; steps 2 and 3 draw from the bank of earlier prompts
         assert contrast == [0.0, 1.0, 1.0]
         assert list(trainer.contrast_bank.prompts) == ["Solve 2+2.", "Solve 3+3.", "Name a colour."]
@@ -152,7 +171,12 @@ def test_feedback_only_reprompting_from_privileged_context(model_dir, tmp_path, 
     )
     capture = Capture()
     args = config(
-        tmp_path, lam, max_steps=2, include_environment_feedback=True, distillation_is_clip=None, shuffle_dataset=False
+        tmp_path,
+        lam,
+        max_steps=2,
+        include_environment_feedback=True,
+        distillation_is_clip=None,
+        shuffle_dataset=False,
     )
     trainer = CreditTrainer(model_dir, zero_reward, args, dataset, callbacks=[capture])
     train_and_check(trainer)
@@ -186,7 +210,9 @@ def test_curly_braces_in_solution_and_feedback(model_dir, tmp_path, lam):
 
 @pytest.mark.parametrize("lam", LAMS)
 def test_steps_per_generation_differs_from_gradient_accumulation(model_dir, tmp_path, lam):
-    dataset = Dataset.from_dict({"prompt": ["Solve 2+2.", "Solve 3+3."], "privileged_context": ["wrong", "late"]})
+    dataset = Dataset.from_dict(
+        {"prompt": ["Solve 2+2.", "Solve 3+3."], "privileged_context": ["wrong", "late"]}
+    )
     capture = Capture()
     args = config(
         tmp_path,
@@ -205,8 +231,13 @@ def test_steps_per_generation_differs_from_gradient_accumulation(model_dir, tmp_
 def test_flat_rewards_warn(model_dir, tmp_path, lam, caplog):
     dataset = Dataset.from_dict({"prompt": ["Solve 2+2.", "Solve 3+3.", "Solve 4+4."]})
     args = config(
-        tmp_path, lam, per_device_train_batch_size=3, generation_batch_size=3, num_generations=3,
-        diagnostics_warning_interval=2, max_steps=2,
+        tmp_path,
+        lam,
+        per_device_train_batch_size=3,
+        generation_batch_size=3,
+        num_generations=3,
+        diagnostics_warning_interval=2,
+        max_steps=2,
     )
     trainer = CreditTrainer(model_dir, zero_reward, args, dataset)
     with caplog.at_level(logging.WARNING):
@@ -217,22 +248,42 @@ def test_flat_rewards_warn(model_dir, tmp_path, lam, caplog):
 
 @pytest.mark.parametrize("mode", ["topk_logits", "full_logits"])
 def test_logit_modes_train(model_dir, tmp_path, mode):
-    dataset = Dataset.from_dict({"prompt": ["Solve 2+2.", "Solve 3+3."], "privileged_context": ["wrong", "late"]})
+    dataset = Dataset.from_dict(
+        {"prompt": ["Solve 2+2.", "Solve 3+3."], "privileged_context": ["wrong", "late"]}
+    )
     extra = {"distillation_topk": 5, "distillation_add_tail": True} if mode == "topk_logits" else {}
     args = config(
-        tmp_path, 0.5, generation_batch_size=4, per_device_train_batch_size=4, include_environment_feedback=True,
-        distillation_mode=mode, distillation_alpha=0.5, n_contrast=2, pool="logmeanexp", **extra,
+        tmp_path,
+        0.5,
+        generation_batch_size=4,
+        per_device_train_batch_size=4,
+        include_environment_feedback=True,
+        distillation_mode=mode,
+        distillation_alpha=0.5,
+        n_contrast=2,
+        pool="logmeanexp",
+        **extra,
     )
     train_and_check(CreditTrainer(model_dir, zero_reward, args, dataset))
 
 
 @pytest.mark.parametrize("eval_form", ["dataset", "dict"])
 def test_accepted_eval_dataset_forms(model_dir, tmp_path, eval_form):
-    eval_dataset = Dataset.from_dict({"prompt": ["Alpha prompt", "Beta prompt", "Gamma prompt", "Delta prompt"]})
-    eval_dataset = {"one": eval_dataset, "two": eval_dataset.select(range(2))} if eval_form == "dict" else eval_dataset
+    eval_dataset = Dataset.from_dict(
+        {"prompt": ["Alpha prompt", "Beta prompt", "Gamma prompt", "Delta prompt"]}
+    )
+    eval_dataset = (
+        {"one": eval_dataset, "two": eval_dataset.select(range(2))} if eval_form == "dict" else eval_dataset
+    )
     args = config(
-        tmp_path, 0.5, per_device_eval_batch_size=4, generation_batch_size=3, num_generations=3,
-        num_generations_eval=2, success_reward_threshold=0.5, dont_reprompt_on_self_success=False,
+        tmp_path,
+        0.5,
+        per_device_eval_batch_size=4,
+        generation_batch_size=3,
+        num_generations=3,
+        num_generations_eval=2,
+        success_reward_threshold=0.5,
+        dont_reprompt_on_self_success=False,
     )
     rewards = lambda **kw: [1.0 if i % 2 == 0 else 0.0 for i in range(len(kw["prompts"]))]  # noqa: E731
     trainer = CreditTrainer(
@@ -250,9 +301,19 @@ def test_local_model_instance_args_none_and_plain_sdpo_config(model_dir, tmp_pat
     trainer = CreditTrainer(model, first_only, train_dataset=dataset, processing_class=tokenizer)
     assert isinstance(trainer.args, CreditConfig) and trainer.args.lam == 0.5
     assert Path(trainer.args.output_dir).name.endswith("-CREDIT")
-    plain = SDPOConfig(output_dir=str(tmp_path / "plain"), use_cpu=True, bf16=False, num_generations=2,
-                       per_device_train_batch_size=2, max_completion_length=8, max_steps=1, learning_rate=0.1,
-                       success_reward_threshold=0.5, logging_steps=1, report_to=[])
+    plain = SDPOConfig(
+        output_dir=str(tmp_path / "plain"),
+        use_cpu=True,
+        bf16=False,
+        num_generations=2,
+        per_device_train_batch_size=2,
+        max_completion_length=8,
+        max_steps=1,
+        learning_rate=0.1,
+        success_reward_threshold=0.5,
+        logging_steps=1,
+        report_to=[],
+    )
     trainer = CreditTrainer(model_dir, first_only, plain, dataset)
     assert isinstance(trainer.args, CreditConfig) and trainer.args.lam == 0.5 and trainer.args.max_steps == 1
     train_and_check(trainer)

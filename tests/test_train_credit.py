@@ -116,7 +116,9 @@ def contrast_lp(trainer, batch, env):
             text = trainer.args.reprompt_template.format(
                 prompt=other.prompt[-1]["content"], solution="", feedback=feedback
             )
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+            ids = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True
+            )
             candidates[other.id] = ids if isinstance(ids, list) else ids["input_ids"]
         rows = []
         for k in range(batch["contrast_prompt_ids"].shape[1]):
@@ -137,7 +139,9 @@ def test_sampled_token_advantage_matches_plain_forwards(model_dir, tmp_path):
     trainer.compute_loss(trainer.model, batch)
     tokens = trainer.capture.tokens
     ids = batch["completion_ids"].unsqueeze(-1)
-    student = logprobs(trainer.model, batch["prompt_ids"], batch["prompt_mask"], batch).gather(-1, ids)[..., 0]
+    student = logprobs(trainer.model, batch["prompt_ids"], batch["prompt_mask"], batch).gather(-1, ids)[
+        ..., 0
+    ]
     split = batch["teacher_input_ids"].shape[1] - ids.shape[1]
     teacher = logprobs(
         trainer.teacher_model,
@@ -217,7 +221,9 @@ def test_topk_loss_uses_credit_target_on_the_student_support(model_dir, tmp_path
     )
     contrast = contrast_lp(trainer, batch, EchoEnv())
     support = student.topk(k, dim=-1).indices
-    on = lambda lp: lp.gather(-1, support if lp.dim() == 3 else support.unsqueeze(1).expand(-1, lp.shape[1], -1, -1))  # noqa: E731
+    on = lambda lp: lp.gather(
+        -1, support if lp.dim() == 3 else support.unsqueeze(1).expand(-1, lp.shape[1], -1, -1)
+    )  # noqa: E731
     s, t, c = on(student), on(teacher), on(contrast)
     if tail:
         bucket = lambda lp: torch.cat([lp, torch.log1p(-lp.exp().sum(-1, keepdim=True))], -1)  # noqa: E731

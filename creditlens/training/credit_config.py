@@ -6,7 +6,6 @@ import copy
 from dataclasses import dataclass, field, fields
 
 import torch
-
 from trl.experimental.sdpo import SDPOConfig
 
 from creditlens import credit

@@ -39,7 +39,11 @@ import torch
 from accelerate.logging import get_logger
 from accelerate.utils import gather_object
 from trl.experimental.sdpo import SDPOConfig, SDPOTrainer
-from trl.experimental.sdpo.loss_utils import add_tail_bucket, apply_importance_sampling_clipping, compute_divergence
+from trl.experimental.sdpo.loss_utils import (
+    add_tail_bucket,
+    apply_importance_sampling_clipping,
+    compute_divergence,
+)
 from trl.experimental.sdpo.sdpo_trainer import DistillationLogits
 from trl.trainer.utils import get_config_model_id, selective_log_softmax
 
