@@ -221,12 +221,15 @@ def test_topk_loss_uses_credit_target_on_the_student_support(model_dir, tmp_path
     )
     contrast = contrast_lp(trainer, batch, EchoEnv())
     support = student.topk(k, dim=-1).indices
-    on = lambda lp: lp.gather(
-        -1, support if lp.dim() == 3 else support.unsqueeze(1).expand(-1, lp.shape[1], -1, -1)
-    )  # noqa: E731
+
+    def on(lp):  # [..., V] -> [..., k]: the student's top-k ids
+        return lp.gather(-1, support if lp.dim() == 3 else support.unsqueeze(1).expand(-1, lp.shape[1], -1, -1))
+
+    def bucket(lp):  # one more entry: log(1 - mass of the support)
+        return torch.cat([lp, torch.log1p(-lp.exp().sum(-1, keepdim=True))], -1)
+
     s, t, c = on(student), on(teacher), on(contrast)
     if tail:
-        bucket = lambda lp: torch.cat([lp, torch.log1p(-lp.exp().sum(-1, keepdim=True))], -1)  # noqa: E731
         s, t, c = bucket(s), bucket(t), bucket(c)
     else:
         s = s - s.logsumexp(-1, keepdim=True)
