@@ -20,7 +20,7 @@ import pandas as pd
 
 from creditlens import envs, runs, viz
 from creditlens.runs import Run
-from creditlens.stats import auroc, generic_share, t_interval
+from creditlens.stats import auroc, generic_share, has_axis, t_interval
 
 CREDIT_COLUMNS = ("advantage", "sd_reward", "credit_reward", "specific", "shortcut")
 """Per-token columns whose AUROC is reported (``advantage``: what the trainer actually used)."""
@@ -31,11 +31,13 @@ OWN_CREDIT = {"grpo": "advantage", "sd": "sd_reward", "credit": "credit_reward"}
 def group_label(run: Run) -> str:
     """``grpo``, ``sd``, ``credit lam=0.5`` or ``credit shortcut lam=0.5``: the method a run belongs to
     (seeds are pooled); a CREDIT run's reward form is named unless it is ``teacher`` (runs written
-    before forms existed used it)."""
+    before forms existed used it), and its contrast axis when it is ``feedback`` (``credit feedback shortcut
+    lam=1``, the RLCSD reward)."""
     if run.algo == "credit":
         config = run.manifest.get("config", {})
         form = config.get("form", "teacher")
-        return f"credit {'' if form == 'teacher' else form + ' '}lam={float(config.get('lam', math.nan)):g}"
+        axis = "feedback " if config.get("contrast_axis", "input") == "feedback" else ""
+        return f"credit {axis}{'' if form == 'teacher' else form + ' '}lam={float(config.get('lam', math.nan)):g}"
     return run.algo
 
 
@@ -85,7 +87,7 @@ def run_summary(run: Run, target: float) -> dict:
     row["final_score"] = run.final_score() if has_evals else math.nan
     row["best_score"] = run.best_score() if has_evals else math.nan
     row["tokens_to_target"], row["seconds_to_target"] = _to_target(run, evals, target) if has_evals else (math.nan,) * 2
-    row["generic_share"] = math.nan
+    row["generic_share"] = row["feedback_generic_share"] = math.nan
     for column in CREDIT_COLUMNS + ("own",):
         row[f"auroc_{column}"] = row[f"auroc_abs_{column}"] = math.nan
     if not run.token_steps():
@@ -93,6 +95,8 @@ def run_summary(run: Run, target: float) -> dict:
     table = run.tokens()
     if table["shortcut"].notna().any() if "shortcut" in table else False:
         row["generic_share"] = generic_share(table)
+    if has_axis(table, "feedback"):
+        row["feedback_generic_share"] = generic_share(table, "feedback")
     labels = label_tokens(run, table)
     if labels is None:
         return row
@@ -210,7 +214,7 @@ def compare_runs(
         row["reached_target"] = int(reached.sum())
         row["tokens_to_target"] = float(part.loc[reached, "tokens_to_target"].mean()) if reached.any() else math.nan
         row["seconds_to_target"] = float(part.loc[reached, "seconds_to_target"].mean()) if reached.any() else math.nan
-        for column in ["generic_share"] + [c for c in per_run.columns if c.startswith("auroc_")]:
+        for column in ["generic_share", "feedback_generic_share"] + [c for c in per_run.columns if c.startswith("auroc_")]:
             row[column] = float(part[column].mean()) if part[column].notna().any() else math.nan
         groups.append(row)
     return Comparison(found, per_run, pd.DataFrame(groups), _curves(found, confidence), target, confidence)

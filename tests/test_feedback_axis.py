@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from train_support import WORDS, EchoEnv
 from transformers import TrainerCallback
 
-from creditlens import cli, credit, errors, models, schema, stats, theory
+from creditlens import cli, compare, credit, errors, models, schema, stats, theory
 from creditlens.contexts import SDPO_TEMPLATE
 from creditlens.envs.base import Environment, Outcome
 from creditlens.envs.shortcut import ShortcutEnv
@@ -540,3 +540,8 @@ def test_train_run_on_the_feedback_axis_logs_the_reward_it_used(tmp_path):
     np.testing.assert_allclose(counted["advantage"], counted["feedback_credit_reward"], atol=1e-5)
     np.testing.assert_allclose(counted["feedback_credit_reward"], counted["feedback_specific"], atol=1e-5)
     assert 0 < stats.generic_share(table, "feedback") < 1
+    per_run = compare.compare_runs([tmp_path / "run"]).per_run.iloc[0]
+    assert per_run["group"] == "credit feedback shortcut lam=1" and math.isnan(per_run["generic_share"])
+    counted_shortcut = counted["feedback_shortcut"].abs().sum()
+    assert per_run["feedback_generic_share"] == pytest.approx(
+        counted_shortcut / (counted_shortcut + counted["feedback_specific"].abs().sum()), rel=1e-9)
