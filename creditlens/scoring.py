@@ -1,14 +1,14 @@
 """Score (prompt, feedback, response) triples with a causal LM into the per-token table.
 
 For each example the scorer runs three kinds of no-grad forward passes over token ids built by
-:mod:`creditlens.contexts`: the student context (prompt + response), the teacher context
-(reprompt with feedback + response), K contrast contexts (another prompt + this feedback +
-response) and, on request, K_f feedback contrasts (this prompt + another example's feedback +
-response: the feedback axis of docs/CREDIT-MATH.md section 8). :mod:`creditlens.logprobs` runs
-them: on CPU every token prefix that several contexts share (chat header, prompt) runs once and its
-key/value cache serves them all, one sequence at a time without padding; elsewhere sequences go in length-sorted padded batches. Only the positions that
-predict response tokens are projected to the vocabulary. All reward math goes through
-:mod:`creditlens.credit` via :func:`creditlens.schema.build_token_table`.
+:mod:`creditlens.contexts`: the student context (prompt + response), the teacher context (reprompt
+with feedback + response), K contrast contexts (another prompt + this feedback + response) and, on
+request, K_f feedback contrasts (this prompt + another example's feedback + response: the feedback
+axis of docs/CREDIT-MATH.md section 8). :mod:`creditlens.logprobs` runs them: on CPU every token
+prefix that several contexts share (chat header, prompt) runs once and its key/value cache serves
+them all, one sequence at a time without padding; elsewhere sequences go in length-sorted padded
+batches. Only the positions that predict response tokens are projected to the vocabulary. All reward
+math goes through :mod:`creditlens.credit` via :func:`creditlens.schema.build_token_table`.
 """
 
 from __future__ import annotations
