@@ -1,6 +1,6 @@
 """Score (prompt, feedback, response) triples with a causal LM into the per-token table.
 
-For each example the scorer runs three kinds of no-grad forward passes over token ids built by
+For each example the scorer runs up to four kinds of no-grad forward passes over token ids built by
 :mod:`creditlens.contexts`: the student context (prompt + response), the teacher context (reprompt
 with feedback + response), K contrast contexts (another prompt + this feedback + response) and, on
 request, K_f feedback contrasts (this prompt + another example's feedback + response: the feedback
