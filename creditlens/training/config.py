@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,18 +231,19 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     base = kind.removesuffix(" | None")
     if base == "float" and isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     ok = {
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
         "int": isinstance(value, int) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
         "str": isinstance(value, str),
         "dict[str, Any]": isinstance(value, dict),
     }.get(base, True)
     if not ok:
-        raise ConfigError(f"{source}: config key {key!r} expects {kind}, got {value!r}")
+        raise ConfigError(f"{source}: config key {key!r} expects {kind}{' (finite)' if base == 'float' else ''}, "
+                          f"got {value!r}")
     return float(value) if base == "float" else value
 
 
