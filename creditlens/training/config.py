@@ -235,15 +235,16 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         except ValueError:
             pass
     ok = {
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
         "int": isinstance(value, int) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
         "str": isinstance(value, str),
         "dict[str, Any]": isinstance(value, dict),
     }.get(base, True)
     if not ok:
-        raise ConfigError(f"{source}: config key {key!r} expects {kind}{' (finite)' if base == 'float' else ''}, "
-                          f"got {value!r}")
+        raise ConfigError(f"{source}: config key {key!r} expects {kind}, got {value!r}")
+    if base == "float" and not math.isfinite(value):
+        raise ConfigError(f"{source}: config key {key!r} must be a finite number, got {value!r}")
     return float(value) if base == "float" else value
 
 
