@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--model", default=models.DEFAULT_MODEL)
     parser.add_argument("--examples", type=Path, default=ROOT / "data" / "examples.jsonl")
     parser.add_argument("--n", type=int, default=8, help="use the first n examples")
-    parser.add_argument("--contrasts", type=int, nargs="+", default=[0, 1, 3])
+    parser.add_argument("--contrasts", type=int, nargs="*", default=[0, 1, 3], help="K values (none: memory only)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--memory", action="store_true", help="also measure the 4k-context / 150k-vocab peak RSS")
@@ -175,6 +175,14 @@ def main() -> None:
         memory_child(engine, *map(int, sizes))
         return
 
+    if args.contrasts:
+        speed(args)
+    if args.memory:
+        memory()
+
+
+def speed(args: argparse.Namespace) -> None:
+    """Time (a), (b), (c) for each K of ``args.contrasts`` and print the report."""
     rows = read_examples(args.examples)[: args.n]
     model, tok = models.load(args.model)
     scorer = Scorer(model, tok, progress=False)
@@ -205,8 +213,6 @@ def main() -> None:
                 runs[name]()
                 times[name].append(time.perf_counter() - start)
         report(k, tokens, sequences, {name: statistics.median(t) for name, t in times.items()}, profile(scorer, rows, k))
-    if args.memory:
-        memory()
 
 
 if __name__ == "__main__":
