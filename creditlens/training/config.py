@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -353,7 +354,10 @@ def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size:
 def _build(config_class: type, values: dict[str, Any]) -> Any:
     """``config_class(**values)``; TRL's refusal of a value becomes a ``ConfigError`` naming the config."""
     try:
-        return config_class(**values)
+        with warnings.catch_warnings():
+            # TRL's config base sets transformers 5's deprecated `gradient_checkpointing` name itself
+            warnings.filterwarnings("ignore", message=r"`gradient_checkpointing` is deprecated", category=FutureWarning)
+            return config_class(**values)
     except ConfigError:
         raise
     except (TypeError, ValueError) as error:
