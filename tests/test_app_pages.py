@@ -59,6 +59,11 @@ def shown_triple(at: AppTest) -> tuple[int, int, list[int]]:
     return x, f, [appdata.WORDS.index(text) for text in texts]
 
 
+def response_box(at: AppTest):
+    """The sidebar's Response select box (its key names the source shown)."""
+    return next(box for box in at.sidebar.selectbox if box.label == "Response")
+
+
 def count(at: AppTest, element_type: str) -> int:
     """Number of elements of ``element_type`` (e.g. "vega_lite_chart", "image") anywhere in the page."""
     def walk(node) -> int:
@@ -127,15 +132,17 @@ def test_token_page_heatmap_matches_exact_model(data, monkeypatch):
 
 def test_token_page_every_response_and_scored_source(data, monkeypatch):
     at = run_page("tokens", data, monkeypatch)
-    options = at.sidebar.selectbox(key="example").options
+    options = response_box(at).options
     assert len(options) == 6
-    at.sidebar.selectbox(key="example").set_value(5).run()
+    response_box(at).set_value(5).run()
     no_exception(at)
     table = pd.read_parquet(data / "runs" / "credit-seed0" / "tokens" / "step_000010.parquet")
     expected = table.loc[table["sample"] == 5, "example_id"].iloc[0]
     assert f"example `{expected}`" in at.caption[0].value
     at.sidebar.radio(key="source_kind").set_value("Scored examples").run()
     no_exception(at)
+    scored_ids = set(pd.read_parquet(data / "scored" / "tokens.parquet")["example_id"])
+    assert {option.split(" ")[0] for option in response_box(at).options} == scored_ids  # this source's labels
     x, f, ids = shown_triple(at)
     model = appdata.exact_model(7)
     np.testing.assert_allclose([v for _, v, _, _ in spans(at)],
@@ -351,7 +358,7 @@ def test_token_page_opens_on_a_response_with_counted_tokens(tmp_path, monkeypatc
     no_exception(at)
     shown = spans(at)
     assert shown and all(value != 0 for _, value, _, _ in shown)
-    assert at.sidebar.selectbox(key="example").value == 1
+    assert response_box(at).value == 1
 
 
 def test_token_page_robust_scale_chat_prompt_and_settings(tmp_path, monkeypatch):

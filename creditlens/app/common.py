@@ -213,7 +213,9 @@ def pick_example(source: Source, key: str = "") -> pd.DataFrame:
     returns the rows of the chosen one."""
     if source.index.empty:
         fail(f"`{source.label}` has no tokens.")
-    choice = st.sidebar.selectbox("Response", range(len(source.index)), key=f"example{key}",
+    # one widget per source: switching source or step opens on its first counted response, and never
+    # shows the previous source's label for the same row number
+    choice = st.sidebar.selectbox("Response", range(len(source.index)), key=f"example{key}:{source.label}",
                                   index=viz.first_counted(source.index),
                                   format_func=lambda i: example_label(source.index.iloc[i]))
     return viz.select_example(source.table, source.index.iloc[choice].to_dict())

@@ -13,7 +13,6 @@ source = common.pick_source(cat)
 tokens = common.pick_example(source)
 
 components = viz.available_components(tokens)
-absent = [c for c in viz.COMPONENTS if c not in tokens.columns]
 empty = [c for c in viz.COMPONENTS if c in tokens.columns and c not in components]
 component = st.sidebar.selectbox("Colour by", components, key="component", help="Token colour: "
                                  + "; ".join(f"{c}: {viz.COMPONENTS[c]}" for c in components))
@@ -25,8 +24,6 @@ robust = st.sidebar.checkbox(
     f"Robust colour scale ({viz.CLIP_PERCENTILE:g}th percentile)", value=True, key="robust",
     help=f"The scale ends at the {viz.CLIP_PERCENTILE:g}th percentile of |value| over counted tokens, so that one "
          "outlier does not wash out the rest; tokens beyond it saturate. Hover a token for its true values.")
-if absent:
-    st.sidebar.caption("Not in this table: " + ", ".join(absent))
 if empty:
     st.sidebar.caption("No values here (all NaN): " + ", ".join(empty)
                        + (" (scored without contrasts, K = 0)" if "specific" in empty else ""))
