@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from creditlens.commands import port_number
+from creditlens.errors import InputError
 
 APP_ENTRY = Path(__file__).resolve().parents[1] / "app" / "Runs.py"  # ships in the wheel (package data)
 
@@ -31,7 +32,7 @@ def free_port(host: str = "localhost") -> int:
 
 
 def check_port(port: int, host: str = "localhost") -> int:
-    """``port``, or a free one when it is 0; raises ValueError naming the port when it is taken."""
+    """``port``, or a free one when it is 0; raises :class:`InputError` naming the port when it is taken."""
     if port == 0:
         return free_port(host)
     with socket.socket() as sock:
@@ -39,7 +40,7 @@ def check_port(port: int, host: str = "localhost") -> int:
         try:
             sock.bind((host, port))
         except OSError as error:
-            raise ValueError(
+            raise InputError(
                 f"port {port} on {host} is busy ({error.strerror}): another dashboard may be running there; "
                 "stop it, or choose another port (--port N, or PORT=N with make demo; 0 picks a free one)"
             ) from error

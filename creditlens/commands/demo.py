@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from creditlens.commands import app, port_number
+from creditlens.errors import InputError
 
 PACKAGE = Path(__file__).resolve().parents[1]
 DATA = PACKAGE.parent / "data"
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{examples}: bundled examples not found (run the demo from a source checkout)")
     for name in ("gap_examples", "gap_samples", "gap_max_new_tokens"):
         if getattr(args, name) < (0 if name == "gap_examples" else 1):
-            raise ValueError(f"--{name.replace('_', '-')} must be >= {0 if name == 'gap_examples' else 1}, "
+            raise InputError(f"--{name.replace('_', '-')} must be >= {0 if name == 'gap_examples' else 1}, "
                              f"got {getattr(args, name)}")
     port = None if args.no_app else app.check_port(args.port)  # a busy port fails before minutes of scoring
     options = {"model": args.model or "smollm2-135m-instruct", "gap_examples": args.gap_examples,
