@@ -3,12 +3,13 @@
 A sequence is ``(ids, n)``: token ``ids[t]`` of its last ``n`` tokens is scored from position ``t - 1``
 of one causal forward pass over ``ids``. Two engines give the same numbers (within 1e-5 in float32):
 
-- :func:`shared_prefix_logprobs` (the scorer's default on CPU): the sequences are sorted into a prefix
+- :func:`shared_prefix_logprobs` (``Scorer(share_prefixes=True)``): the sequences are sorted into a prefix
   tree, every prefix shared by several sequences (the chat header, a prompt that appears in a student,
   a teacher and contrast contexts) runs once, and its key/value cache serves each sequence that
   continues it. One sequence runs at a time, so there is no padding at all.
-- :func:`padded_batch_logprobs` (the default on accelerators): sequences sorted by length into
-  buckets, each padded to its own longest row.
+- :func:`padded_batch_logprobs` (the scorer's default): sequences sorted by length into buckets,
+  each padded to its own longest row. Fewer, larger forward calls: on a loaded 2-core CPU this beat
+  the shared-prefix engine although that one runs 25-40% fewer tokens (docs/scoring.md, Benchmark).
 
 Both project only the positions that predict scored tokens onto the vocabulary, and the shared-prefix
 engine at most ``chunk_tokens`` of them at a time, so no ``[T, V]`` tensor is built for the context.

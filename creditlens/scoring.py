@@ -4,10 +4,10 @@ For each example the scorer runs up to four kinds of no-grad forward passes over
 :mod:`creditlens.contexts`: the student context (prompt + response), the teacher context (reprompt
 with feedback + response), K contrast contexts (another prompt + this feedback + response) and, on
 request, K_f feedback contrasts (this prompt + another example's feedback + response: the feedback
-axis of docs/CREDIT-MATH.md section 8). :mod:`creditlens.logprobs` runs them: on CPU every token
-prefix that several contexts share (chat header, prompt) runs once and its key/value cache serves
-them all, one sequence at a time without padding; elsewhere sequences go in length-sorted padded
-batches. Only the positions that predict response tokens are projected to the vocabulary. All reward
+axis of docs/CREDIT-MATH.md section 8). :mod:`creditlens.logprobs` runs them in length-sorted
+padded batches (at most ``max_padding`` padding each), or with ``share_prefixes=True`` one sequence
+at a time with every token prefix that several contexts share (chat header, prompt) run once from a
+key/value cache. Only the positions that predict response tokens are projected to the vocabulary. All reward
 math goes through :mod:`creditlens.credit` via :func:`creditlens.schema.build_token_table`.
 """
 
@@ -34,9 +34,10 @@ class ScorerConfig:
 
     batch_size: int = 16  # most sequences per padded forward pass
     max_batch_tokens: int = 16384  # most padded tokens (rows x longest row) per padded forward pass
+    max_padding: float = 0.1  # most padding per padded forward pass, as a fraction of its real tokens
     padding_side: str = "right"  # "right" or "left"; results do not depend on it
     max_length: int | None = None  # model window in tokens; None: model.config.max_position_embeddings
-    share_prefixes: bool | None = None  # run shared prefixes once (no padding); None: on CPU, padded batches elsewhere
+    share_prefixes: bool = False  # run shared prefixes once, one sequence at a time (see creditlens.logprobs)
     min_shared_tokens: int = 16  # a shared prefix shorter than this is recomputed per branch instead
     chunk_tokens: int = 512  # most tokens per shared-prefix forward pass (bounds the [tokens, vocab] logits)
     progress: bool = True  # tqdm bar over the sequences when there is more than one forward pass
@@ -59,10 +60,13 @@ def check_config(config: ScorerConfig) -> None:
     if config.max_length is not None and (not _is_int(config.max_length) or config.max_length < 2):
         raise ConfigError(f"max_length: must be an integer >= 2 (tokens) or None for the model's window, "
                           f"got {config.max_length!r}")
+    if isinstance(config.max_padding, bool) or not isinstance(config.max_padding, (int, float)) or not (
+            0 <= config.max_padding < float("inf")):
+        raise ConfigError(f"max_padding: must be a number >= 0 (0.1 allows 10% padding), got {config.max_padding!r}")
     if config.padding_side not in ("right", "left"):
         raise ConfigError(f"padding_side: must be 'right' or 'left', got {config.padding_side!r}")
-    if config.share_prefixes not in (None, True, False):
-        raise ConfigError(f"share_prefixes: must be True, False or None, got {config.share_prefixes!r}")
+    if not isinstance(config.share_prefixes, bool):
+        raise ConfigError(f"share_prefixes: must be True or False, got {config.share_prefixes!r}")
     if not isinstance(config.progress, bool):
         raise ConfigError(f"progress: must be True or False, got {config.progress!r}")
     if not isinstance(config.context, ContextConfig):
@@ -91,9 +95,7 @@ class Scorer:
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.contexts = ContextBuilder(tokenizer, config.context, int(window))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        on_cpu = next(model.parameters()).device.type == "cpu"
-        wanted = on_cpu if config.share_prefixes is None else config.share_prefixes
-        self.share_prefixes = wanted and logprobs.shares_prefixes(model)
+        self.share_prefixes = config.share_prefixes and logprobs.shares_prefixes(model)
 
     def examples(self, examples: Sequence[Example | dict]) -> list[Example]:
         """Check and normalise a non-empty list of examples; example ids must be unique."""
@@ -208,15 +210,21 @@ class Scorer:
         return [self.build(e, p, q) for e, p, q in zip(examples, partners, by_feedback, strict=True)]
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
+        """Length-sorted buckets of sequence indices within ``batch_size``, ``max_batch_tokens`` and ``max_padding``."""
+        config = self.config
         order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
         batches: list[list[int]] = []
+        real = 0
         for i in order:
-            if batches and len(batches[-1]) < self.config.batch_size and (
-                (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= self.config.max_batch_tokens
-            ):
-                batches[-1].append(i)
-            else:
-                batches.append([i])
+            if batches:
+                rows, longest = len(batches[-1]) + 1, lengths[batches[-1][0]]
+                if (rows <= config.batch_size and rows * longest <= config.max_batch_tokens
+                        and rows * longest <= (1 + config.max_padding) * (real + lengths[i])):
+                    batches[-1].append(i)
+                    real += lengths[i]
+                    continue
+            batches.append([i])
+            real = lengths[i]
         return batches
 
     def padded_batches(self, sequences: Sequence[tuple[list[int], int]]) -> list[tuple[list[int], dict[str, Tensor]]]:

@@ -274,3 +274,16 @@ def test_reward_form_and_lam_are_applied_and_recorded(tiny, examples, form):
     np.testing.assert_allclose(table["credit_reward"], teacher - student - 0.3 * penalty, atol=1e-5)
     np.testing.assert_allclose(table["shortcut"], baseline - student, atol=1e-5)
     np.testing.assert_allclose(table["specific"] + table["shortcut"], table["sd_reward"], atol=1e-5)
+
+
+def test_padded_batches_stay_within_max_padding(tiny, examples):
+    model, tok = tiny
+    scorer = Scorer(model, tok, batch_size=8, max_padding=0.05, progress=False)
+    sequences = [(ids, len(b.response)) for b in scorer.plan(examples, contrast=2)
+                 for ids in [b.student_ids, b.teacher_ids, *b.contrast_ids]]
+    batches = scorer.padded_batches(sequences)
+    assert sorted(i for batch, _ in batches for i in batch) == list(range(len(sequences)))
+    for batch, tensors in batches:
+        real = sum(len(sequences[i][0]) for i in batch)
+        assert len(batch) <= 8 and tensors["input_ids"].numel() <= 1.05 * real
+    assert any(len(batch) > 1 for batch, _ in batches)
