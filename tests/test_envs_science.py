@@ -124,3 +124,15 @@ def test_short_variant_and_template_subset(train):
     assert [p.reference for p in same] == [p.reference for p in train[:50]]
     with pytest.raises(ValueError, match="unknown template 'ohms'"):
         ScienceEnv(templates=("ohms",))
+
+
+def test_readout_template_restates_the_given_value():
+    env = ScienceEnv(short=True, templates=("readout",))
+    problems = env.problems("train", n=50, seed=0)
+    for problem in problems:
+        value = float(re.search(r" as (\S+) ", problem.prompt[1]["content"]).group(1))
+        assert problem.reference["value"] == value
+        assert f"as {value:g} {problem.reference['unit']}." in problem.prompt[1]["content"]
+        assert env.verify(problem, f"Answer: {value:g} {problem.reference['unit']}").passed
+        assert not env.verify(problem, f"Answer: {value * 2:g} {problem.reference['unit']}").passed
+    assert "readout" not in {p.reference["template"] for p in ScienceEnv().problems("train", n=500, seed=0)}

@@ -208,6 +208,21 @@ TEMPLATES: dict[str, Callable[[random.Random], tuple[str, float, str]]] = {
     "conversion": _conversion,
 }
 
+QUANTITIES = [("the pressure of a gas", "kPa"), ("the mass of a sample", "g"), ("the length of a rod", "cm"),
+              ("the current in a wire", "mA"), ("the volume of a solution", "mL"), ("the energy of a battery", "kJ"),
+              ("the speed of a car", "km/h"), ("the duration of a reaction", "min")]
+
+
+def _readout(rng):
+    what, unit = rng.choice(QUANTITIES)
+    x = _sig(rng.uniform(1, 1000))
+    return f"A measurement gives {what} as {x:g} {unit}. What is {what}?", x, unit
+
+
+# Opt-in templates (not drawn by default): ``readout`` only restates a given value in the asked unit, so a
+# model too small to do the arithmetic of TEMPLATES can still pass by following the format feedback.
+EXTRA_TEMPLATES: dict[str, Callable[[random.Random], tuple[str, float, str]]] = {"readout": _readout}
+
 
 @dataclass
 class ScienceEnv(Environment):
@@ -217,13 +232,14 @@ class ScienceEnv(Environment):
     default_n: int = 1000  # problems returned when ``n`` is None
     eval_fraction: float = 0.25  # share of questions (by text hash) in the eval split
     short: bool = False  # ask for the answer line only, no working (short responses for small models)
-    templates: tuple[str, ...] | None = None  # draw only from these templates (None: all of TEMPLATES)
+    templates: tuple[str, ...] | None = None  # draw only from these (TEMPLATES or EXTRA_TEMPLATES; None: TEMPLATES)
     name: str = "science"
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.templates or ()) - set(TEMPLATES))
+        known = {**TEMPLATES, **EXTRA_TEMPLATES}
+        unknown = sorted(set(self.templates or ()) - set(known))
         if unknown:
-            raise ValueError(f"templates: unknown template {unknown[0]!r}; choose from {sorted(TEMPLATES)}")
+            raise ValueError(f"templates: unknown template {unknown[0]!r}; choose from {sorted(known)}")
         if self.templates is not None and not self.templates:
             raise ValueError("templates: give at least one template, or None for all")
 
@@ -239,7 +255,7 @@ class ScienceEnv(Environment):
             if len(problems) == n:
                 break
             template = rng.choice(names)
-            text, value, unit = TEMPLATES[template](rng)
+            text, value, unit = {**TEMPLATES, **EXTRA_TEMPLATES}[template](rng)
             question = f"{text} Give the answer in {unit}."
             key = zlib.crc32(question.encode())
             if question in seen or (key / 2**32 < self.eval_fraction) != (split == "eval"):
