@@ -136,3 +136,15 @@ def test_readout_template_restates_the_given_value():
         assert env.verify(problem, f"Answer: {value:g} {problem.reference['unit']}").passed
         assert not env.verify(problem, f"Answer: {value * 2:g} {problem.reference['unit']}").passed
     assert "readout" not in {p.reference["template"] for p in ScienceEnv().problems("train", n=500, seed=0)}
+
+
+def test_lenient_grades_the_last_quantity_without_an_answer_line():
+    strict = ScienceEnv(short=True, templates=("readout",))
+    lenient = ScienceEnv(short=True, templates=("readout",), lenient=True)
+    problem = lenient.problems("train", n=1, seed=0)[0]
+    value, unit = problem.reference["value"], problem.reference["unit"]
+    prose = f"It was 3 {unit} before; now it is {value:g} {unit}."
+    assert lenient.verify(problem, prose).passed and not strict.verify(problem, prose).passed
+    assert "too large" in lenient.verify(problem, f"It is {value * 2:g} {unit}, I think.").feedback
+    assert lenient.verify(problem, "no quantity here").feedback.startswith("Format:")
+    assert not lenient.verify(problem, f"Answer: {value * 2:g} {unit}\nso {value:g} {unit}").passed

@@ -233,6 +233,7 @@ class ScienceEnv(Environment):
     eval_fraction: float = 0.25  # share of questions (by text hash) in the eval split
     short: bool = False  # ask for the answer line only, no working (short responses for small models)
     templates: tuple[str, ...] | None = None  # draw only from these (TEMPLATES or EXTRA_TEMPLATES; None: TEMPLATES)
+    lenient: bool = False  # without an `Answer:` line, grade the last "<number> <unit>" of the response
     name: str = "science"
 
     def __post_init__(self) -> None:
@@ -274,6 +275,8 @@ class ScienceEnv(Environment):
         truth, unit = problem.reference["value"], problem.reference["unit"]
         dimension = UNITS[unit][0]
         lines = [line for line in response.splitlines() if re.search(r"answer\s*[:=]", line, re.I)]
+        if not lines and self.lenient:
+            lines = [f"Answer: {q}" for q in last_quantity(response)]
         if not lines:
             return Outcome(0.0, False, f"Format: no final line `Answer: <number> <unit>` was found; end with "
                                        f"one, e.g. `Answer: 1.23 {unit}`.")
@@ -302,6 +305,13 @@ class ScienceEnv(Environment):
         if magnitude:
             return Outcome(0.0, False, f"Magnitude: {value:g} {unit} {magnitude}.")
         return Outcome(1.0, True, "")
+
+
+def last_quantity(text: str) -> list[str]:
+    """``["41.4 km/h"]``: the last number of ``text`` followed by a recognised unit, or ``[]``."""
+    found = [f"{m.group(1)} {m.group(2)}" for m in re.finditer(f"({NUMBER})\\s*([A-Za-z°][A-Za-z°/^0-9-]*)", text)
+             if normalise_unit(m.group(2)) is not None]
+    return found[-1:]
 
 
 def parse_number(text: str) -> float:
