@@ -8,8 +8,8 @@ of one causal forward pass over ``ids``. Two engines give the same numbers (with
   a teacher and contrast contexts) runs once, and its key/value cache serves each sequence that
   continues it. One sequence runs at a time, so there is no padding at all.
 - :func:`padded_batch_logprobs` (the scorer's default): sequences sorted by length into buckets,
-  each padded to its own longest row. Fewer, larger forward calls: on a loaded 2-core CPU this beat
-  the shared-prefix engine although that one runs 25-40% fewer tokens (docs/scoring.md, Benchmark).
+  each padded to its own longest row: fewer, larger forward calls, against fewer tokens for the
+  shared-prefix engine; neither was faster in every measurement (docs/scoring.md, Benchmark).
 
 Both project only the positions that predict scored tokens onto the vocabulary, and the shared-prefix
 engine at most ``chunk_tokens`` of them at a time, so no ``[T, V]`` tensor is built for the context.
