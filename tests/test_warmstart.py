@@ -58,7 +58,10 @@ def test_teacher_with_feedback_beats_student(built):
     scores = warmstart.load_info(model_dir)["scores"]
     for kind in ("filler", "letter"):
         assert scores[kind]["teacher_pass"] >= scores[kind]["student_pass"] + 0.15
-        assert scores[kind]["repair_rate"] >= 0.3
+    assert scores["filler"]["repair_rate"] >= 0.3
+    # the teacher obeys the harmful letter cue, so it repairs fewer attempts than with the harmless filler cue
+    assert scores["letter"]["teacher_pass"] < scores["filler"]["teacher_pass"]
+    assert scores["letter"]["cue_followed"] >= 0.8
 
 
 def test_build_is_cached_and_loads_like_any_hf_model(built):
