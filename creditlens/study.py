@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from creditlens.choices import FORMS
@@ -296,7 +296,6 @@ def rollout_profile(run_dir: Path):
     import pandas as pd
 
     from creditlens import envs, runs
-
     from creditlens.warmstart import WarmStartConfig
 
     run = runs.load_run(run_dir)
