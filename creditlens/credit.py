@@ -58,7 +58,7 @@ class SequenceSums:
     n_tokens: Tensor
 
 
-def _check_tensor(name: str, value: Tensor, ndim: int) -> None:
+def _check_tensor(name: str, value: object, ndim: int) -> None:
     if not isinstance(value, Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
     if value.dim() != ndim:
@@ -278,12 +278,7 @@ def sequence_sums(
 
 
 def _check_vocab_logprobs(name: str, value: object, ndim: int) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise ValueError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
-    if value.dim() != ndim:
-        raise ValueError(f"{name}: expected {ndim} dims, got shape {tuple(value.shape)}")
-    if value.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{name}: expected a floating dtype, got {value.dtype}")
+    _check_tensor(name, value, ndim)
     if bool(torch.isnan(value).any()):
         raise ValueError(f"{name}: NaN at index {torch.isnan(value).nonzero()[0].tolist()}")
     return value
