@@ -175,8 +175,14 @@ class CreditTrainer(SDPOTrainer):
             has_contrast.append(bool(mine))
             others = [lookup[key] for key in mine] or [example["prompt"]] * self.args.n_contrast
             messages += [builder.contrast_prompt(row, other) for other in others]
+        return self._tokenized_contrasts(builder, messages, has_contrast)
+
+    def _tokenized_contrasts(
+        self, builder: ContextRecorder, messages: list, has_contrast: list[bool]
+    ) -> dict[str, torch.Tensor]:
+        """Tokenize B*K contrast teacher prompts into ``contrast_prompt_ids/mask [B, K, L]`` and ``has_contrast [B]``."""
         tokenized = builder._tokenize_teacher_messages(messages)
-        shape = (len(inputs), self.args.n_contrast, -1)
+        shape = (len(has_contrast), self.args.n_contrast, -1)
         return {
             "contrast_prompt_ids": tokenized["prompt_ids"].view(shape),
             "contrast_prompt_mask": tokenized["prompt_mask"].view(shape),
@@ -201,13 +207,7 @@ class CreditTrainer(SDPOTrainer):
             has_contrast.append(bool(mine))
             texts = mine or [builder.feedback_text(row)] * self.args.n_contrast
             messages += [builder.feedback_contrast_prompt(row, example["prompt"], text) for text in texts]
-        tokenized = builder._tokenize_teacher_messages(messages)
-        shape = (len(inputs), self.args.n_contrast, -1)
-        return {
-            "contrast_prompt_ids": tokenized["prompt_ids"].view(shape),
-            "contrast_prompt_mask": tokenized["prompt_mask"].view(shape),
-            "has_contrast": torch.tensor(has_contrast, device=self.accelerator.device),
-        }
+        return self._tokenized_contrasts(builder, messages, has_contrast)
 
     # ---- K no-grad contrast teacher forwards -----------------------------------------------------
     def _compute_teacher_student_logits(self, model, teacher_model, inputs) -> DistillationLogits:
