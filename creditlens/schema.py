@@ -143,6 +143,24 @@ def _as_numpy(value: Tensor | np.ndarray | Sequence) -> np.ndarray:
     return np.asarray(value)
 
 
+def _split_columns(
+    names: tuple[str, ...],
+    teacher_lp: Tensor,
+    contrast_lp: Tensor,
+    student_lp: Tensor,
+    counted: Tensor,
+    lam: float,
+    pool: str,
+    form: str,
+) -> dict[str, Tensor]:
+    """One axis's ``[B, T]`` columns (baseline, specific, shortcut, credit reward), named by ``names``."""
+    from creditlens import credit
+
+    parts = credit.decompose(teacher_lp, contrast_lp, student_lp, counted, pool)
+    reward = credit.credit_rewards(teacher_lp, contrast_lp, student_lp, counted, lam, pool, form)
+    return dict(zip(names, (parts.baseline, parts.specific, parts.shortcut, reward), strict=True))
+
+
 def build_token_table(
     example_ids: Sequence[str],
     prompt_ids: Sequence[str],
@@ -202,12 +220,8 @@ def build_token_table(
         "sd_reward": credit.sd_rewards(teacher_lp, student_lp, counted),
     }
     if contrast_lp is not None and contrast_lp.shape[1] > 0:
-        parts = credit.decompose(teacher_lp, contrast_lp, student_lp, counted, pool)
         columns.update(
-            contrast_baseline=parts.baseline,
-            specific=parts.specific,
-            shortcut=parts.shortcut,
-            credit_reward=credit.credit_rewards(teacher_lp, contrast_lp, student_lp, counted, lam, pool, form),
+            _split_columns(CONTRAST_COLUMNS, teacher_lp, contrast_lp, student_lp, counted, lam, pool, form)
         )
         n_contrast = contrast_lp.shape[1]
     else:
@@ -216,14 +230,8 @@ def build_token_table(
         n_contrast = 0
     n_feedback_contrast = 0
     if feedback_contrast_lp is not None and feedback_contrast_lp.shape[1] > 0:
-        by_feedback = credit.decompose(teacher_lp, feedback_contrast_lp, student_lp, counted, pool)
         columns.update(
-            feedback_baseline=by_feedback.baseline,
-            feedback_specific=by_feedback.specific,
-            feedback_shortcut=by_feedback.shortcut,
-            feedback_credit_reward=credit.credit_rewards(
-                teacher_lp, feedback_contrast_lp, student_lp, counted, lam, pool, form
-            ),
+            _split_columns(FEEDBACK_COLUMNS, teacher_lp, feedback_contrast_lp, student_lp, counted, lam, pool, form)
         )
         n_feedback_contrast = feedback_contrast_lp.shape[1]
     keep = in_response.numpy()
