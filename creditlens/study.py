@@ -107,6 +107,16 @@ PRESETS = {
         CONFIG_DIR / "study-full-logits.yaml", (SD, *credit_methods(CHOSEN_LAMS, MAIN_ORDER)), sets=(HARMLESS, MAIN_STEPS),
         about="harmless filler cue, full-logits regime (feedback-only teacher)",
     ),
+    "harmful-sdpo-blend": Preset(
+        CONFIG_DIR / "study-sdpo-blend.yaml", (SD, *credit_methods({"contrastive": 0.5}, ("contrastive",))),
+        sets=(HARMFUL, MAIN_STEPS),
+        about="harmful letter cue, SDPO regime with an outcome blend (distillation_weight 0.5): SD and the default form",
+    ),
+    "harmful-sdpo-feedback-axis": Preset(
+        CONFIG_DIR / "study-sdpo.yaml", credit_methods({"contrastive": 0.5, "shortcut": 0.5}, ("contrastive", "shortcut")),
+        sets=(HARMFUL, MAIN_STEPS, "contrast_axis=feedback"),
+        about="harmful letter cue, SDPO regime, contrasts on the feedback axis (x, f_j, y); SD and GRPO: harmful-sdpo",
+    ),
     "bundled": Preset(
         CONFIG_DIR / "study-bundled.yaml", (GRPO, SD, StudyRun("credit", 0, 0.5)), seeds=(0,),
         about="the small real runs shipped in data/runs/",
