@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from creditlens import runs, schema
+from creditlens import choices, runs, schema
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import appdata  # noqa: E402
@@ -297,6 +297,7 @@ def test_live_scoring_with_tiny_model_matches_plain_forward(tmp_path, monkeypatc
     assert "Press **Score**" in at.info[0].value
     at.text_input(key="model").set_value("tiny")
     at.text_area(key="contrasts").set_value("What is the capital of France?")
+    assert at.radio(key="form").value == choices.DEFAULT_FORM  # the library's default form is preselected
     at.radio(key="form").set_value("shortcut")
     at.button[0].click().run()
     no_exception(at)
@@ -371,6 +372,7 @@ def test_token_page_robust_scale_chat_prompt_and_settings(tmp_path, monkeypatch)
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "input 3?"}]
     table["prompt"] = json.dumps(chat)
     table["advantage"] = np.nan  # all NaN: listed as having no values, not as absent
+    table["form"] = next(form for form in choices.FORMS if form != choices.DEFAULT_FORM)  # read from the table
     table.to_parquet(scored / "tokens.parquet")
     at = run_page("tokens", tmp_path, monkeypatch)
     no_exception(at)
@@ -387,5 +389,5 @@ def test_token_page_robust_scale_chat_prompt_and_settings(tmp_path, monkeypatch)
     assert "+50" in legend and "beyond" not in legend
     assert [m.proto.name for m in at.get("chat_message")] == ["user", "user"]  # system shown with its own avatar
     assert "Be brief." in [t.value for t in at.text] and "input 3?" in [t.value for t in at.text]
-    assert "form = teacher" in at.caption[0].value and "lambda = 0.5" in at.caption[0].value
+    assert f"form = {table['form'].iloc[0]}" in at.caption[0].value and "lambda = 0.5" in at.caption[0].value
     assert [c.value for c in at.sidebar.caption if "advantage" in c.value] == ["No values here (all NaN): advantage"]

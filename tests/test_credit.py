@@ -48,7 +48,7 @@ def test_matches_elementwise_reference(pool):
     torch.testing.assert_close(parts.specific, ref["specific"])
     torch.testing.assert_close(parts.shortcut, ref["baseline"] - student)
     torch.testing.assert_close(
-        credit.credit_rewards(teacher, contrast, student, lam=0.3, pool=pool), ref["credit"]
+        credit.credit_rewards(teacher, contrast, student, lam=0.3, pool=pool, form="teacher"), ref["credit"]
     )
 
 
@@ -73,7 +73,7 @@ def test_lam_zero_is_sd_and_lam_scales_baseline():
     teacher, contrast, student = _random_inputs()
     sd = credit.sd_rewards(teacher, student)
     assert torch.equal(credit.credit_rewards(teacher, contrast, student, lam=0.0), sd)
-    full = credit.credit_rewards(teacher, contrast, student, lam=1.0)
+    full = credit.credit_rewards(teacher, contrast, student, lam=1.0, form="teacher")
     torch.testing.assert_close(full, teacher - contrast.mean(1) - student)
 
 
@@ -111,7 +111,7 @@ def test_dtype_is_kept(dtype):
 def test_sequence_sums_match_token_sums_and_contrastive_identity():
     teacher, contrast, student = _random_inputs(b=2, k=3, t=6)
     mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
-    sums = credit.sequence_sums(teacher, contrast, student, mask=mask, lam=0.7)
+    sums = credit.sequence_sums(teacher, contrast, student, mask=mask, lam=0.7, form="teacher")
     for i, n in enumerate((6, 4)):
         sd = float((teacher[i, :n] - student[i, :n]).sum())
         seq_contrast = contrast[i, :, :n].sum(dim=1)  # log pi_T(y | x_j, f) for each j
@@ -185,8 +185,8 @@ def test_credit_target_logprobs_renormalises_and_lam_zero_is_identity():
     gen = torch.Generator().manual_seed(1)
     teacher = torch.log_softmax(torch.randn(2, 3, 7, generator=gen, dtype=torch.float64), -1)
     contrast = torch.log_softmax(torch.randn(2, 4, 3, 7, generator=gen, dtype=torch.float64), -1)
-    assert credit.credit_target_logprobs(teacher, contrast, lam=0.0) is teacher
-    target = credit.credit_target_logprobs(teacher, contrast, lam=0.5)
+    assert credit.credit_target_logprobs(teacher, contrast, lam=0.0, form="teacher") is teacher
+    target = credit.credit_target_logprobs(teacher, contrast, lam=0.5, form="teacher")
     torch.testing.assert_close(target.exp().sum(-1), torch.ones(2, 3, dtype=torch.float64))
     unnormalised = (teacher - 0.5 * contrast.mean(1)).exp()
     torch.testing.assert_close(target.exp(), unnormalised / unnormalised.sum(-1, keepdim=True))
@@ -200,16 +200,23 @@ def test_credit_target_logprobs_renormalises_and_lam_zero_is_identity():
     lam=st.floats(0, 1),
     seed=st.integers(0, 10_000),
     pool=st.sampled_from(["mean", "logmeanexp"]),
+    form=st.sampled_from(credit.FORMS),
 )
-def test_identities_hold_for_random_inputs(b, k, t, lam, seed, pool):
+def test_identities_hold_for_random_inputs(b, k, t, lam, seed, pool, form):
     teacher, contrast, student = _random_inputs(b, k, t, seed=seed)
     mask = (torch.rand(b, t, generator=torch.Generator().manual_seed(seed)) > 0.3).long()
     parts = credit.decompose(teacher, contrast, student, mask=mask, pool=pool)
     keep = mask.bool()
     torch.testing.assert_close((parts.specific + parts.baseline)[keep], teacher[keep], rtol=0, atol=1e-12)
     torch.testing.assert_close(parts.specific + parts.shortcut, parts.sd, rtol=0, atol=1e-12)
-    reward = credit.credit_rewards(teacher, contrast, student, mask=mask, lam=lam, pool=pool)
-    torch.testing.assert_close(reward, parts.sd - lam * parts.baseline, rtol=0, atol=1e-12)
+    reward = credit.credit_rewards(teacher, contrast, student, mask=mask, lam=lam, pool=pool, form=form)
+    pooled_with_input = torch.logaddexp(teacher, math.log(k) + parts.baseline) - math.log(k + 1)
+    expected = {  # the identities of docs/CREDIT-MATH.md section 4, written with the decomposition's parts
+        "teacher": parts.sd - lam * parts.baseline,
+        "shortcut": parts.specific + (1 - lam) * parts.shortcut,
+        "contrastive": (1 - lam) * parts.sd + lam * (teacher - pooled_with_input),
+    }[form]
+    torch.testing.assert_close(reward[keep], expected[keep], rtol=0, atol=1e-12)
     assert (reward[~keep] == 0).all()
 
 
@@ -376,3 +383,4 @@ def test_sequence_sums_credit_is_the_token_sum_of_the_form(form):
     for i, n in enumerate((6, 4)):
         assert sums.credit[i].item() == pytest.approx(float(reference[i, :n].sum()))
         assert sums.baseline[i].item() == pytest.approx(float(contrast[i, :, :n].mean(0).sum()))
+

@@ -28,6 +28,13 @@ def _table(lengths=(4, 2, 3), k=2, mask=None, seed=0):
     return table, batch
 
 
+def _form_reward(form, teacher, student, baseline, k, lam):
+    """One token's reward of ``form``, docs/CREDIT-MATH.md section 4, from plain floats."""
+    pooled_with_input = np.log((np.exp(teacher) + k * np.exp(baseline)) / (k + 1))
+    penalty = {"teacher": baseline, "shortcut": baseline - student, "contrastive": pooled_with_input - student}[form]
+    return teacher - student - lam * penalty
+
+
 def test_rows_align_positions_ids_and_logprobs():
     table, batch = _table()
     assert len(table) == 4 + 2 + 3
@@ -43,7 +50,10 @@ def test_rows_align_positions_ids_and_logprobs():
         assert row.contrast_baseline == pytest.approx(baseline, abs=1e-12)
         sd = batch.teacher_lp[b, t].item() - batch.student_lp[b, t].item()
         assert row.sd_reward == pytest.approx(sd, abs=1e-12)
-        assert row.credit_reward == pytest.approx(sd - 0.25 * baseline, abs=1e-12)
+        assert row.credit_reward == pytest.approx(
+            _form_reward(row.form, batch.teacher_lp[b, t].item(), batch.student_lp[b, t].item(), baseline, 2, 0.25),
+            abs=1e-12,
+        )
         assert row.specific == pytest.approx(batch.teacher_lp[b, t].item() - baseline, abs=1e-12)
         assert row.shortcut == pytest.approx(baseline - batch.student_lp[b, t].item(), abs=1e-12)
         assert row.form == credit.DEFAULT_FORM
@@ -99,6 +109,7 @@ def test_example_summary_gives_pmi_and_contrastive_pmi():
         batch.student_lp,
         batch.contrast_lp,
         lam=0.5,
+        form="teacher",
     )
     summary = schema.example_summary(table).set_index("example_id")
     for i in range(4):

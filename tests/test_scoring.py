@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from creditlens import errors, models, schema
+from creditlens import credit, errors, models, schema
 from creditlens.contexts import SDPO_TEMPLATE, ContextConfig
 from creditlens.scoring import Scorer
 
@@ -51,6 +51,16 @@ def by_key(table):
     return table.sort_values(["example_id", "position"]).reset_index(drop=True)
 
 
+def form_reward(form, teacher, student, baseline, k, lam):
+    """The CREDIT reward of ``form`` from per-token arrays, docs/CREDIT-MATH.md section 4 written out."""
+    penalty = {
+        "teacher": baseline,
+        "shortcut": baseline - student,
+        "contrastive": np.log((np.exp(teacher) + k * np.exp(baseline)) / (k + 1)) - student,
+    }[form]
+    return teacher - student - lam * penalty
+
+
 @pytest.mark.parametrize("share_prefixes", [False, True])
 def test_table_matches_plain_forward_pass(tiny, examples, share_prefixes):
     model, tok = tiny
@@ -72,7 +82,9 @@ def test_table_matches_plain_forward_pass(tiny, examples, share_prefixes):
         baseline = contrast.mean(0)
         np.testing.assert_allclose(rows["sd_reward"], teacher - student, atol=TOL)
         np.testing.assert_allclose(rows["specific"], teacher - baseline, atol=TOL)
-        np.testing.assert_allclose(rows["credit_reward"], teacher - 0.5 * baseline - student, atol=TOL)
+        assert (rows["form"] == credit.DEFAULT_FORM).all()
+        expected = form_reward(credit.DEFAULT_FORM, teacher.numpy(), student.numpy(), baseline.numpy(), 2, 0.5)
+        np.testing.assert_allclose(rows["credit_reward"], expected, atol=TOL)
     # the model is context sensitive, so the comparisons above can fail
     assert (table["teacher_logprob"] - table["student_logprob"]).abs().mean() > 0.1
 
@@ -174,7 +186,9 @@ def test_plain_sd_and_logmeanexp_pool(tiny, examples):
     lps = np.stack(table["contrast_logprobs"].to_list())
     baseline = np.logaddexp.reduce(lps, axis=1) - math.log(2)
     np.testing.assert_allclose(table["contrast_baseline"], baseline, atol=1e-5)
-    np.testing.assert_allclose(table["credit_reward"], table["teacher_logprob"] - baseline - table["student_logprob"], atol=1e-5)
+    teacher, student = table["teacher_logprob"].to_numpy(), table["student_logprob"].to_numpy()
+    expected = form_reward(credit.DEFAULT_FORM, teacher, student, baseline, 2, 1.0)
+    np.testing.assert_allclose(table["credit_reward"], expected, atol=1e-5)
 
 
 def test_long_feedback_is_truncated_never_the_response(tiny, examples):
@@ -263,15 +277,9 @@ def test_reward_form_and_lam_are_applied_and_recorded(tiny, examples, form):
     table = Scorer(model, tok, progress=False).score(examples, contrast=2, lam=0.3, form=form)
     assert (table["form"] == form).all() and (table["lam"] == 0.3).all()
     teacher, student = table["teacher_logprob"].to_numpy(), table["student_logprob"].to_numpy()
-    contrast = np.stack(table["contrast_logprobs"].to_list())
-    baseline = contrast.mean(1)
-    # docs/CREDIT-MATH.md section 4, written out
-    penalty = {
-        "teacher": baseline,
-        "shortcut": baseline - student,
-        "contrastive": np.log((np.exp(teacher) + 2 * np.exp(baseline)) / 3) - student,
-    }[form]
-    np.testing.assert_allclose(table["credit_reward"], teacher - student - 0.3 * penalty, atol=1e-5)
+    baseline = np.stack(table["contrast_logprobs"].to_list()).mean(1)
+    expected = form_reward(form, teacher, student, baseline, 2, 0.3)
+    np.testing.assert_allclose(table["credit_reward"], expected, atol=1e-5)
     np.testing.assert_allclose(table["shortcut"], baseline - student, atol=1e-5)
     np.testing.assert_allclose(table["specific"] + table["shortcut"], table["sd_reward"], atol=1e-5)
 

@@ -97,6 +97,16 @@ def test_lam_zero_reproduces_sdpo_loss_and_gradients_exactly(model_dir, tmp_path
     assert not torch.equal(loss_half, loss_sd_half)
 
 
+def form_score(form, teacher, contrast_mean, student, lam, k):
+    """``log pi_T - lam * penalty`` of ``form`` (docs/CREDIT-MATH.md section 4) on matching shapes."""
+    penalty = {
+        "teacher": contrast_mean,
+        "shortcut": contrast_mean - student,
+        "contrastive": torch.log((teacher.exp() + k * contrast_mean.exp()) / (k + 1)) - student,
+    }[form]
+    return teacher - lam * penalty
+
+
 def contrast_lp(trainer, batch, env):
     """Teacher log-probs ``[B, K, T, V]`` on the contrast contexts (x_j, f_i, y_i), rebuilt from text here.
 
@@ -132,9 +142,10 @@ def contrast_lp(trainer, batch, env):
     return torch.stack(out)
 
 
-def test_sampled_token_advantage_matches_plain_forwards(model_dir, tmp_path):
+@pytest.mark.parametrize("form", ["teacher", "shortcut", "contrastive"])
+def test_sampled_token_advantage_matches_plain_forwards(model_dir, tmp_path, form):
     lam = 0.7
-    trainer = make("credit", model_dir, tmp_path, lam=lam, n_contrast=2, use_successful_as_teacher=False)
+    trainer = make("credit", model_dir, tmp_path, lam=lam, n_contrast=2, form=form, use_successful_as_teacher=False)
     batch = rollout_batch(trainer)
     trainer.compute_loss(trainer.model, batch)
     tokens = trainer.capture.tokens
@@ -151,15 +162,15 @@ def test_sampled_token_advantage_matches_plain_forwards(model_dir, tmp_path):
     ).gather(-1, ids)[..., 0]
     contrast = contrast_lp(trainer, batch, EchoEnv())
     contrast = contrast.gather(-1, ids.unsqueeze(1).expand(-1, contrast.shape[1], -1, -1))[..., 0]
-    expected = teacher - lam * contrast.mean(dim=1) - student
+    expected = form_score(form, teacher, contrast.mean(dim=1), student, lam, 2) - student
     mask = tokens["loss_mask"].bool()
     assert mask.any() and bool(tokens["has_contrast"].all())
     torch.testing.assert_close(tokens["advantage"][mask], expected[mask], atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(tokens["contrast_lp"], contrast, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.5])
-def test_full_logits_loss_is_divergence_to_credit_target(model_dir, tmp_path, alpha):
+@pytest.mark.parametrize(("alpha", "form"), [(0.0, "teacher"), (0.5, "contrastive"), (0.0, "shortcut")])
+def test_full_logits_loss_is_divergence_to_credit_target(model_dir, tmp_path, alpha, form):
     lam = 0.5
     trainer = make(
         "credit",
@@ -167,6 +178,7 @@ def test_full_logits_loss_is_divergence_to_credit_target(model_dir, tmp_path, al
         tmp_path,
         lam=lam,
         n_contrast=2,
+        form=form,
         distillation_mode="full_logits",
         distillation_alpha=alpha,
         use_successful_as_teacher=False,
@@ -181,7 +193,8 @@ def test_full_logits_loss_is_divergence_to_credit_target(model_dir, tmp_path, al
         batch["teacher_attention_mask"][:, :split],
         batch,
     )
-    target = torch.log_softmax(teacher - lam * contrast_lp(trainer, batch, EchoEnv()).mean(dim=1), -1)
+    contrast_mean = contrast_lp(trainer, batch, EchoEnv()).mean(dim=1)
+    target = torch.log_softmax(form_score(form, teacher, contrast_mean, student, lam, 2), -1)
     if alpha == 0.0:  # forward KL(target || student)
         per_token = (target.exp() * (target - student)).sum(-1)
     else:  # generalized JSD with the mixture m = (p_S + p_target) / 2
@@ -194,8 +207,8 @@ def test_full_logits_loss_is_divergence_to_credit_target(model_dir, tmp_path, al
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("tail", [False, True])
-def test_topk_loss_uses_credit_target_on_the_student_support(model_dir, tmp_path, tail):
+@pytest.mark.parametrize(("tail", "form"), [(False, "teacher"), (True, "contrastive"), (False, "shortcut")])
+def test_topk_loss_uses_credit_target_on_the_student_support(model_dir, tmp_path, tail, form):
     lam, k = 0.5, 4
     trainer = make(
         "credit",
@@ -203,6 +216,7 @@ def test_topk_loss_uses_credit_target_on_the_student_support(model_dir, tmp_path
         tmp_path,
         lam=lam,
         n_contrast=2,
+        form=form,
         distillation_mode="topk_logits",
         distillation_topk=k,
         distillation_add_tail=tail,
@@ -231,9 +245,8 @@ def test_topk_loss_uses_credit_target_on_the_student_support(model_dir, tmp_path
     s, t, c = on(student), on(teacher), on(contrast)
     if tail:
         s, t, c = bucket(s), bucket(t), bucket(c)
-    else:
-        s = s - s.logsumexp(-1, keepdim=True)
-    target = torch.log_softmax(t - lam * c.mean(dim=1), -1)
+    target = torch.log_softmax(form_score(form, t, c.mean(dim=1), s, lam, 2), -1)
+    s = s if tail else s - s.logsumexp(-1, keepdim=True)
     per_token = (target.exp() * (target - s)).sum(-1)
     mask = batch["completion_mask"] * batch["self_distillation_mask"].unsqueeze(1)
     expected = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()

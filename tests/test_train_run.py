@@ -56,10 +56,18 @@ def check_run(run_dir: Path, algo: str, steps: int) -> None:
     for _, rows in table.groupby(["step", "sample"]):
         rows = rows.sort_values("position")
         assert list(rows["position"]) == list(range(len(rows)))
-    if algo == "credit":  # the teacher form at lam 0.5, mean pooling, written out: r_t - lam * B_t
+    if algo == "credit":  # the run's form and lam, mean pooling, docs/CREDIT-MATH.md section 4 written out
+        form, lam = run.manifest["config"]["form"], run.manifest["config"]["lam"]
+        assert (counted["form"] == form).all() and (counted["lam"] == lam).all()
         contrast = np.stack(counted["contrast_logprobs"].to_list())
-        expected = counted["teacher_logprob"] - 0.5 * contrast.mean(axis=1) - counted["student_logprob"]
-        np.testing.assert_allclose(counted["credit_reward"], expected, atol=1e-9)
+        teacher, student = counted["teacher_logprob"].to_numpy(), counted["student_logprob"].to_numpy()
+        baseline, k = contrast.mean(axis=1), contrast.shape[1]
+        penalty = {
+            "teacher": baseline,
+            "shortcut": baseline - student,
+            "contrastive": np.log((np.exp(teacher) + k * np.exp(baseline)) / (k + 1)) - student,
+        }[form]
+        np.testing.assert_allclose(counted["credit_reward"], teacher - student - lam * penalty, atol=1e-9)
         np.testing.assert_allclose(counted["advantage"], counted["credit_reward"], atol=1e-5)
     if algo == "sd":
         np.testing.assert_allclose(counted["advantage"], counted["sd_reward"], atol=1e-5)
