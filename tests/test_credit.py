@@ -1,6 +1,9 @@
 """creditlens.credit against independent per-element computations (plain Python loops)."""
 
+import inspect
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from creditlens import credit
+from creditlens.training.config import TrainConfig
 
 
 def _random_inputs(b=3, k=2, t=5, dtype=torch.float64, seed=0):
@@ -384,3 +388,16 @@ def test_sequence_sums_credit_is_the_token_sum_of_the_form(form):
         assert sums.credit[i].item() == pytest.approx(float(reference[i, :n].sum()))
         assert sums.baseline[i].item() == pytest.approx(float(contrast[i, :, :n].mean(0).sum()))
 
+
+def test_defaults_are_the_form_and_lam_docs_results_chose():
+    """docs/results.md, section "Default", states the pre-registered choice; every entry point defaults to it."""
+    section = (Path(__file__).parents[1] / "docs" / "results.md").read_text().split("\n## Default\n")[1]
+    chosen = re.search(r"\*\*`(\w+)`, lam ([0-9.]+)\*\*", section.split("\n## ")[0])
+    assert chosen, "docs/results.md: the Default section must state **`FORM`, lam VALUE**"
+    form, lam = chosen.group(1), float(chosen.group(2))
+    assert credit.DEFAULT_FORM == form
+    for function in (credit.credit_rewards, credit.sequence_sums, credit.credit_target_logprobs):
+        parameters = inspect.signature(function).parameters
+        assert (parameters["form"].default, parameters["lam"].default) == (form, lam), function.__name__
+    config = TrainConfig()
+    assert (config.form, config.lam) == (form, lam)
