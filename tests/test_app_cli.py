@@ -61,6 +61,20 @@ def test_missing_runs_dir_is_a_one_line_error(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_a_file_is_refused_unless_it_is_a_token_table(tmp_path, capsys, monkeypatch):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    assert cli.main(["app", str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt' is a file, not a directory" in err and ".parquet" in err and "does not exist" not in err
+    table = tmp_path / "step_000005.parquet"
+    table.write_bytes(b"")
+    started = {}
+    monkeypatch.setattr(app.os, "execve", lambda path, command, env: started.update(command=command, env=env))
+    assert cli.main(["app", str(table), "--port", "0"]) == 0
+    assert started["env"]["CREDITLENS_RUNS_DIR"] == str(table) and started["command"][-1] == str(table)
+
+
 def test_free_port_is_bindable_and_check_port_refuses_a_busy_one(capsys, tmp_path):
     port = app.free_port()
     with socket.socket() as sock:

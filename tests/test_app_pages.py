@@ -244,6 +244,10 @@ def test_missing_directory_message(tmp_path, monkeypatch):
     at = run_page("tokens", tmp_path / "nowhere", monkeypatch)
     no_exception(at)
     assert "does not exist" in at.error[0].value
+    (tmp_path / "notes.txt").write_text("x")
+    at = run_page("runs", tmp_path / "notes.txt", monkeypatch)
+    no_exception(at)
+    assert "is a file, not a directory" in at.error[0].value and ".parquet" in at.error[0].value
 
 
 @pytest.fixture

@@ -95,6 +95,9 @@ def catalog(root: Path) -> Catalog:
     ``.parquet`` file); stops the page with a message when it does not exist."""
     if root.is_file() and root.suffix == ".parquet":
         return Catalog(root.parent, [], [str(root)], [])
+    if root.is_file():
+        fail(f"`{root}` is a file, not a directory. Set the runs directory to the folder that holds the run "
+             "directories and scored sets, or to one per-token `.parquet` file.")
     if not root.is_dir():
         fail(f"Runs directory `{root}` does not exist. Set it in the sidebar, pass it to "
              f"`creditlens app DIR`, or set {RUNS_DIR_ENV}.")

@@ -17,8 +17,8 @@ APP_ENTRY = Path(__file__).resolve().parents[1] / "app" / "Runs.py"  # ships in 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("app", help="start the dashboard (runs, token credit, pMI check, live scoring)")
     parser.add_argument("runs_dir", nargs="?", default=None,
-                        help="directory holding run directories and scored sets (default: $CREDITLENS_RUNS_DIR, "
-                             "else data/runs of a source checkout, else ./runs)")
+                        help="directory holding run directories and scored sets, or one per-token .parquet file "
+                             "(default: $CREDITLENS_RUNS_DIR, else data/runs of a source checkout, else ./runs)")
     parser.add_argument("--port", type=port_number, default=8501, help="port on localhost; 0 picks a free one (default 8501)")
     parser.add_argument("--host", default="localhost", help="address to listen on (default localhost)")
     parser.set_defaults(run=run)
@@ -54,15 +54,22 @@ def streamlit_command(runs_dir: str | None, port: int, host: str) -> list[str]:
     return command + (["--", "--runs-dir", runs_dir] if runs_dir else [])
 
 
+def check_runs_dir(path: str) -> str:
+    """The absolute path of what the dashboard opens: a directory, or one per-token ``.parquet`` file."""
+    where = Path(path)
+    if where.is_file() and where.suffix != ".parquet":
+        raise InputError(f"{path!r} is a file, not a directory: pass the directory that holds the run directories "
+                         "and scored sets (e.g. data/runs), or one per-token .parquet file")
+    if not where.exists():
+        raise FileNotFoundError(f"runs directory {path!r} does not exist")
+    return str(where.resolve())
+
+
 def run(args: argparse.Namespace) -> int:
     if not APP_ENTRY.is_file():
         raise FileNotFoundError(f"{APP_ENTRY}: the dashboard is missing from this installation of creditlens; "
                                 "reinstall it (`pip install creditlens`, or `pip install -e .` in a clone)")
-    runs_dir = None
-    if args.runs_dir is not None:
-        if not Path(args.runs_dir).is_dir():
-            raise FileNotFoundError(f"runs directory {args.runs_dir!r} does not exist")
-        runs_dir = str(Path(args.runs_dir).resolve())
+    runs_dir = None if args.runs_dir is None else check_runs_dir(args.runs_dir)
     port = check_port(args.port, args.host)
     env = dict(os.environ, **({"CREDITLENS_RUNS_DIR": runs_dir} if runs_dir else {}))
     print(f"creditlens dashboard: http://{args.host}:{port}  (runs: {runs_dir or 'default'}; Ctrl+C to stop)",
