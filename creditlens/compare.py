@@ -225,18 +225,22 @@ def _fmt(value: float, digits: int = 3) -> str:
 
 
 def markdown_table(table: pd.DataFrame, target: float, confidence: float = 0.95) -> str:
-    """Markdown rendering of a group table (see :func:`compare_runs`)."""
+    """Markdown rendering of a group table (see :func:`compare_runs`); the feedback generic share gets a
+    column when some run logged feedback-axis contrasts."""
     level = f"{confidence:.0%}"
+    feedback = "feedback_generic_share" in table and bool(table["feedback_generic_share"].notna().any())
     header = (f"| method | seeds | final score ({level} CI) | best score ({level} CI) | reached {_fmt(target, 2)} "
-              "| tokens to target | seconds to target | generic share | AUROC of own credit (abs) |")
-    lines = [header, "|" + "---|" * 9]
+              "| tokens to target | seconds to target | generic share | "
+              + ("feedback generic share | " if feedback else "") + "AUROC of own credit (abs) |")
+    lines = [header, "|" + "---|" * (10 if feedback else 9)]
     for row in table.to_dict("records"):
         final = f"{_fmt(row['final_score'])} [{_fmt(row['final_score_low'])}, {_fmt(row['final_score_high'])}]"
         best = f"{_fmt(row['best_score'])} [{_fmt(row['best_score_low'])}, {_fmt(row['best_score_high'])}]"
         tokens = _fmt(row["tokens_to_target"], 0)
+        shares = _fmt(row["generic_share"]) + (f" | {_fmt(row['feedback_generic_share'])}" if feedback else "")
         lines.append(
             f"| {row['group']} | {row['n_runs']} | {final} | {best} | {row['reached_target']}/{row['n_runs']} | "
-            f"{tokens} | {_fmt(row['seconds_to_target'], 1)} | {_fmt(row['generic_share'])} | "
+            f"{tokens} | {_fmt(row['seconds_to_target'], 1)} | {shares} | "
             f"{_fmt(row.get('auroc_own', math.nan))} ({_fmt(row.get('auroc_abs_own', math.nan))}) |"
         )
     return "\n".join(lines)

@@ -19,7 +19,7 @@ SPECIFIC_POSITIONS = {3, 4, 5, 6}
 BATCH = (2, 3)  # num_prompts, num_generations
 
 
-def _write_run(root, name, algo, seed, lam, scores, rng, with_tokens=True):
+def _write_run(root, name, algo, seed, lam, scores, rng, with_tokens=True, feedback_axis=False):
     run_dir = root / name
     config = {"lam": lam, "num_prompts": BATCH[0], "num_generations": BATCH[1], "env_args": {"cue": 0.5}}
     runs.write_manifest(run_dir, {"name": name, "algo": algo, "env": "shortcut", "seed": seed, "config": config})
@@ -42,6 +42,7 @@ def _write_run(root, name, algo, seed, lam, scores, rng, with_tokens=True):
             contrast_lp=contrast, mask=mask, lam=lam or 0.0,
             example_columns={"step": [step] * b, "sample": list(range(b))},
             token_columns={"advantage": torch.randn(b, t, dtype=torch.float64)},
+            feedback_contrast_lp=-torch.rand(b, k, t, dtype=torch.float64) * 3 if feedback_axis else None,
         )
         runs.write_step_tokens(run_dir, step, table)
     return run_dir
@@ -130,6 +131,22 @@ def test_group_label_names_a_non_default_form(tmp_path):
         runs.write_manifest(tmp_path / name, {"name": name, "algo": "credit", "env": "shortcut", "config": config})
         labels.append(compare.group_label(runs.load_run(tmp_path / name)))
     assert labels == ["credit lam=0.5", "credit lam=0.5", "credit shortcut lam=1"]
+
+
+def test_markdown_shows_the_feedback_generic_share_only_when_logged(study, tmp_path):
+    rng = np.random.default_rng(1)
+    _write_run(tmp_path, "sd-s0", "sd", 0, None, [0.1, 0.2, 0.3], rng)
+    _write_run(tmp_path, "credit-s0", "credit", 0, 0.5, [0.1, 0.2, 0.4], rng, feedback_axis=True)
+    lines = compare.compare_runs([tmp_path]).to_markdown().splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+    column = header.index("feedback generic share")
+    assert header[column - 1] == "generic share" and len(lines[1].split("---")) - 1 == len(header)
+    counted = runs.load_run(tmp_path / "credit-s0").tokens().query("mask")
+    generic, specific = counted["feedback_shortcut"].abs().sum(), counted["feedback_specific"].abs().sum()
+    assert rows["credit lam=0.5"][column] == f"{generic / (generic + specific):.3f}"
+    assert rows["sd"][column] == "-" and all(len(cells) == len(header) for cells in rows.values())
+    assert "feedback generic share" not in compare.compare_runs([study[0]]).to_markdown()
 
 
 def test_cli_writes_table_and_figures(study, tmp_path, capsys):
