@@ -57,6 +57,7 @@ class HeadroomConfig:
     pool: str = "mean"  # contrast pooling: mean or logmeanexp
     lam: float = 0.25  # CREDIT lambda of the logged credit_reward column
     batch_size: int = 8  # sequences per scoring forward pass
+    trl: dict[str, Any] = field(default_factory=dict)  # TrainConfig.trl: its SDPO templates, if any, shape the teacher
 
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the first bad field."""
@@ -76,6 +77,8 @@ class HeadroomConfig:
             raise ConfigError(f"n_contrast: must be >= 0, got {self.n_contrast}")
         if self.pool not in credit.POOLS:
             raise ConfigError(f"pool: must be one of {credit.POOLS}, got {self.pool!r}")
+        if not isinstance(self.trl, dict) or not all(isinstance(self.trl.get(k, ""), str) for k in TEMPLATE_KEYS):
+            raise ConfigError(f"trl: must be a mapping whose {', '.join(TEMPLATE_KEYS)} (if given) are strings")
 
 
 def load_headroom_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> HeadroomConfig:
@@ -99,17 +102,24 @@ def load_headroom_config(path: str | Path | None, overrides: dict[str, Any] | No
     return config
 
 
-def sdpo_templates() -> tuple[str, str, str]:
-    """TRL SDPO's default ``(reprompt_template, solution_template, feedback_template)``: the trainer's teacher."""
+TEMPLATE_KEYS = ("reprompt_template", "solution_template", "feedback_template")
+
+
+def sdpo_templates(trl: dict[str, Any] | None = None) -> tuple[str, str, str]:
+    """``(reprompt_template, solution_template, feedback_template)`` of the trainer's SD teacher: TRL SDPO's
+    defaults, each replaced by the same key of ``trl`` (a training config's ``trl`` overrides) when given."""
     from trl.experimental.sdpo import SDPOConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(SDPOConfig)}
-    return defaults["reprompt_template"], defaults["solution_template"], defaults["feedback_template"]
+    values = {key: (trl or {}).get(key, defaults[key]) for key in TEMPLATE_KEYS}
+    return values["reprompt_template"], values["solution_template"], values["feedback_template"]
 
 
-def reprompt(problem: Problem, feedback: str, solution: str | None = None) -> list[dict[str, str]]:
-    """The teacher's chat messages: ``problem.prompt`` with its last user turn rewritten by SDPO's template."""
-    template, solution_template, feedback_template = sdpo_templates()
+def reprompt(problem: Problem, feedback: str, solution: str | None = None,
+             trl: dict[str, Any] | None = None) -> list[dict[str, str]]:
+    """The teacher's chat messages: ``problem.prompt`` with its last user turn rewritten by SDPO's template
+    (:func:`sdpo_templates` of ``trl``)."""
+    template, solution_template, feedback_template = sdpo_templates(trl)
     messages = [dict(m) for m in problem.prompt]
     last = max(i for i, m in enumerate(messages) if m["role"] == "user")
     messages[last]["content"] = template.format(
@@ -120,9 +130,9 @@ def reprompt(problem: Problem, feedback: str, solution: str | None = None) -> li
     return messages
 
 
-def scorer_context() -> ContextConfig:
-    """A :class:`ContextConfig` whose teacher context is exactly SDPO's reprompt (:func:`reprompt`)."""
-    template, solution_template, feedback_template = sdpo_templates()
+def scorer_context(trl: dict[str, Any] | None = None) -> ContextConfig:
+    """A :class:`ContextConfig` whose teacher context is exactly SDPO's reprompt (:func:`reprompt` of ``trl``)."""
+    template, solution_template, feedback_template = sdpo_templates(trl)
     return ContextConfig(
         template=template.replace("{feedback}", feedback_template.replace("{feedback_raw}", "{feedback}")),
         solution_template=solution_template.replace("{successful_previous_attempt}", "{solution}"),
@@ -195,9 +205,10 @@ def _attempt_rows(env: Environment, problems: list[Problem], model: PreTrainedMo
             own = range(p_index * g, (p_index + 1) * g)
             siblings[p_index] = next((texts[j] for j in own if outcomes[j].passed), None)
             failed = [j for j in own if not outcomes[j].passed][: config.max_teacher_asks]
-            asks += [("feedback", j, reprompt(problem, outcomes[j].feedback)) for j in failed]
+            asks += [("feedback", j, reprompt(problem, outcomes[j].feedback, trl=config.trl)) for j in failed]
             if siblings[p_index] is not None:
-                asks += [("sibling", j, reprompt(problem, outcomes[j].feedback, siblings[p_index])) for j in failed]
+                asks += [("sibling", j, reprompt(problem, outcomes[j].feedback, siblings[p_index], config.trl))
+                         for j in failed]
         answers = generate(model, tokenizer, [a[2] for a in asks], config) if asks else []
         teacher = {(kind, j): tokenizer.decode(ids, skip_special_tokens=True)
                    for (kind, j, _), ids in zip(asks, answers, strict=True)}
@@ -271,7 +282,7 @@ def token_table(attempts: pd.DataFrame, problems: list[Problem], model: PreTrain
         for row in failed.itertuples()
     ]
     scorer = Scorer(model, tokenizer, ScorerConfig(batch_size=config.batch_size, progress=progress,
-                                                   context=scorer_context()))
+                                                   context=scorer_context(config.trl)))
     return scorer.score(examples, contrast=config.n_contrast, lam=config.lam, pool=config.pool, seed=config.seed)
 
 

@@ -148,3 +148,17 @@ def test_lenient_grades_the_last_quantity_without_an_answer_line():
     assert "too large" in lenient.verify(problem, f"It is {value * 2:g} {unit}, I think.").feedback
     assert lenient.verify(problem, "no quantity here").feedback.startswith("Format:")
     assert not lenient.verify(problem, f"Answer: {value * 2:g} {unit}\nso {value:g} {unit}").passed
+
+
+def test_reveal_appends_the_expected_answer_line_to_failures_only():
+    plain = ScienceEnv(short=True, templates=("readout",), lenient=True)
+    reveal = ScienceEnv(short=True, templates=("readout",), lenient=True, reveal=True)
+    problem = reveal.problems("train", n=1, seed=3)[0]
+    value, unit = problem.reference["value"], problem.reference["unit"]
+    given = re.search(r" as (\S+) ", problem.prompt[1]["content"]).group(1)
+    for response in (f"Answer: {value * 3:g} {unit}", "no quantity", f"Answer: {value:g} s"):
+        before, after = plain.verify(problem, response), reveal.verify(problem, response)
+        assert not after.passed and after.feedback == f"{before.feedback} Expected: `Answer: {given} {unit}`."
+    assert reveal.verify(problem, f"Answer: {given} {unit}") == plain.verify(problem, f"Answer: {given} {unit}")
+    assert reveal.verify(problem, f"Answer: {given} {unit}").passed
+    assert reveal.problems("train", n=20, seed=0) == plain.problems("train", n=20, seed=0)

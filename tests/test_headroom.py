@@ -144,3 +144,32 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tiny):
         headroom.load_headroom_config(bad)
     with pytest.raises(CreditlensError, match="num_generations"):
         headroom.load_headroom_config(None, {"num_generations": 0})
+
+
+def test_trl_templates_shape_the_teacher_as_in_training(tiny):
+    from creditlens.training.config import TrainConfig, trl_args
+
+    model, tokenizer = tiny
+    templates = {"reprompt_template": "Q: {prompt}{solution}{feedback}\nFix it.",
+                 "solution_template": "\nGood: {successful_previous_attempt}", "feedback_template": "\nFB: {feedback_raw}"}
+    train = trl_args(TrainConfig(trl=templates), "sd", "unused")
+    assert headroom.sdpo_templates(templates) == (train.reprompt_template, train.solution_template,
+                                                  train.feedback_template)
+    problem = CoinEnv().problems(n=1)[0]
+    messages = headroom.reprompt(problem, "odd", "a fine text", templates)
+    assert messages[-1]["content"] == "Q: Say something about 0 cats.\nGood: a fine text\nFB: odd\nFix it."
+    config = headroom.HeadroomConfig(num_generations=2, max_completion_length=6, n_contrast=1, trl=templates)
+    _, attempts, tokens = headroom.headroom(CoinEnv(), model, tokenizer, 4, config, progress=False)
+    row = attempts[~attempts["passed"] & attempts["teacher_feedback_response"].notna()].iloc[0]
+    response = list(row["response_ids"])
+    teacher = headroom.reprompt(CoinEnv().problems(n=4)[int(row["problem_id"].split("/")[1])], row["feedback"],
+                                row["solution"], templates)
+    context = tokenizer.apply_chat_template(teacher, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(context, add_special_tokens=False)["input_ids"] + response
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -len(response) - 1:-1].double()
+    expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(response).unsqueeze(-1)).squeeze(-1)
+    mine = tokens[tokens["example_id"] == f"{row['problem_id']}#{row['attempt']}"].sort_values("position")
+    torch.testing.assert_close(torch.tensor(mine["teacher_logprob"].to_numpy()), expected, atol=1e-4, rtol=0)
+    with pytest.raises(CreditlensError, match="trl: must be a mapping"):
+        headroom.load_headroom_config(None, {"trl": {"reprompt_template": 3}})

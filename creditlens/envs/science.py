@@ -6,8 +6,9 @@ conversion) draw compounds, reactions and values from a seeded ``random.Random``
 far more than thousands of distinct questions. The model ends with ``Answer: <number> <unit>``; the
 value must be within ``rel_tol`` of the truth, in the unit the question asks for. Feedback says
 whether the format, the unit (missing, unknown, wrong kind, or right kind but not the one asked) or
-the magnitude (wrong sign, off by a power of ten, or too large/small by a percentage) was wrong.
-Reward 1/0.
+the magnitude (wrong sign, off by a power of ten, or too large/small by a percentage) was wrong;
+with ``reveal=True`` it also states the expected answer line, as a failing unit test prints the
+expected value. Reward 1/0.
 """
 
 from __future__ import annotations
@@ -234,6 +235,7 @@ class ScienceEnv(Environment):
     short: bool = False  # ask for the answer line only, no working (short responses for small models)
     templates: tuple[str, ...] | None = None  # draw only from these (TEMPLATES or EXTRA_TEMPLATES; None: TEMPLATES)
     lenient: bool = False  # without an `Answer:` line, grade the last "<number> <unit>" of the response
+    reveal: bool = False  # failure feedback ends with the expected answer line, as a failing unit test prints it
     name: str = "science"
 
     def __post_init__(self) -> None:
@@ -271,7 +273,15 @@ class ScienceEnv(Environment):
         return problems
 
     def verify(self, problem: Problem, response: str) -> Outcome:
-        """Check the ``Answer:`` line's number and unit against the reference."""
+        """Check the ``Answer:`` line's number and unit against the reference; with ``reveal``, a failure's
+        feedback ends with ``Expected: `Answer: <value> <unit>`.`` (the value to 4 significant digits)."""
+        outcome = self._grade(problem, response)
+        if self.reveal and not outcome.passed:
+            expected = f"Answer: {problem.reference['value']:.4g} {problem.reference['unit']}"
+            return Outcome(outcome.reward, False, f"{outcome.feedback} Expected: `{expected}`.")
+        return outcome
+
+    def _grade(self, problem: Problem, response: str) -> Outcome:
         truth, unit = problem.reference["value"], problem.reference["unit"]
         dimension = UNITS[unit][0]
         lines = [line for line in response.splitlines() if re.search(r"answer\s*[:=]", line, re.I)]
