@@ -127,12 +127,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tiny):
         tokenizer.save_pretrained(plain)
     finally:
         tokenizer.chat_template = models.CHATML_TEMPLATE
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("temperatur: 0.5\n")
     capsys.readouterr()
     cases = [
         (["--env", "nope", "--model", "tiny"], "invalid choice: 'nope'"),
         (["--env", "science", "--model", str(tmp_path / "missing")], "missing"),
         (["--env", "science", "--model", "tiny", "--n", "0"], "--n: must be >= 1"),
         (["--env", "science", "--model", str(plain)], "no chat template"),
+        (["--env", "science", "--model", "no-such-model"], "model 'no-such-model': no such local directory"),
+        (["--env", "science", "--model", "tiny", "--config", str(typo)], "unknown key 'temperatur'"),
     ]
     for argv, message in cases:
         assert cli.main(["headroom", *argv, "--no-progress"]) == 2
