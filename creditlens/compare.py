@@ -29,15 +29,14 @@ OWN_CREDIT = {"grpo": "advantage", "sd": "sd_reward", "credit": "credit_reward"}
 
 
 def group_label(run: Run) -> str:
-    """``grpo``, ``sd``, ``credit lam=0.5`` or ``credit shortcut lam=0.5``: the method a run belongs to
-    (seeds are pooled); a CREDIT run's reward form is named unless it is ``teacher`` (runs written
-    before forms existed used it), and its contrast axis when it is ``feedback`` (``credit feedback shortcut
-    lam=1``, the RLCSD reward)."""
+    """``grpo``, ``sd`` or ``credit contrastive lam=0.5``: the method a run belongs to (seeds are pooled). A
+    CREDIT run names its reward form (``teacher`` for runs written before forms existed) and its contrast
+    axis when it is ``feedback`` (``credit feedback shortcut lam=1``, the RLCSD reward)."""
     if run.algo == "credit":
         config = run.manifest.get("config", {})
         form = config.get("form", "teacher")
         axis = "feedback " if config.get("contrast_axis", "input") == "feedback" else ""
-        return f"credit {axis}{'' if form == 'teacher' else form + ' '}lam={float(config.get('lam', math.nan)):g}"
+        return f"credit {axis}{form} lam={float(config.get('lam', math.nan)):g}"
     return run.algo
 
 

@@ -66,7 +66,7 @@ def test_scores_and_intervals_match_scipy(study):
     root, scores = study
     result = compare.compare_runs([root])
     table = result.to_dataframe().set_index("group")
-    for algo, group in (("sd", "sd"), ("credit", "credit lam=0.5")):
+    for algo, group in (("sd", "sd"), ("credit", "credit teacher lam=0.5")):
         finals = [scores[(algo, s)][-1] for s in range(3)]
         bests = [max(scores[(algo, s)]) for s in range(3)]
         for column, values in (("final_score", finals), ("best_score", bests)):
@@ -124,13 +124,13 @@ def test_auroc_edge_cases():
     assert math.isnan(auroc([1, 2], [True, True]))
 
 
-def test_group_label_names_a_non_default_form(tmp_path):
+def test_group_label_names_every_form(tmp_path):
     labels = []
     for name, config in (("a", {"lam": 0.5}), ("b", {"lam": 0.5, "form": "teacher"}),
                          ("c", {"lam": 1.0, "form": "shortcut"})):
         runs.write_manifest(tmp_path / name, {"name": name, "algo": "credit", "env": "shortcut", "config": config})
         labels.append(compare.group_label(runs.load_run(tmp_path / name)))
-    assert labels == ["credit lam=0.5", "credit lam=0.5", "credit shortcut lam=1"]
+    assert labels == ["credit teacher lam=0.5", "credit teacher lam=0.5", "credit shortcut lam=1"]
 
 
 def test_markdown_shows_the_feedback_generic_share_only_when_logged(study, tmp_path):
@@ -144,7 +144,7 @@ def test_markdown_shows_the_feedback_generic_share_only_when_logged(study, tmp_p
     assert header[column - 1] == "generic share" and len(lines[1].split("---")) - 1 == len(header)
     counted = runs.load_run(tmp_path / "credit-s0").tokens().query("mask")
     generic, specific = counted["feedback_shortcut"].abs().sum(), counted["feedback_specific"].abs().sum()
-    assert rows["credit lam=0.5"][column] == f"{generic / (generic + specific):.3f}"
+    assert rows["credit teacher lam=0.5"][column] == f"{generic / (generic + specific):.3f}"
     assert rows["sd"][column] == "-" and all(len(cells) == len(header) for cells in rows.values())
     assert "feedback generic share" not in compare.compare_runs([study[0]]).to_markdown()
 
@@ -154,7 +154,7 @@ def test_cli_writes_table_and_figures(study, tmp_path, capsys):
     out = tmp_path / "report"
     assert cli.main(["compare", str(root), "--out", str(out), "--target", "0.5"]) == 0
     printed = capsys.readouterr().out
-    assert "credit lam=0.5" in printed and "| sd | 3 |" in printed
+    assert "credit teacher lam=0.5" in printed and "| sd | 3 |" in printed
     for name in ("comparison.csv", "comparison.parquet", "comparison.md", "runs.csv", "curves.csv",
                  "learning_curves.png", "credit_histograms.png", "credit_auroc.png"):
         assert (out / name).stat().st_size > 0
