@@ -9,6 +9,11 @@ runs (median reported) of:
 - (c) batched forwards over length-sorted buckets of ``rows`` contexts, each padded to its own
   longest row, logits only at response positions (the best ``rows`` of 4, 8 is reported).
 
+Each run is timed twice: wall-clock seconds and this process's CPU seconds (``time.process_time``).
+On a machine shared with other jobs the CPU seconds are the steadier figure with ``--threads 1``
+(time spent waiting for a core is not counted); with more threads they also count the threads'
+spin-waiting, so compare wall-clock there. The load average before and after is printed.
+
 It prints response tokens/s, the ratios a / best(b, c), and where the scorer's time goes (contexts,
 forward passes, log-softmax/gather and bookkeeping, table), plus the tokens it runs through the
 model against the tokens in the contexts. ``--memory`` adds the peak CPU RSS of scoring a 4k-token
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -139,16 +145,19 @@ def memory(context_tokens: int = 4096, response_tokens: int = 256, vocab: int = 
               f"above the loaded model ({peak['before_mib']:,.0f} MiB)")
 
 
-def report(k: int, tokens: int, sequences: list, median: dict[str, float], spent: dict[str, float]) -> None:
-    """Print one K's medians, ratios to the best of (b) and (c), and the scorer's profile."""
-    best_c = min((name for name in median if name.startswith("c ")), key=median.get)
-    floor = min(median["b unbatched"], median[best_c])
+def report(k: int, tokens: int, sequences: list, wall: dict[str, float], cpu: dict[str, float],
+           spent: dict[str, float]) -> None:
+    """Print one K's median wall and CPU seconds, ratios to the best of (b) and (c), and the scorer's profile."""
+    best_c = min((name for name in wall if name.startswith("c ")), key=wall.get)
+    floor = min(wall["b unbatched"], wall[best_c])
+    cpu_floor = min(seconds for name, seconds in cpu.items() if not name.startswith("a "))
     context_tokens = sum(len(ids) for ids, _ in sequences)
     padded_tokens = sum(len(sequences[g[0]][0]) * len(g) for g in buckets(sequences, int(best_c.split()[-1])))
     print(f"\nK={k}: {tokens} response tokens, {len(sequences)} contexts, {context_tokens:,} context tokens")
-    for name, seconds in median.items():
+    for name, seconds in wall.items():
         print(f"  {name:<26} {seconds:7.2f} s  {tokens / seconds:7.0f} response tokens/s  "
-              f"throughput {floor / seconds:.2f}x the best of (b), (c)")
+              f"throughput {floor / seconds:.2f}x the best of (b), (c);  CPU {cpu[name]:7.2f} s = "
+              f"{cpu_floor / cpu[name]:.2f}x")
     print(f"  best (c) pads {padded_tokens:,} tokens for {context_tokens:,} ({padded_tokens / context_tokens - 1:.1%} padding)")
     other = spent["total"] - spent["contexts"] - spent["logprobs"]
     print(f"  scorer profile ({spent['total']:.2f} s): contexts {spent['contexts'] / spent['total']:.0%}, "
@@ -191,6 +200,7 @@ def speed(args: argparse.Namespace) -> None:
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, model {args.model}, first {len(rows)} examples, "
           f"median of {args.repeats} interleaved repeats", flush=True)
+    load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
 
     for k in args.contrasts:
         plan = scorer.plan(rows, contrast=k)
@@ -204,15 +214,19 @@ def speed(args: argparse.Namespace) -> None:
             **{f"c buckets of {r}": (lambda s=sequences, g=g: bucketed(model, s, g, scorer.pad_id))
                for r, g in groups.items()},
         }
-        times = {name: [] for name in runs}
+        wall: dict[str, list[float]] = {name: [] for name in runs}
+        cpu: dict[str, list[float]] = {name: [] for name in runs}
         names = list(runs)
         for repeat in range(args.repeats):
             shift = repeat % len(names)  # rotate the order so no run always follows the same one
             for name in names[shift:] + names[:shift]:
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 runs[name]()
-                times[name].append(time.perf_counter() - start)
-        report(k, tokens, sequences, {name: statistics.median(t) for name, t in times.items()}, profile(scorer, rows, k))
+                wall[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+        report(k, tokens, sequences, {name: statistics.median(t) for name, t in wall.items()},
+               {name: statistics.median(t) for name, t in cpu.items()}, profile(scorer, rows, k))
+    print(f"load average {load_before} before, {' '.join(f'{x:.1f}' for x in os.getloadavg())} after")
 
 
 if __name__ == "__main__":
