@@ -85,6 +85,47 @@ def shares_prefixes(model: PreTrainedModel) -> bool:
     return all(type(layer) is DynamicLayer for layer in DynamicCache(config=model.config).layers)
 
 
+@dataclass
+class PrefixRun:
+    """One step of the shared-prefix engine: positions ``[start, stop)`` of sequence ``source``.
+
+    The key/value cache is cut back to its first ``start`` tokens (the run's shared ancestors) first;
+    the run scores every member's positions inside it; ``finished`` members end at ``stop``.
+    """
+
+    source: int
+    start: int
+    stop: int
+    members: list[int]
+    finished: int
+
+
+def prefix_schedule(sequences: Sequence[list[int]], min_shared_tokens: int = 16) -> list[PrefixRun]:
+    """The runs of :func:`shared_prefix_logprobs` in order: every distinct prefix of at least
+    ``min_shared_tokens`` tokens (or ending a sequence) once, a shorter one recomputed per branch."""
+    runs: list[PrefixRun] = []
+
+    def visit(node: _Node, done: int) -> None:
+        """Schedule ``node``'s subtree; its ancestors' runs cover the first ``done`` tokens."""
+        ends_here = len(sequences[node.members[0]]) == node.end
+        start = done
+        if ends_here or not node.children or node.end - done >= min_shared_tokens:
+            finished = sum(len(sequences[s]) == node.end for s in node.members)
+            runs.append(PrefixRun(node.members[0], done, node.end, node.members, finished))
+            start = node.end
+        for child in node.children:
+            visit(child, start)
+
+    if sequences:
+        visit(prefix_tree(sequences), 0)
+    return runs
+
+
+def forward_calls(runs: Sequence[PrefixRun], chunk_tokens: int) -> int:
+    """Forward passes the shared-prefix engine makes for ``runs``, at most ``chunk_tokens`` tokens each."""
+    return sum(-(-(run.stop - run.start) // chunk_tokens) for run in runs)
+
+
 @torch.no_grad()
 def shared_prefix_logprobs(
     model: PreTrainedModel,
@@ -95,9 +136,9 @@ def shared_prefix_logprobs(
 ) -> list[Tensor]:
     """Log-probs ``[n]`` (float32, CPU) of the last ``n`` tokens of each ``(ids, n)``, shared prefixes run once.
 
-    A prefix shorter than ``min_shared_tokens`` is recomputed in every branch instead (a separate
-    forward pass costs more than that many tokens); a forward pass takes at most ``chunk_tokens`` tokens.
-    ``on_done(k)`` is called each time k more sequences are finished (a progress bar).
+    Runs :func:`prefix_schedule`: a prefix shorter than ``min_shared_tokens`` is recomputed in every
+    branch instead (a separate forward pass costs more than that many tokens); a forward pass takes
+    at most ``chunk_tokens`` tokens. ``on_done(k)`` is called each time k more sequences are finished.
     """
     check_sequences(sequences)
     device = next(model.parameters()).device
@@ -106,14 +147,14 @@ def shared_prefix_logprobs(
     out = [torch.empty(n) for _, n in sequences]
     cache = DynamicCache(config=model.config)
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-    def forward(tokens: list[int], start: int, stop: int, members: list[int]) -> None:
-        """Run positions ``[start, stop)`` of ``tokens`` on the cache; fill the members' scored positions."""
-        for lo in range(start, stop, chunk_tokens):
-            hi = min(stop, lo + chunk_tokens)
+    for run in prefix_schedule(ids, min_shared_tokens):
+        cache.crop(run.start - cache.get_seq_length())
+        tokens = ids[run.source]
+        for lo in range(run.start, run.stop, chunk_tokens):
+            hi = min(run.stop, lo + chunk_tokens)
             keep = torch.zeros(hi - lo, dtype=torch.bool)
             spans = []
-            for s in members:
+            for s in run.members:
                 a, b = max(first[s], lo), min(len(ids[s]) - 1, hi)
                 if a < b:
                     keep[a - lo : b - lo] = True
@@ -128,22 +169,8 @@ def shared_prefix_logprobs(
             for s, a, b in spans:
                 targets = torch.tensor(ids[s][a + 1 : b + 1], device=device)
                 out[s][a - first[s] : b - first[s]] = _gather(logits, row[a - lo : b - lo], targets, lse)
-
-    def visit(node: _Node, done: int) -> None:
-        """Score ``node``'s subtree; the cache holds the first ``done`` tokens of every member."""
-        ends_here = len(ids[node.members[0]]) == node.end
-        start = done
-        if ends_here or not node.children or node.end - done >= min_shared_tokens:
-            forward(ids[node.members[0]], done, node.end, node.members)
-            start = node.end
-            if on_done is not None and ends_here:
-                on_done(sum(len(ids[s]) == node.end for s in node.members))
-        for child in node.children:
-            visit(child, start)
-            cache.crop(start - cache.get_seq_length())
-
-    if sequences:
-        visit(prefix_tree(ids), 0)
+        if on_done is not None and run.finished:
+            on_done(run.finished)
     return out
 
 

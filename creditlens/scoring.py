@@ -7,7 +7,8 @@ request, K_f feedback contrasts (this prompt + another example's feedback + resp
 axis of docs/CREDIT-MATH.md section 8). :mod:`creditlens.logprobs` runs them in length-sorted
 padded batches (at most ``max_padding`` padding each), or with ``share_prefixes=True`` one sequence
 at a time with every token prefix that several contexts share (chat header, prompt) run once from a
-key/value cache. Only the positions that predict response tokens are projected to the vocabulary. All reward
+key/value cache; by default (``share_prefixes=None``) the one that costs fewer tokens on a CPU,
+counting each forward call as ``call_tokens`` tokens, and padded batches on other devices. Only the positions that predict response tokens are projected to the vocabulary. All reward
 math goes through :mod:`creditlens.credit` via :func:`creditlens.schema.build_token_table`.
 """
 
@@ -37,14 +38,15 @@ class ScorerConfig:
     max_padding: float = 0.1  # most padding per padded forward pass, as a fraction of its real tokens
     padding_side: str = "right"  # "right" or "left"; results do not depend on it
     max_length: int | None = None  # model window in tokens; None: model.config.max_position_embeddings
-    share_prefixes: bool = False  # run shared prefixes once, one sequence at a time (see creditlens.logprobs)
+    share_prefixes: bool | None = None  # True: shared-prefix engine; False: padded batches; None: choose (call_tokens)
+    call_tokens: int = 50  # CPU cost of one forward call in tokens, for share_prefixes=None (docs/scoring.md)
     min_shared_tokens: int = 16  # a shared prefix shorter than this is recomputed per branch instead
     chunk_tokens: int = 512  # most tokens per shared-prefix forward pass (bounds the [tokens, vocab] logits)
     progress: bool = True  # tqdm bar over the sequences when there is more than one forward pass
     context: ContextConfig = field(default_factory=ContextConfig)
 
 
-_POSITIVE_INTS = ("batch_size", "max_batch_tokens", "min_shared_tokens", "chunk_tokens")
+_POSITIVE_INTS = ("batch_size", "max_batch_tokens", "min_shared_tokens", "chunk_tokens", "call_tokens")
 
 
 def _is_int(value: object) -> bool:
@@ -65,8 +67,8 @@ def check_config(config: ScorerConfig) -> None:
         raise ConfigError(f"max_padding: must be a number >= 0 (0.1 allows 10% padding), got {config.max_padding!r}")
     if config.padding_side not in ("right", "left"):
         raise ConfigError(f"padding_side: must be 'right' or 'left', got {config.padding_side!r}")
-    if not isinstance(config.share_prefixes, bool):
-        raise ConfigError(f"share_prefixes: must be True or False, got {config.share_prefixes!r}")
+    if config.share_prefixes is not None and not isinstance(config.share_prefixes, bool):
+        raise ConfigError(f"share_prefixes: must be True, False or None (choose), got {config.share_prefixes!r}")
     if not isinstance(config.progress, bool):
         raise ConfigError(f"progress: must be True or False, got {config.progress!r}")
     if not isinstance(config.context, ContextConfig):
@@ -95,7 +97,7 @@ class Scorer:
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.contexts = ContextBuilder(tokenizer, config.context, int(window))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.share_prefixes = config.share_prefixes and logprobs.shares_prefixes(model)
+        self.can_share_prefixes = config.share_prefixes is not False and logprobs.shares_prefixes(model)
 
     def examples(self, examples: Sequence[Example | dict]) -> list[Example]:
         """Check and normalise a non-empty list of examples; example ids must be unique."""
@@ -251,6 +253,27 @@ class Scorer:
             out.append((batch, dict(input_ids=input_ids, attention_mask=attention, position_ids=positions, keep=keep)))
         return out
 
+    def engine(self, sequences: Sequence[tuple[list[int], int]]) -> str:
+        """``"shared"`` or ``"padded"``: the engine :meth:`logprobs` runs ``sequences`` with.
+
+        ``share_prefixes`` True or False decides (True falls back to padded batches for a model whose
+        cache cannot be cut back); None picks, on a CPU, the engine with the lower count of tokens run
+        plus ``call_tokens`` per forward call, and padded batches on any other device.
+        """
+        config = self.config
+        if not self.can_share_prefixes:
+            return "padded"
+        if config.share_prefixes is None and next(self.model.parameters()).device.type != "cpu":
+            return "padded"
+        if config.share_prefixes:
+            return "shared"
+        ids = [list(s) for s, _ in sequences]
+        runs = logprobs.prefix_schedule(ids, config.min_shared_tokens)
+        shared = sum(r.stop - r.start for r in runs) + config.call_tokens * logprobs.forward_calls(runs, config.chunk_tokens)
+        batches = self._batches([len(s) for s in ids])
+        padded = sum(len(b) * len(ids[b[0]]) + config.call_tokens for b in batches)
+        return "shared" if shared < padded else "padded"
+
     def logprobs(self, sequences: Sequence[tuple[list[int], int]]) -> list[Tensor]:
         """Log-probs of the last ``n`` tokens of each ``(ids, n)`` sequence: a list of float32 ``[n]``.
 
@@ -260,7 +283,7 @@ class Scorer:
         bar = tqdm(total=len(sequences), desc="scoring", unit="seq", leave=False,
                    disable=not config.progress or len(sequences) < 2)
         with bar:
-            if self.share_prefixes:
+            if self.engine(sequences) == "shared":
                 return logprobs.shared_prefix_logprobs(
                     self.model, sequences, config.min_shared_tokens, config.chunk_tokens, on_done=bar.update
                 )
