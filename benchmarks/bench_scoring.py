@@ -3,8 +3,9 @@
 For K in (0, 1, 3) contrasts, on the same contexts (``Scorer.plan``), it times interleaved, repeated
 runs (median reported) of:
 
-- (a) ``Scorer.score`` (contexts, forward passes, table), with its default engine (length-sorted
-  padded batches) and with ``share_prefixes=True`` (shared prefixes run once, one sequence at a time);
+- (a) ``Scorer.score`` (contexts, forward passes, table) with each engine: ``share_prefixes=False``
+  (length-sorted padded batches) and ``True`` (shared prefixes run once, one sequence at a time);
+  the default (``share_prefixes=None``) runs the one ``Scorer.engine`` picks, printed per K;
 - (b) one unbatched forward per context, logits only at response positions, log-softmax + gather;
 - (c) batched forwards over length-sorted buckets of ``rows`` contexts, each padded to its own
   longest row, logits only at response positions (the best ``rows`` of 4, 8 is reported).
@@ -145,12 +146,13 @@ def memory(context_tokens: int = 4096, response_tokens: int = 256, vocab: int = 
               f"above the loaded model ({peak['before_mib']:,.0f} MiB)")
 
 
-def report(k: int, tokens: int, sequences: list, wall: dict[str, float], cpu: dict[str, float],
+def report(k: int, tokens: int, sequences: list, engine: str, wall: dict[str, float], cpu: dict[str, float],
            spent: dict[str, float]) -> None:
     """Print one K's median wall and CPU seconds, ratios to the best of (b) and (c), and the scorer's profile."""
     best_c = min((name for name in wall if name.startswith("c ")), key=wall.get)
     floor = min(wall["b unbatched"], wall[best_c])
     cpu_floor = min(seconds for name, seconds in cpu.items() if not name.startswith("a "))
+    default = "a scorer, shared prefixes" if engine == "shared" else "a scorer, padded batches"
     context_tokens = sum(len(ids) for ids, _ in sequences)
     padded_tokens = sum(len(sequences[g[0]][0]) * len(g) for g in buckets(sequences, int(best_c.split()[-1])))
     print(f"\nK={k}: {tokens} response tokens, {len(sequences)} contexts, {context_tokens:,} context tokens")
@@ -158,6 +160,8 @@ def report(k: int, tokens: int, sequences: list, wall: dict[str, float], cpu: di
         print(f"  {name:<26} {seconds:7.2f} s  {tokens / seconds:7.0f} response tokens/s  "
               f"throughput {floor / seconds:.2f}x the best of (b), (c);  CPU {cpu[name]:7.2f} s = "
               f"{cpu_floor / cpu[name]:.2f}x")
+    print(f"  the default scorer picks {default!r}: throughput {floor / wall[default]:.2f}x the best of (b), (c) "
+          f"(CPU {cpu_floor / cpu[default]:.2f}x)")
     print(f"  best (c) pads {padded_tokens:,} tokens for {context_tokens:,} ({padded_tokens / context_tokens - 1:.1%} padding)")
     other = spent["total"] - spent["contexts"] - spent["logprobs"]
     print(f"  scorer profile ({spent['total']:.2f} s): contexts {spent['contexts'] / spent['total']:.0%}, "
@@ -195,6 +199,7 @@ def speed(args: argparse.Namespace) -> None:
     rows = read_examples(args.examples)[: args.n]
     model, tok = models.load(args.model)
     scorer = Scorer(model, tok, progress=False)
+    padded = Scorer(model, tok, share_prefixes=False, progress=False)
     shared = Scorer(model, tok, share_prefixes=True, progress=False)
     scorer.score(rows[:4], contrast=1)  # warm-up
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
@@ -208,7 +213,7 @@ def speed(args: argparse.Namespace) -> None:
         tokens = sum(len(b.response) for b in plan)
         groups = {rows_: buckets(sequences, rows_) for rows_ in BUCKET_ROWS}
         runs = {
-            "a scorer": lambda k=k: scorer.score(rows, contrast=k),
+            "a scorer, padded batches": lambda k=k: padded.score(rows, contrast=k),
             "a scorer, shared prefixes": lambda k=k: shared.score(rows, contrast=k),
             "b unbatched": lambda s=sequences: unbatched(model, s),
             **{f"c buckets of {r}": (lambda s=sequences, g=g: bucketed(model, s, g, scorer.pad_id))
@@ -224,7 +229,7 @@ def speed(args: argparse.Namespace) -> None:
                 runs[name]()
                 wall[name].append(time.perf_counter() - start)
                 cpu[name].append(time.process_time() - start_cpu)
-        report(k, tokens, sequences, {name: statistics.median(t) for name, t in wall.items()},
+        report(k, tokens, sequences, scorer.engine(sequences), {name: statistics.median(t) for name, t in wall.items()},
                {name: statistics.median(t) for name, t in cpu.items()}, profile(scorer, rows, k))
     print(f"load average {load_before} before, {' '.join(f'{x:.1f}' for x in os.getloadavg())} after")
 

@@ -7,9 +7,9 @@ of one causal forward pass over ``ids``. Two engines give the same numbers (with
   tree, every prefix shared by several sequences (the chat header, a prompt that appears in a student,
   a teacher and contrast contexts) runs once, and its key/value cache serves each sequence that
   continues it. One sequence runs at a time, so there is no padding at all.
-- :func:`padded_batch_logprobs` (the scorer's default): sequences sorted by length into buckets,
-  each padded to its own longest row: fewer, larger forward calls, against fewer tokens for the
-  shared-prefix engine; neither was faster in every measurement (docs/scoring.md, Benchmark).
+- :func:`padded_batch_logprobs` (``Scorer(share_prefixes=False)``): sequences sorted by length into
+  buckets, each padded to its own longest row: fewer, larger forward calls, against fewer tokens for
+  the shared-prefix engine. ``Scorer``'s default picks one per workload (``Scorer.engine``).
 
 Both project only the positions that predict scored tokens onto the vocabulary, and the shared-prefix
 engine at most ``chunk_tokens`` of them at a time, so no ``[T, V]`` tensor is built for the context.
