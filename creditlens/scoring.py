@@ -39,7 +39,7 @@ class ScorerConfig:
     padding_side: str = "right"  # "right" or "left"; results do not depend on it
     max_length: int | None = None  # model window in tokens; None: model.config.max_position_embeddings
     share_prefixes: bool | None = None  # True: shared-prefix engine; False: padded batches; None: choose (call_tokens)
-    call_tokens: int = 50  # CPU cost of one forward call in tokens, for share_prefixes=None (docs/scoring.md)
+    call_tokens: int = 50  # cost of one forward call in tokens: sizes padded buckets, picks the engine (docs/scoring.md)
     min_shared_tokens: int = 16  # a shared prefix shorter than this is recomputed per branch instead
     chunk_tokens: int = 512  # most tokens per shared-prefix forward pass (bounds the [tokens, vocab] logits)
     progress: bool = True  # tqdm bar over the sequences when there is more than one forward pass
@@ -212,22 +212,34 @@ class Scorer:
         return [self.build(e, p, q) for e, p, q in zip(examples, partners, by_feedback, strict=True)]
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
-        """Length-sorted buckets of sequence indices within ``batch_size``, ``max_batch_tokens`` and ``max_padding``."""
+        """Length-sorted buckets of sequence indices with the fewest padded tokens plus ``call_tokens`` per bucket.
+
+        Each bucket (a run of the longest-first order) holds at most ``batch_size`` rows and, unless it is
+        a single row, at most ``max_batch_tokens`` padded tokens and ``max_padding`` padding; among those
+        splits the cheapest is found exactly (dynamic programming over the sorted lengths).
+        """
         config = self.config
         order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-        batches: list[list[int]] = []
-        real = 0
+        real = [0]
         for i in order:
-            if batches:
-                rows, longest = len(batches[-1]) + 1, lengths[batches[-1][0]]
-                if (rows <= config.batch_size and rows * longest <= config.max_batch_tokens
-                        and rows * longest <= (1 + config.max_padding) * (real + lengths[i])):
-                    batches[-1].append(i)
-                    real += lengths[i]
+            real.append(real[-1] + lengths[i])
+        cost = [0.0] + [float("inf")] * len(order)  # cost[j]: cheapest split of order[:j]
+        cut = [0] * (len(order) + 1)  # cut[j]: where the last bucket of that split starts
+        for j in range(1, len(order) + 1):
+            for i in range(j - 1, max(0, j - config.batch_size) - 1, -1):
+                rows, padded = j - i, (j - i) * lengths[order[i]]
+                if rows > 1 and padded > config.max_batch_tokens:
+                    break
+                if rows > 1 and padded > (1 + config.max_padding) * (real[j] - real[i]):
                     continue
-            batches.append([i])
-            real = lengths[i]
-        return batches
+                if cost[i] + padded + config.call_tokens < cost[j]:
+                    cost[j], cut[j] = cost[i] + padded + config.call_tokens, i
+        batches: list[list[int]] = []
+        j = len(order)
+        while j:
+            batches.append(order[cut[j] : j])
+            j = cut[j]
+        return batches[::-1]
 
     def padded_batches(self, sequences: Sequence[tuple[list[int], int]]) -> list[tuple[list[int], dict[str, Tensor]]]:
         """Length-sorted padded batches of ``(ids, n)`` sequences: ``(indices, tensors)`` per forward pass.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -88,3 +89,29 @@ def test_schedule_runs_each_distinct_prefix_once_and_finishes_every_sequence():
     assert sum(run.finished for run in runs) == len(sequences)
     chunks = [-(-(run.stop - run.start) // 8) for run in runs]
     assert logprobs.forward_calls(runs, chunk_tokens=8) == sum(chunks) > len(runs)
+
+
+@pytest.mark.parametrize(("call_tokens", "batch_size", "max_batch_tokens", "max_padding"),
+                         [(50, 16, 16384, 0.1), (5, 4, 150, 0.3), (400, 6, 400, 1.0), (10**5, 16, 16384, 0.0)])
+def test_padded_buckets_are_the_cheapest_split(tiny, call_tokens, batch_size, max_batch_tokens, max_padding):
+    rng = random.Random(call_tokens)
+    lengths = [rng.randrange(2, 80) for _ in range(10)] + [40, 40]
+    scorer = Scorer(*tiny, call_tokens=call_tokens, batch_size=batch_size, max_batch_tokens=max_batch_tokens,
+                    max_padding=max_padding, progress=False)
+    ordered = sorted(lengths, reverse=True)
+
+    def allowed(group: list[int]) -> bool:
+        padded = len(group) * group[0]
+        return len(group) == 1 or (len(group) <= batch_size and padded <= max_batch_tokens
+                                   and padded <= (1 + max_padding) * sum(group))
+
+    best = float("inf")
+    for mask in range(2 ** (len(ordered) - 1)):  # every split of the sorted lengths into runs
+        cuts = [0] + [i + 1 for i in range(len(ordered) - 1) if mask >> i & 1] + [len(ordered)]
+        groups = [ordered[a:b] for a, b in itertools.pairwise(cuts)]
+        if all(map(allowed, groups)):
+            best = min(best, sum(len(g) * g[0] + call_tokens for g in groups))
+    batches = scorer._batches(lengths)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(allowed([lengths[i] for i in b]) for b in batches)
+    assert sum(len(b) * lengths[b[0]] + call_tokens for b in batches) == best
