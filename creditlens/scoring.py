@@ -28,6 +28,8 @@ from creditlens import credit, logprobs, schema
 from creditlens.contexts import ContextBuilder, ContextConfig, ContextIds, Example, as_example
 from creditlens.errors import ConfigError, InputError
 
+CPU_CALL_TOKENS = 50  # a forward call of SmolLM2-135M on 1 CPU thread costs as much as ~50 tokens (docs/scoring.md)
+
 
 @dataclass
 class ScorerConfig:
@@ -39,14 +41,15 @@ class ScorerConfig:
     padding_side: str = "right"  # "right" or "left"; results do not depend on it
     max_length: int | None = None  # model window in tokens; None: model.config.max_position_embeddings
     share_prefixes: bool | None = None  # True: shared-prefix engine; False: padded batches; None: choose (call_tokens)
-    call_tokens: int = 50  # cost of one forward call in tokens: sizes padded buckets, picks the engine (docs/scoring.md)
+    call_tokens: int | None = None  # cost of one forward call in tokens (sizes padded buckets, picks the engine);
+    # None: CPU_CALL_TOKENS on a CPU, max_batch_tokens elsewhere (buckets as large as the other caps allow)
     min_shared_tokens: int = 16  # a shared prefix shorter than this is recomputed per branch instead
     chunk_tokens: int = 512  # most tokens per shared-prefix forward pass (bounds the [tokens, vocab] logits)
     progress: bool = True  # tqdm bar over the sequences when there is more than one forward pass
     context: ContextConfig = field(default_factory=ContextConfig)
 
 
-_POSITIVE_INTS = ("batch_size", "max_batch_tokens", "min_shared_tokens", "chunk_tokens", "call_tokens")
+_POSITIVE_INTS = ("batch_size", "max_batch_tokens", "min_shared_tokens", "chunk_tokens")
 
 
 def _is_int(value: object) -> bool:
@@ -59,6 +62,8 @@ def check_config(config: ScorerConfig) -> None:
         value = getattr(config, name)
         if not _is_int(value) or value < 1:
             raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+    if config.call_tokens is not None and (not _is_int(config.call_tokens) or config.call_tokens < 1):
+        raise ConfigError(f"call_tokens: must be a positive integer or None (by device), got {config.call_tokens!r}")
     if config.max_length is not None and (not _is_int(config.max_length) or config.max_length < 2):
         raise ConfigError(f"max_length: must be an integer >= 2 (tokens) or None for the model's window, "
                           f"got {config.max_length!r}")
@@ -98,6 +103,8 @@ class Scorer:
         self.contexts = ContextBuilder(tokenizer, config.context, int(window))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.can_share_prefixes = config.share_prefixes is not False and logprobs.shares_prefixes(model)
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        self.call_tokens = config.call_tokens or (CPU_CALL_TOKENS if on_cpu else config.max_batch_tokens)
 
     def examples(self, examples: Sequence[Example | dict]) -> list[Example]:
         """Check and normalise a non-empty list of examples; example ids must be unique."""
@@ -212,7 +219,7 @@ class Scorer:
         return [self.build(e, p, q) for e, p, q in zip(examples, partners, by_feedback, strict=True)]
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
-        """Length-sorted buckets of sequence indices with the fewest padded tokens plus ``call_tokens`` per bucket.
+        """Length-sorted buckets of sequence indices with the fewest padded tokens plus ``self.call_tokens`` each.
 
         Each bucket (a run of the longest-first order) holds at most ``batch_size`` rows and, unless it is
         a single row, at most ``max_batch_tokens`` padded tokens and ``max_padding`` padding; among those
@@ -232,8 +239,8 @@ class Scorer:
                     break
                 if rows > 1 and padded > (1 + config.max_padding) * (real[j] - real[i]):
                     continue
-                if cost[i] + padded + config.call_tokens < cost[j]:
-                    cost[j], cut[j] = cost[i] + padded + config.call_tokens, i
+                if cost[i] + padded + self.call_tokens < cost[j]:
+                    cost[j], cut[j] = cost[i] + padded + self.call_tokens, i
         batches: list[list[int]] = []
         j = len(order)
         while j:
@@ -270,7 +277,7 @@ class Scorer:
 
         ``share_prefixes`` True or False decides (True falls back to padded batches for a model whose
         cache cannot be cut back); None picks, on a CPU, the engine with the lower count of tokens run
-        plus ``call_tokens`` per forward call, and padded batches on any other device.
+        plus ``self.call_tokens`` per forward call, and padded batches on any other device.
         """
         config = self.config
         if not self.can_share_prefixes:
@@ -281,9 +288,9 @@ class Scorer:
             return "shared"
         ids = [list(s) for s, _ in sequences]
         runs = logprobs.prefix_schedule(ids, config.min_shared_tokens)
-        shared = sum(r.stop - r.start for r in runs) + config.call_tokens * logprobs.forward_calls(runs, config.chunk_tokens)
+        shared = sum(r.stop - r.start for r in runs) + self.call_tokens * logprobs.forward_calls(runs, config.chunk_tokens)
         batches = self._batches([len(s) for s in ids])
-        padded = sum(len(b) * len(ids[b[0]]) + config.call_tokens for b in batches)
+        padded = sum(len(b) * len(ids[b[0]]) + self.call_tokens for b in batches)
         return "shared" if shared < padded else "padded"
 
     def logprobs(self, sequences: Sequence[tuple[list[int], int]]) -> list[Tensor]:

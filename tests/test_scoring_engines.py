@@ -10,7 +10,7 @@ import torch
 
 from creditlens import logprobs, models
 from creditlens.errors import ConfigError
-from creditlens.scoring import Scorer
+from creditlens.scoring import CPU_CALL_TOKENS, Scorer
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +47,11 @@ def test_forced_engines_and_other_devices(tiny):
     on_meta = models.load("tiny")[0].to("meta")
     assert Scorer(on_meta, tiny[1], call_tokens=1, progress=False).engine(sequences) == "padded"
     assert Scorer(on_meta, tiny[1], share_prefixes=True, progress=False).engine(sequences) == "shared"
-    with pytest.raises(ConfigError, match="call_tokens"):
-        Scorer(*tiny, call_tokens=0)
+    assert Scorer(*tiny).call_tokens == CPU_CALL_TOKENS
+    assert Scorer(on_meta, tiny[1], max_batch_tokens=999).call_tokens == 999  # off the CPU: only the caps bound buckets
+    for bad in (0, True, 2.5):
+        with pytest.raises(ConfigError, match="call_tokens"):
+            Scorer(*tiny, call_tokens=bad)
 
 
 @pytest.mark.parametrize("call_tokens", [1, 10**6])
