@@ -28,7 +28,7 @@ from creditlens import credit, logprobs, schema
 from creditlens.contexts import ContextBuilder, ContextConfig, ContextIds, Example, as_example
 from creditlens.errors import ConfigError, InputError
 
-CPU_CALL_TOKENS = 50  # a forward call of SmolLM2-135M on 1 CPU thread costs as much as ~50 tokens (docs/scoring.md)
+CPU_CALL_TOKENS = 50  # per torch thread: a forward call of SmolLM2-135M on 1 CPU thread costs ~50 tokens (docs/scoring.md)
 
 
 @dataclass
@@ -42,7 +42,7 @@ class ScorerConfig:
     max_length: int | None = None  # model window in tokens; None: model.config.max_position_embeddings
     share_prefixes: bool | None = None  # True: shared-prefix engine; False: padded batches; None: choose (call_tokens)
     call_tokens: int | None = None  # cost of one forward call in tokens (sizes padded buckets, picks the engine);
-    # None: CPU_CALL_TOKENS on a CPU, max_batch_tokens elsewhere (buckets as large as the other caps allow)
+    # None: CPU_CALL_TOKENS x torch threads on a CPU, max_batch_tokens elsewhere (buckets as large as the caps allow)
     min_shared_tokens: int = 16  # a shared prefix shorter than this is recomputed per branch instead
     chunk_tokens: int = 512  # most tokens per shared-prefix forward pass (bounds the [tokens, vocab] logits)
     progress: bool = True  # tqdm bar over the sequences when there is more than one forward pass
@@ -104,7 +104,8 @@ class Scorer:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.can_share_prefixes = config.share_prefixes is not False and logprobs.shares_prefixes(model)
         on_cpu = next(model.parameters()).device.type == "cpu"
-        self.call_tokens = config.call_tokens or (CPU_CALL_TOKENS if on_cpu else config.max_batch_tokens)
+        cpu_call_tokens = CPU_CALL_TOKENS * torch.get_num_threads()
+        self.call_tokens = config.call_tokens or (cpu_call_tokens if on_cpu else config.max_batch_tokens)
 
     def examples(self, examples: Sequence[Example | dict]) -> list[Example]:
         """Check and normalise a non-empty list of examples; example ids must be unique."""

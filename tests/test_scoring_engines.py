@@ -47,7 +47,12 @@ def test_forced_engines_and_other_devices(tiny):
     on_meta = models.load("tiny")[0].to("meta")
     assert Scorer(on_meta, tiny[1], call_tokens=1, progress=False).engine(sequences) == "padded"
     assert Scorer(on_meta, tiny[1], share_prefixes=True, progress=False).engine(sequences) == "shared"
-    assert Scorer(*tiny).call_tokens == CPU_CALL_TOKENS
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert Scorer(*tiny).call_tokens == 3 * CPU_CALL_TOKENS  # a call's cost in tokens grows with the threads
+    finally:
+        torch.set_num_threads(threads)
     assert Scorer(on_meta, tiny[1], max_batch_tokens=999).call_tokens == 999  # off the CPU: only the caps bound buckets
     for bad in (0, True, 2.5):
         with pytest.raises(ConfigError, match="call_tokens"):
