@@ -115,6 +115,14 @@ def profile(scorer: Scorer, rows: list[dict], k: int) -> dict[str, float]:
     return spent
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM) in MiB; unlike ``ru_maxrss`` it is not inherited across exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_child(engine: str, context_tokens: int, response_tokens: int, vocab: int) -> None:
     """Print JSON: peak RSS (MiB) before and after scoring one long sequence with a random model."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -127,9 +135,9 @@ def memory_child(engine: str, context_tokens: int, response_tokens: int, vocab: 
     scorer = Scorer(model, tokenizer, share_prefixes=engine == "shared", progress=False)
     ids = torch.randint(0, vocab, (context_tokens + response_tokens,)).tolist()
     scorer.logprobs([(ids[:64], 16)])  # warm-up: allocator, kernels
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_rss_mib()
     scorer.logprobs([(ids, response_tokens)])
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    after = peak_rss_mib()
     print(json.dumps({"before_mib": before, "after_mib": after}))
 
 
