@@ -153,12 +153,24 @@ def _split_columns(
     pool: str,
     form: str,
 ) -> dict[str, Tensor]:
-    """One axis's ``[B, T]`` columns (baseline, specific, shortcut, credit reward), named by ``names``."""
+    """One axis's ``[B, T]`` columns (baseline, specific, shortcut, credit reward), named by ``names``.
+
+    A sample whose ``contrast_lp [K, T]`` is all NaN had no contrast (the run log marks such samples so,
+    e.g. a feedback-axis sample whose teacher context holds no feedback): its columns are NaN.
+    """
+    import torch
+
     from creditlens import credit
 
-    parts = credit.decompose(teacher_lp, contrast_lp, student_lp, counted, pool)
-    reward = credit.credit_rewards(teacher_lp, contrast_lp, student_lp, counted, lam, pool, form)
-    return dict(zip(names, (parts.baseline, parts.specific, parts.shortcut, reward), strict=True))
+    scored = ~torch.isnan(contrast_lp).flatten(1).all(dim=1)
+    columns = [torch.full_like(teacher_lp, float("nan")) for _ in names]
+    if scored.any():
+        teacher, contrast, student, mask = teacher_lp[scored], contrast_lp[scored], student_lp[scored], counted[scored]
+        parts = credit.decompose(teacher, contrast, student, mask, pool)
+        reward = credit.credit_rewards(teacher, contrast, student, mask, lam, pool, form)
+        for column, value in zip(columns, (parts.baseline, parts.specific, parts.shortcut, reward), strict=True):
+            column[scored] = value.to(column.dtype)
+    return dict(zip(names, columns, strict=True))
 
 
 def build_token_table(

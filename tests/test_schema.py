@@ -214,3 +214,29 @@ def test_build_names_the_argument_that_does_not_fit():
         schema.build_token_table(*args[:3], [["x"], ["x", "y"]], *args[4:])
     with pytest.raises(ValueError, match="form"):
         schema.build_token_table(*args, form="nope")
+
+
+@pytest.mark.parametrize("axis", ["input", "feedback"])
+def test_a_sample_without_contrasts_gets_nan_credit_columns_and_the_others_are_unchanged(axis):
+    """The run log marks a sample that had no contrast with an all-NaN ``[K, T]`` (a feedback-axis sample whose
+    teacher context holds no feedback): its split columns are NaN, every other sample's equal the table built
+    without it."""
+    model = theory.ExactModel.random(n_inputs=4, vocab_size=5, length=3, seed=3)
+    batch = model.sample_batch(4, 2, seed=3)
+    contrast = batch.contrast_lp.clone()
+    contrast[1] = float("nan")
+    key = "contrast_lp" if axis == "input" else "feedback_contrast_lp"
+    columns = list(schema.CONTRAST_COLUMNS if axis == "input" else schema.FEEDBACK_COLUMNS)
+
+    def build(rows):
+        return schema.build_token_table(
+            [f"e{i}" for i in rows], [str(int(batch.inputs[i])) for i in rows], batch.responses[rows],
+            [["t"] * 3] * len(rows), batch.teacher_lp[rows], batch.student_lp[rows],
+            **{key: contrast[rows]}, lam=0.5, form="contrastive",
+        ).set_index(["example_id", "position"])
+
+    table, without = build([0, 1, 2, 3]), build([0, 2, 3])
+    assert table.loc["e1", columns].isna().all().all()
+    assert table.loc["e1", "sd_reward"].notna().all()
+    np.testing.assert_allclose(table.drop(index="e1")[columns].to_numpy(), without[columns].to_numpy(), atol=1e-12)
+    assert table.drop(index="e1")[columns].notna().all().all()
