@@ -103,9 +103,9 @@ class Scorer:
         self.contexts = ContextBuilder(tokenizer, config.context, int(window))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.can_share_prefixes = config.share_prefixes is not False and logprobs.shares_prefixes(model)
-        on_cpu = next(model.parameters()).device.type == "cpu"
+        self.on_cpu = next(model.parameters()).device.type == "cpu"
         cpu_call_tokens = CPU_CALL_TOKENS * torch.get_num_threads()
-        self.call_tokens = config.call_tokens or (cpu_call_tokens if on_cpu else config.max_batch_tokens)
+        self.call_tokens = config.call_tokens or (cpu_call_tokens if self.on_cpu else config.max_batch_tokens)
 
     def examples(self, examples: Sequence[Example | dict]) -> list[Example]:
         """Check and normalise a non-empty list of examples; example ids must be unique."""
@@ -283,7 +283,7 @@ class Scorer:
         config = self.config
         if not self.can_share_prefixes:
             return "padded"
-        if config.share_prefixes is None and next(self.model.parameters()).device.type != "cpu":
+        if config.share_prefixes is None and not self.on_cpu:
             return "padded"
         if config.share_prefixes:
             return "shared"
