@@ -1,7 +1,7 @@
 """Time to open the dashboard's Token credit page on a run of 100k logged tokens.
 
 Writes a synthetic run (one step, ``--responses`` x ``--length`` tokens, K = 2 contrasts) through
-``creditlens.runs``, then drives ``creditlens/app/pages/1_Token_credit.py`` with Streamlit's AppTest:
+``creditlens.runs``, then drives ``app/pages/1_Token_credit.py`` with Streamlit's AppTest:
 cold (empty cache: read + validate the Parquet and render), warm (the cached table, another
 response), and the heatmap HTML alone. The issue's target is under 2 s for the cold open.
 

@@ -6,25 +6,33 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
 
-import creditlens
 from creditlens import cli
 from creditlens.commands import app
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_entry_page_and_pages_live_inside_the_package():
-    package = Path(creditlens.__file__).resolve().parent
-    assert app.APP_ENTRY == package / "app" / "Runs.py" and app.APP_ENTRY.is_file()
-    pages = sorted(p.name for p in (package / "app" / "pages").glob("*.py"))
+def test_entry_page_and_pages_live_in_the_top_level_app_directory():
+    assert app.APP_ENTRY == REPO / "app" / "Runs.py" and app.APP_ENTRY.is_file()
+    pages = sorted(p.name for p in (REPO / "app" / "pages").glob("*.py"))
     assert pages == ["1_Token_credit.py", "2_Decomposition.py", "3_pMI_check.py", "4_Live_scoring.py"]
-    for script in [app.APP_ENTRY, *(package / "app" / "pages").glob("*.py")]:
+    for script in [app.APP_ENTRY, *(REPO / "app" / "pages").glob("*.py")]:
         assert "sys.path" not in script.read_text(), script  # pages import creditlens.app.common
+    assert not (REPO / "creditlens" / "app").exists()
+
+
+def test_pyproject_lists_every_package():
+    """pyproject.toml names its packages (app/ is mapped to creditlens.app): a new subpackage must be added there."""
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "creditlens").rglob("__init__.py")}
+    assert set(setuptools["packages"]) == found | {"creditlens.app"}
+    assert setuptools["package-dir"] == {"creditlens.app": "app"}
 
 
 @pytest.mark.slow
@@ -35,7 +43,8 @@ def test_wheel_ships_the_dashboard_and_it_runs_outside_the_repository(tmp_path):
                     str(REPO)], check=True, capture_output=True)
     wheel = next(dist.glob("creditlens-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for name in ("creditlens/app/Runs.py", "creditlens/app/common.py", "creditlens/app/pages/3_pMI_check.py"):
+    for name in ("creditlens/app/Runs.py", "creditlens/app/common.py", "creditlens/app/pages/3_pMI_check.py",
+                 "creditlens/commands/app.py", "creditlens/training/trainers.py", "creditlens/envs/shortcut.py"):
         assert name in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
@@ -44,7 +53,7 @@ def test_wheel_ships_the_dashboard_and_it_runs_outside_the_repository(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, check=True)
     found, entry, repo_runs = done.stdout.split()
-    assert found == "True" and entry.startswith(str(site)) and repo_runs == "False"
+    assert found == "True" and entry == str(site / "creditlens" / "app" / "Runs.py") and repo_runs == "False"
 
 
 def test_command_line_passes_runs_dir_and_port(tmp_path):

@@ -24,7 +24,7 @@ from creditlens import choices, runs, schema
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import appdata  # noqa: E402
 
-APP = Path(__file__).resolve().parents[1] / "creditlens" / "app"
+APP = Path(__file__).resolve().parents[1] / "app"
 PAGES = {
     "runs": APP / "Runs.py",
     "tokens": APP / "pages" / "1_Token_credit.py",

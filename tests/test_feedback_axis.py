@@ -319,7 +319,7 @@ def test_cli_feedback_contrast_writes_both_generic_shares(examples, tmp_path, ca
 
 # ---- dashboard: the decomposition and token pages read the feedback axis ----
 
-APP_PAGES = Path(__file__).resolve().parents[1] / "creditlens" / "app" / "pages"
+APP_PAGES = Path(__file__).resolve().parents[1] / "app" / "pages"
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ import socket
 import sys
 from pathlib import Path
 
+import creditlens.app
 from creditlens.commands import port_number
 from creditlens.errors import InputError
 
-APP_ENTRY = Path(__file__).resolve().parents[1] / "app" / "Runs.py"  # ships in the wheel (package data)
+APP_ENTRY = Path(creditlens.app.__file__).resolve().parent / "Runs.py"  # top-level app/, installed as creditlens.app
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

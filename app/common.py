@@ -21,7 +21,7 @@ import streamlit as st
 from creditlens import runs, schema, viz
 
 RUNS_DIR_ENV = "CREDITLENS_RUNS_DIR"
-REPO_RUNS = Path(__file__).resolve().parents[2] / "data" / "runs"  # present in a source checkout
+REPO_RUNS = Path(__file__).resolve().parents[1] / "data" / "runs"  # present in a source checkout (app/ is top-level)
 READ_ERRORS = (runs.RunError, schema.SchemaError, OSError, ValueError, KeyError)
 
 
