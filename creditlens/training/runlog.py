@@ -128,7 +128,7 @@ class RunLog(TrainerCallback):
                 columns = {"run": self.run.name, "algo": self.run.algo}
                 table = records_table(
                     self.records, tokenizer, step, first, columns, config.lam, config.pool, config.form,
-                    config.contrast_axis,
+                    config.contrast_axis, getattr(self.run.env, "token_labels", None),
                 )
             local = {
                 "table": table,

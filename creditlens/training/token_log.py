@@ -7,9 +7,11 @@ with its own rollout) and the per-token values the loss used.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -98,11 +100,14 @@ def records_table(
     pool: str,
     form: str,
     contrast_axis: str = "input",
+    token_labels: Callable[[Any, list[str]], list[str]] | None = None,
 ) -> pd.DataFrame | None:
     """The token table of ``records``: rows numbered ``first_sample, first_sample + 1, ...`` in order.
 
     ``columns`` are constant example columns (run, algo); ``lam``/``pool``/``form`` set the credit columns;
-    ``contrast_axis="feedback"`` writes the contrasts into the feedback-axis columns (``schema.FEEDBACK_COLUMNS``).
+    ``contrast_axis="feedback"`` writes the contrasts into the feedback-axis columns (``schema.FEEDBACK_COLUMNS``);
+    ``token_labels`` (an environment's ``token_labels(problem, tokens)``, e.g. the shortcut testbed's) fills the
+    ground-truth ``label`` column of every response token.
     """
     frames, sample = [], first_sample
     for record in records:
@@ -117,6 +122,12 @@ def records_table(
             tokenizer.decode(row[:n].tolist(), skip_special_tokens=True) for row, n in zip(ids, lengths, strict=True)
         ]
         info = record.rollouts
+        extra = {"advantage": record.advantage}
+        if token_labels is not None:
+            labels = np.full(ids.shape, "", dtype=object)
+            for row, (row_tokens, n) in enumerate(zip(tokens, lengths, strict=True)):
+                labels[row, :n] = token_labels(None, row_tokens[:n])
+            extra["label"] = labels
         frames.append(
             schema.build_token_table(
                 example_ids=[f"step{step}-sample{s}" for s in samples],
@@ -143,7 +154,7 @@ def records_table(
                     "feedback": [r.feedback for r in info],
                     "response": responses,
                 },
-                token_columns={"advantage": record.advantage},
+                token_columns=extra,
             )
         )
     return pd.concat(frames, ignore_index=True) if frames else None
