@@ -1,8 +1,4 @@
-"""The names creditlens accepts for algorithms, contrast pools and CREDIT reward forms: one torch-free
-source of truth, read by ``creditlens.credit``, the training config and the CLI's ``--help``."""
+"""The algorithms ``creditlens train`` runs: torch-free, so the CLI's ``--help`` lists them. The CREDIT
+settings (reward forms, pools, contrast axes, their defaults) belong to ``creditlens.credit.CreditSpec``."""
 
 ALGOS = ("grpo", "sd", "credit")  # creditlens train --algo: GRPO, self-distillation, CREDIT
-POOLS = ("mean", "logmeanexp")  # how K contrast log-probs pool into B_t (docs/CREDIT-MATH.md)
-FORMS = ("teacher", "shortcut", "contrastive")  # CREDIT reward forms (creditlens.credit.credit_rewards)
-DEFAULT_FORM = "contrastive"  # chosen by the pre-registered rule of docs/results.md, "Default"
-AXES = ("input", "feedback")  # contrast axis: other inputs (x_j, f, y) or other feedback (x, f_j, y)

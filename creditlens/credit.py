@@ -9,23 +9,132 @@ Shapes used throughout (see ``CREDIT-MATH.md``):
 
 Every function keeps the floating dtype of its inputs and returns exactly 0 at masked positions.
 
-Reward forms (:data:`FORMS`, one reading of the paper's abstract each; docs/CREDIT-MATH.md section 4):
-``teacher`` subtracts the contrast teacher's log-prob, ``shortcut`` removes the input-generic part of the
-SD reward, ``contrastive`` is a bounded InfoNCE reward (0 extra for a token equally likely under every input).
+The CREDIT settings travel as one frozen, validated :class:`CreditSpec` (lam, form, pool, axis, n_contrast);
+its defaults are the only ones. Reward forms are a registry (:data:`FORMS`, name -> :class:`RewardForm`, one
+reading of the paper's abstract each; docs/CREDIT-MATH.md section 4): ``teacher`` subtracts the contrast
+teacher's log-prob, ``shortcut`` removes the input-generic part of the SD reward, ``contrastive`` is a bounded
+InfoNCE reward (0 extra for a token equally likely under every input). A new form is one function and one
+:func:`reward_form` decorator. Contrasts are drawn by one rule, :func:`draw_contrasts`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from creditlens.choices import DEFAULT_FORM, FORMS, POOLS  # torch-free, so the CLI's --help lists them
+from creditlens.errors import ConfigError
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+AXES = ("input", "feedback")  # contrast axis: other inputs (x_j, f, y) or other feedback (x, f_j, y)
+
+
+def _pool_mean(contrast_lp: Tensor) -> Tensor:
+    return contrast_lp.mean(dim=1)
+
+
+def _pool_logmeanexp(contrast_lp: Tensor) -> Tensor:
+    return torch.logsumexp(contrast_lp, dim=1) - math.log(contrast_lp.shape[1])
+
+
+POOLS: dict[str, Callable[[Tensor], Tensor]] = {"mean": _pool_mean, "logmeanexp": _pool_logmeanexp}
+"""How K contrast log-probs ``[B, K, ...]`` pool into ``B_t [B, ...]``: mean of log-probs or of probabilities."""
+
+
+@dataclass(frozen=True)
+class RewardForm:
+    """A CREDIT reward form: ``reward = sd - lam * penalty(teacher_lp, baseline, student_lp, k)``.
+
+    ``penalty`` maps ``[B, T]`` (sampled tokens) or ``[B, T, V]`` (a vocabulary) log-probs, the pooled baseline
+    of the same shape and K to the same shape; the distillation target is ``log_softmax(log pi_T - lam * penalty)``.
+    ``needs_student``: whether ``penalty`` reads ``student_lp`` (None is passed otherwise).
+    """
+
+    penalty: Callable[[Tensor, Tensor, Tensor | None, int], Tensor]
+    needs_student: bool
+
+
+FORMS: dict[str, RewardForm] = {}
+"""The registry of reward forms, name -> :class:`RewardForm` (in the style of inseq's step functions)."""
+
+
+def reward_form(name: str, needs_student: bool = True) -> Callable:
+    """Register the decorated ``penalty(teacher_lp, baseline, student_lp, k)`` as reward form ``name``."""
+
+    def register(penalty: Callable[[Tensor, Tensor, Tensor | None, int], Tensor]) -> Callable:
+        FORMS[name] = RewardForm(penalty, needs_student)
+        return penalty
+
+    return register
+
+
+@reward_form("teacher", needs_student=False)
+def teacher_penalty(teacher_lp: Tensor, baseline: Tensor, student_lp: Tensor | None, k: int) -> Tensor:
+    """``r_t - lam * B_t``: the contrast teacher's log-prob."""
+    return baseline
+
+
+@reward_form("shortcut")
+def shortcut_penalty(teacher_lp: Tensor, baseline: Tensor, student_lp: Tensor | None, k: int) -> Tensor:
+    """``r_t - lam * (B_t - log pi_S)`` = specific + (1 - lam) * shortcut."""
+    return baseline - student_lp
+
+
+@reward_form("contrastive")
+def contrastive_penalty(teacher_lp: Tensor, baseline: Tensor, student_lp: Tensor | None, k: int) -> Tensor:
+    """``r_t - lam * (L_t - log pi_S)`` = (1 - lam) * r_t + lam * (log pi_T - L_t), L_t of :func:`pool_with_input`."""
+    return pool_with_input(teacher_lp, baseline, k) - student_lp
+
+
+DEFAULT_FORM = "contrastive"  # chosen by the pre-registered rule of docs/results.md, "Default"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class CreditSpec:
+    """The CREDIT settings, validated once here (``ConfigError`` naming the field) and read everywhere else.
+
+    ``lam``: weight of the contrast term in [0, 1] (0: plain self-distillation); ``form``: one of :data:`FORMS`;
+    ``pool``: one of :data:`POOLS`; ``axis``: what the contrasts change, one of :data:`AXES`; ``n_contrast``:
+    K, the contrasts asked per sample (fewer are used where fewer distinct ones exist, :func:`draw_contrasts`;
+    0: none, the contrast columns are NaN).
+    """
+
+    lam: float = 0.5
+    form: str = DEFAULT_FORM
+    pool: str = "mean"
+    axis: str = "input"
+    n_contrast: int = 1
+
+    def __post_init__(self) -> None:
+        checks = [
+            (_is_number(self.lam) and 0.0 <= self.lam <= 1.0, f"lam: must be a number in [0, 1], got {self.lam!r}"),
+            (self.form in FORMS, f"form: must be one of {tuple(FORMS)}, got {self.form!r}"),
+            (self.pool in POOLS, f"pool: must be one of {tuple(POOLS)}, got {self.pool!r}"),
+            (self.axis in AXES, f"contrast_axis: must be one of {AXES}, got {self.axis!r}"),
+            (
+                isinstance(self.n_contrast, int) and not isinstance(self.n_contrast, bool) and self.n_contrast >= 0,
+                f"n_contrast: must be an int >= 0, got {self.n_contrast!r}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        object.__setattr__(self, "lam", float(self.lam))
+
+    def labels(self) -> dict[str, object]:
+        """The settings as recorded in manifests and token rows."""
+        return {"lam": self.lam, "form": self.form, "pool": self.pool, "contrast_axis": self.axis,
+                "n_contrast": self.n_contrast}
+
+
+DEFAULT_SPEC = CreditSpec()
 
 
 @dataclass(frozen=True)
@@ -118,25 +227,14 @@ def _check_contrast(contrast_lp: Tensor, teacher_lp: Tensor, mask: Tensor | None
     _check_finite("contrast_lp", contrast_lp, mask)
 
 
-def _check_lam(lam: float) -> None:
-    if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not 0.0 <= float(lam) <= 1.0:
-        raise ValueError(f"lam: must be a number in [0, 1], got {lam!r}")
-
-
 def _masked(value: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return value
     return torch.where(mask, value, torch.zeros((), dtype=value.dtype, device=value.device))
 
 
-def check_form(form: str) -> None:
-    """Raise ``ValueError`` naming ``form`` unless it is one of :data:`FORMS`."""
-    if form not in FORMS:
-        raise ValueError(f"form: must be one of {FORMS}, got {form!r}")
-
-
-def pool_contrast(contrast_lp: Tensor, pool: str = "mean") -> Tensor:
-    """Pool contrast log-probs over the contrast axis: ``[B, K, ...] -> [B, ...]`` (K >= 1).
+def pool_contrast(contrast_lp: Tensor, spec: CreditSpec = DEFAULT_SPEC) -> Tensor:
+    """Pool contrast log-probs over the contrast axis with ``spec.pool``: ``[B, K, ...] -> [B, ...]`` (K >= 1).
 
     ``"mean"`` averages log-probs (B_t of the math page); ``"logmeanexp"`` averages probabilities.
     """
@@ -144,11 +242,7 @@ def pool_contrast(contrast_lp: Tensor, pool: str = "mean") -> Tensor:
         raise ValueError(
             f"contrast_lp: needs a contrast axis with K >= 1 entries at dim 1, got shape {tuple(contrast_lp.shape)}"
         )
-    if pool == "mean":
-        return contrast_lp.mean(dim=1)
-    if pool == "logmeanexp":
-        return torch.logsumexp(contrast_lp, dim=1) - math.log(contrast_lp.shape[1])
-    raise ValueError(f"pool: must be one of {POOLS}, got {pool!r}")
+    return POOLS[spec.pool](contrast_lp)
 
 
 def pool_with_input(teacher_lp: Tensor, baseline: Tensor, k: int) -> Tensor:
@@ -166,14 +260,12 @@ def sd_rewards(teacher_lp: Tensor, student_lp: Tensor, mask: Tensor | None = Non
     return _masked(teacher_lp - student_lp, mask)
 
 
-def contrast_baseline(contrast_lp: Tensor, mask: Tensor | None = None, pool: str = "mean") -> Tensor:
-    """Batch-contrastive baseline ``B_t``: ``[B, K, T] -> [B, T]``, 0 at masked positions."""
-    if pool not in POOLS:
-        raise ValueError(f"pool: must be one of {POOLS}, got {pool!r}")
+def contrast_baseline(contrast_lp: Tensor, mask: Tensor | None = None, spec: CreditSpec = DEFAULT_SPEC) -> Tensor:
+    """Batch-contrastive baseline ``B_t`` pooled by ``spec.pool``: ``[B, K, T] -> [B, T]``, 0 at masked positions."""
     _check_tensor("contrast_lp", contrast_lp, 3)
     mask = _check_mask(mask, contrast_lp.shape[::2])
     _check_finite("contrast_lp", contrast_lp, mask)
-    return _masked(pool_contrast(contrast_lp, pool), mask)
+    return _masked(pool_contrast(contrast_lp, spec), mask)
 
 
 def decompose(
@@ -181,17 +273,15 @@ def decompose(
     contrast_lp: Tensor,
     student_lp: Tensor,
     mask: Tensor | None = None,
-    pool: str = "mean",
+    spec: CreditSpec = DEFAULT_SPEC,
 ) -> Decomposition:
-    """Split teacher log-probs and SD rewards into input-specific and input-generic parts.
+    """Split teacher log-probs and SD rewards into input-specific and input-generic parts (``spec.pool``).
 
     Shapes: ``teacher_lp, student_lp [B, T]``, ``contrast_lp [B, K, T]``, ``mask [B, T]``.
     """
-    if pool not in POOLS:
-        raise ValueError(f"pool: must be one of {POOLS}, got {pool!r}")
     mask = _check_pair(teacher_lp, student_lp, mask)
     _check_contrast(contrast_lp, teacher_lp, mask)
-    baseline = _masked(pool_contrast(contrast_lp, pool), mask)
+    baseline = _masked(pool_contrast(contrast_lp, spec), mask)
     return Decomposition(
         specific=_masked(teacher_lp - baseline, mask),
         baseline=baseline,
@@ -200,26 +290,14 @@ def decompose(
     )
 
 
-def _form_rewards(teacher_lp: Tensor, baseline: Tensor, student_lp: Tensor, k: int, lam: float, form: str) -> Tensor:
-    """Unmasked token reward of ``form`` from ``[B, T]`` log-probs and the pooled baseline."""
-    sd = teacher_lp - student_lp
-    if form == "teacher":
-        return sd - lam * baseline
-    if form == "shortcut":
-        return sd - lam * (baseline - student_lp)
-    return sd - lam * (pool_with_input(teacher_lp, baseline, k) - student_lp)
-
-
 def credit_rewards(
     teacher_lp: Tensor,
     contrast_lp: Tensor,
     student_lp: Tensor,
     mask: Tensor | None = None,
-    lam: float = 0.5,
-    pool: str = "mean",
-    form: str = DEFAULT_FORM,
+    spec: CreditSpec = DEFAULT_SPEC,
 ) -> Tensor:
-    """CREDIT token reward of one of :data:`FORMS`: ``[B, T], [B, K, T], [B, T] -> [B, T]``.
+    """CREDIT token reward of ``spec`` (form, lam, pool): ``[B, T], [B, K, T], [B, T] -> [B, T]``.
 
     With ``r_t = log pi_T - log pi_S``, ``B_t`` the pooled contrast baseline and
     ``L_t = log((pi_T + K exp(B_t)) / (K + 1))`` (:func:`pool_with_input`):
@@ -228,21 +306,18 @@ def credit_rewards(
     - ``"shortcut"``:    ``r_t - lam * (B_t - log pi_S)`` = specific + (1 - lam) * shortcut
     - ``"contrastive"``: ``r_t - lam * (L_t - log pi_S)`` = (1 - lam) * r_t + lam * (log pi_T - L_t)
 
-    ``lam = 0`` is plain self-distillation for every form.
+    K is ``contrast_lp.shape[1]``, the contrasts actually used. ``lam = 0`` is plain self-distillation for
+    every form.
     """
-    _check_lam(lam)
-    check_form(form)
-    if pool not in POOLS:
-        raise ValueError(f"pool: must be one of {POOLS}, got {pool!r}")
     bool_mask = _check_pair(teacher_lp, student_lp, mask)
     _check_contrast(contrast_lp, teacher_lp, bool_mask)
-    if float(lam) == 0.0:
+    if spec.lam == 0.0:
         return _masked(teacher_lp - student_lp, bool_mask)
-    clean = [_masked(v, bool_mask) for v in (teacher_lp, student_lp)]
+    teacher, student = (_masked(v, bool_mask) for v in (teacher_lp, student_lp))
     contrast = contrast_lp if bool_mask is None else torch.where(bool_mask.unsqueeze(1), contrast_lp, 0.0)
-    baseline = pool_contrast(contrast, pool)
-    reward = _form_rewards(clean[0], baseline, clean[1], contrast_lp.shape[1], float(lam), form)
-    return _masked(reward, bool_mask)
+    baseline = pool_contrast(contrast, spec)
+    penalty = FORMS[spec.form].penalty(teacher, baseline, student, contrast_lp.shape[1])
+    return _masked(teacher - student - spec.lam * penalty, bool_mask)
 
 
 def sequence_sums(
@@ -250,16 +325,14 @@ def sequence_sums(
     contrast_lp: Tensor,
     student_lp: Tensor,
     mask: Tensor | None = None,
-    lam: float = 0.5,
-    pool: str = "mean",
-    form: str = DEFAULT_FORM,
+    spec: CreditSpec = DEFAULT_SPEC,
 ) -> SequenceSums:
     """Trajectory sums of every token quantity: ``[B, T] -> [B]``.
 
-    ``sd`` is the pMI estimate; ``credit`` the sequence objective of ``form`` (docs/CREDIT-MATH.md section 5).
+    ``sd`` is the pMI estimate; ``credit`` the sequence objective of ``spec`` (docs/CREDIT-MATH.md section 5).
     """
-    parts = decompose(teacher_lp, contrast_lp, student_lp, mask, pool)
-    reward = credit_rewards(teacher_lp, contrast_lp, student_lp, mask, lam, pool, form)
+    parts = decompose(teacher_lp, contrast_lp, student_lp, mask, spec)
+    reward = credit_rewards(teacher_lp, contrast_lp, student_lp, mask, spec)
     bool_mask = None if mask is None else mask.bool()
     n_tokens = (
         torch.full(teacher_lp.shape[:1], teacher_lp.shape[1], device=teacher_lp.device)
@@ -287,28 +360,17 @@ def _check_vocab_logprobs(name: str, value: object, ndim: int) -> Tensor:
 def credit_target_logprobs(
     teacher_logprobs: Tensor,
     contrast_logprobs: Tensor,
-    lam: float = 0.5,
-    pool: str = "mean",
-    form: str = DEFAULT_FORM,
+    spec: CreditSpec = DEFAULT_SPEC,
     student_logprobs: Tensor | None = None,
 ) -> Tensor:
     """CREDIT distillation target over a vocabulary (top-K or full logits modes): ``-> [B, T, V]``.
 
     ``teacher_logprobs [B, T, V]`` (log-probs; any last axis, e.g. a top-K support with a tail bucket),
-    ``contrast_logprobs [B, K, T, V]``, ``student_logprobs [B, T, V]`` (needed by ``shortcut`` and
-    ``contrastive``). The target is ``log_softmax`` over the last axis of
-
-    - ``"teacher"``:     ``log pi_T - lam * B``
-    - ``"shortcut"``:    ``log pi_T - lam * (B - log pi_S)``
-    - ``"contrastive"``: ``log pi_T - lam * (L - log pi_S)``, ``L = log((pi_T + K exp(B)) / (K + 1))``
-
-    so ``log target(v) - log pi_S(v)`` is the form's sampled-token reward up to a per-position constant.
-    ``lam = 0`` returns ``teacher_logprobs`` unchanged for every form.
+    ``contrast_logprobs [B, K, T, V]``, ``student_logprobs [B, T, V]`` (needed by forms whose
+    ``RewardForm.needs_student``). The target is ``log_softmax(log pi_T - lam * penalty)`` over the last axis,
+    with the penalty of ``spec.form`` (:data:`FORMS`), so ``log target(v) - log pi_S(v)`` is the form's
+    sampled-token reward up to a per-position constant. ``lam = 0`` returns ``teacher_logprobs`` unchanged.
     """
-    _check_lam(lam)
-    check_form(form)
-    if pool not in POOLS:
-        raise ValueError(f"pool: must be one of {POOLS}, got {pool!r}")
     _check_vocab_logprobs("teacher_logprobs", teacher_logprobs, 3)
     _check_vocab_logprobs("contrast_logprobs", contrast_logprobs, 4)
     b, k, t, v = contrast_logprobs.shape
@@ -317,54 +379,53 @@ def credit_target_logprobs(
             f"contrast_logprobs: shape {tuple(contrast_logprobs.shape)} must be [B, K>=1, T, V] with "
             f"[B, T, V] = teacher_logprobs {tuple(teacher_logprobs.shape)}"
         )
-    if form != "teacher":
+    return target_from_baseline(teacher_logprobs, pool_contrast(contrast_logprobs, spec), k, spec, student_logprobs)
+
+
+def target_from_baseline(
+    teacher_logprobs: Tensor,
+    baseline: Tensor,
+    k: int,
+    spec: CreditSpec = DEFAULT_SPEC,
+    student_logprobs: Tensor | None = None,
+) -> Tensor:
+    """The target of :func:`credit_target_logprobs` from the already pooled baseline ``[B, T, V]`` of K contrasts
+    (the full-logits trainer pools the K contrasts as it computes them): ``-> [B, T, V]``."""
+    form = FORMS[spec.form]
+    if form.needs_student:
         if student_logprobs is None:
-            raise ValueError(f"student_logprobs: form {form!r} needs the student's log-probs [B, T, V]")
+            raise ValueError(f"student_logprobs: form {spec.form!r} needs the student's log-probs [B, T, V]")
         _check_vocab_logprobs("student_logprobs", student_logprobs, 3)
         if student_logprobs.shape != teacher_logprobs.shape:
             raise ValueError(
                 f"student_logprobs: shape {tuple(student_logprobs.shape)} differs from teacher_logprobs "
                 f"{tuple(teacher_logprobs.shape)}"
             )
-    if float(lam) == 0.0:
+    if spec.lam == 0.0:
         return teacher_logprobs
-    baseline = pool_contrast(contrast_logprobs, pool)
-    if form == "teacher":
-        return torch.log_softmax(teacher_logprobs - float(lam) * baseline, dim=-1)
-    if form == "contrastive":
-        baseline = pool_with_input(teacher_logprobs, baseline, k)
-    return torch.log_softmax(teacher_logprobs - float(lam) * (baseline - student_logprobs), dim=-1)
+    penalty = form.penalty(teacher_logprobs, baseline, student_logprobs, k)
+    return torch.log_softmax(teacher_logprobs - spec.lam * penalty, dim=-1)
 
 
-def contrast_indices(
-    group_ids: Sequence[Hashable] | Tensor,
-    k: int,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Pick, for each example, ``k`` other examples of the batch with a different prompt id.
+def draw_contrasts(
+    keys: Sequence[Hashable], k: int, generator: torch.Generator, earlier: Sequence[Hashable] = ()
+) -> list[list[Hashable]]:
+    """The one contrast rule of the scorer and the trainer: up to ``k`` contrast keys for each of ``keys``.
 
-    ``group_ids`` has length B (GRPO samples of one prompt share an id; a 1-D tensor or a sequence).
-    Returns ``LongTensor[B, k]`` drawn without replacement, uniformly among the eligible examples.
+    ``keys`` has one prompt key per sample (B entries; samples of one prompt share it). The candidates of a
+    sample are the batch's other distinct keys (never its own, no duplicates); only when fewer than ``k`` exist,
+    the keys of ``earlier`` (e.g. earlier batches, most recent first) not in the batch join them. Every sample
+    has the same number of candidates, so all get ``min(k, candidates)`` contrasts, drawn uniformly without
+    replacement: fewer than ``k`` when fewer exist (0: no contrast). Returns B lists of equal length.
     """
-    if isinstance(group_ids, Tensor):
-        if group_ids.dim() != 1:
-            raise ValueError(f"group_ids: expected a 1-D tensor of prompt ids, got shape {tuple(group_ids.shape)}")
-        ids = group_ids.tolist()
-    elif isinstance(group_ids, Sequence) and not isinstance(group_ids, (str, bytes)):
-        ids = list(group_ids)
-    else:
-        raise ValueError(f"group_ids: expected a sequence or 1-D tensor of prompt ids, got {type(group_ids).__name__}")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k: must be a positive integer, got {k!r}")
-    out = torch.empty(len(ids), k, dtype=torch.long)
-    for i, gid in enumerate(ids):
-        eligible = torch.tensor([j for j, other in enumerate(ids) if other != gid], dtype=torch.long)
-        if eligible.numel() < k:
-            raise ValueError(
-                f"group_ids: example {i} (prompt id {gid!r}) has {eligible.numel()} examples with another "
-                f"prompt id in a batch of {len(ids)}, fewer than k={k}; use a batch with at least k+1 "
-                "distinct prompts or a smaller k"
-            )
-        order = torch.randperm(eligible.numel(), generator=generator)[:k]
-        out[i] = eligible[order]
-    return out
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise ValueError(f"k: must be an integer >= 0, got {k!r}")
+    in_batch = list(dict.fromkeys(keys))
+    extra = [key for key in dict.fromkeys(earlier) if key not in set(in_batch)] if len(in_batch) - 1 < k else []
+    used = min(k, len(in_batch) - 1 + len(extra))
+    picks = []
+    for key in keys:
+        candidates = [c for c in in_batch if c != key] + extra
+        order = torch.randperm(len(candidates), generator=generator)[:used].tolist() if used else []
+        picks.append([candidates[j] for j in order])
+    return picks

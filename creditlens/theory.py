@@ -240,8 +240,8 @@ class ExactModel:
     def sample_batch(self, batch_size: int, k: int, seed: int = 0) -> ExactBatch:
         """Sample B inputs, feedback and on-policy responses, with K contrast inputs per example.
 
-        Contrast inputs are chosen by :func:`creditlens.credit.contrast_indices` with the input
-        index as prompt id, so needs at least ``k + 1`` distinct inputs in the batch.
+        Contrast inputs are chosen by :func:`creditlens.credit.draw_contrasts` with the input index as prompt
+        id, so the batch needs at least ``k + 1`` distinct inputs for ``k`` contrasts each.
         """
         rng = np.random.default_rng(seed)
         if self.n_inputs < k + 1:
@@ -251,8 +251,9 @@ class ExactModel:
         feedback = [int(rng.integers(self.n_feedback)) for _ in inputs]
         responses = [self.sample_response(x, rng) for x in inputs]
         generator = torch.Generator().manual_seed(seed)
-        index = credit.contrast_indices(inputs, k, generator=generator)
-        contrast_inputs = [[inputs[j] for j in row] for row in index.tolist()]
+        contrast_inputs = credit.draw_contrasts(inputs, k, generator)
+        if len(contrast_inputs[0]) < k:
+            raise ValueError(f"k={k} contrast inputs need a batch with at least {k + 1} distinct inputs")
         return self.batch(inputs, feedback, responses, contrast_inputs)
 
 
@@ -278,9 +279,8 @@ def verify_identities(batch: ExactBatch, lam: float = 0.5) -> IdentityErrors:
     errors = {}
     for form in credit.FORMS:
         token_sum = credit.credit_rewards(
-            batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=lam, form=form
-        ).sum(1)
-        sums = credit.sequence_sums(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=lam, form=form)
+            batch.teacher_lp, batch.contrast_lp, batch.student_lp, spec=credit.CreditSpec(lam=lam, form=form)).sum(1)
+        sums = credit.sequence_sums(batch.teacher_lp, batch.contrast_lp, batch.student_lp, spec=credit.CreditSpec(lam=lam, form=form))
         errors[f"{form}_form"] = float(
             torch.maximum((token_sum - objectives[form]).abs(), (sums.credit - objectives[form]).abs()).max()
         )
@@ -425,10 +425,9 @@ def verify_feedback_identities(batch: FeedbackBatch, lam: float = 0.5) -> Feedba
     errors = {}
     for form in credit.FORMS:
         token_sum = credit.credit_rewards(
-            batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=lam, form=form
-        ).sum(1)
+            batch.teacher_lp, batch.contrast_lp, batch.student_lp, spec=credit.CreditSpec(lam=lam, form=form)).sum(1)
         errors[f"{form}_form"] = float((token_sum - objectives[form]).abs().max())
-    rlcsd = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=1.0, form="shortcut")
+    rlcsd = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, spec=credit.CreditSpec(lam=1.0, form="shortcut"))
     mean_contrast_pmi = batch.contrast_pmi.mean(dim=1)
     return FeedbackAxisErrors(
         teacher_split=float((parts.specific + parts.baseline - batch.teacher_lp).abs().max()),

@@ -1,5 +1,6 @@
 """creditlens.credit against independent per-element computations (plain Python loops)."""
 
+import dataclasses
 import inspect
 import math
 import re
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from creditlens import credit
+from creditlens.errors import ConfigError
 from creditlens.training.config import TrainConfig
 
 
@@ -46,13 +48,13 @@ def _loop_reference(teacher, contrast, student, lam, pool):
 def test_matches_elementwise_reference(pool):
     teacher, contrast, student = _random_inputs(k=3)
     ref = _loop_reference(teacher, contrast, student, 0.3, pool)
-    parts = credit.decompose(teacher, contrast, student, pool=pool)
+    parts = credit.decompose(teacher, contrast, student, spec=credit.CreditSpec(pool=pool))
     torch.testing.assert_close(parts.sd, ref["sd"])
     torch.testing.assert_close(parts.baseline, ref["baseline"])
     torch.testing.assert_close(parts.specific, ref["specific"])
     torch.testing.assert_close(parts.shortcut, ref["baseline"] - student)
     torch.testing.assert_close(
-        credit.credit_rewards(teacher, contrast, student, lam=0.3, pool=pool, form="teacher"), ref["credit"]
+        credit.credit_rewards(teacher, contrast, student, spec=credit.CreditSpec(lam=0.3, pool=pool, form="teacher")), ref["credit"]
     )
 
 
@@ -68,7 +70,7 @@ def test_pooling_is_over_contrast_axis_not_time():
     contrast = torch.tensor([[[-1.0, -5.0], [-3.0, -7.0]]], dtype=torch.float64)  # [B=1, K=2, T=2]
     parts = credit.decompose(teacher, contrast, student)
     assert parts.baseline.tolist() == [[-2.0, -6.0]]
-    lme = credit.decompose(teacher, contrast, student, pool="logmeanexp").baseline
+    lme = credit.decompose(teacher, contrast, student, spec=credit.CreditSpec(pool="logmeanexp")).baseline
     expected = [math.log((math.exp(-1) + math.exp(-3)) / 2), math.log((math.exp(-5) + math.exp(-7)) / 2)]
     assert lme[0].tolist() == pytest.approx(expected)
 
@@ -76,8 +78,8 @@ def test_pooling_is_over_contrast_axis_not_time():
 def test_lam_zero_is_sd_and_lam_scales_baseline():
     teacher, contrast, student = _random_inputs()
     sd = credit.sd_rewards(teacher, student)
-    assert torch.equal(credit.credit_rewards(teacher, contrast, student, lam=0.0), sd)
-    full = credit.credit_rewards(teacher, contrast, student, lam=1.0, form="teacher")
+    assert torch.equal(credit.credit_rewards(teacher, contrast, student, spec=credit.CreditSpec(lam=0.0)), sd)
+    full = credit.credit_rewards(teacher, contrast, student, spec=credit.CreditSpec(lam=1.0, form="teacher"))
     torch.testing.assert_close(full, teacher - contrast.mean(1) - student)
 
 
@@ -115,7 +117,7 @@ def test_dtype_is_kept(dtype):
 def test_sequence_sums_match_token_sums_and_contrastive_identity():
     teacher, contrast, student = _random_inputs(b=2, k=3, t=6)
     mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
-    sums = credit.sequence_sums(teacher, contrast, student, mask=mask, lam=0.7, form="teacher")
+    sums = credit.sequence_sums(teacher, contrast, student, mask=mask, spec=credit.CreditSpec(lam=0.7, form="teacher"))
     for i, n in enumerate((6, 4)):
         sd = float((teacher[i, :n] - student[i, :n]).sum())
         seq_contrast = contrast[i, :, :n].sum(dim=1)  # log pi_T(y | x_j, f) for each j
@@ -127,9 +129,6 @@ def test_sequence_sums_match_token_sums_and_contrastive_identity():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"lam": 1.5}, "lam"),
-        ({"lam": -0.1}, "lam"),
-        ({"pool": "max"}, "pool"),
         ({"mask": torch.ones(3, 4)}, "mask"),
         ({"mask": torch.full((3, 5), 2.0)}, "mask"),
     ],
@@ -158,39 +157,38 @@ def test_shape_dtype_and_nan_errors():
         credit.sd_rewards(teacher.tolist(), student)
 
 
-def test_contrast_indices_exclude_same_prompt_and_sample_uniformly():
+def test_draw_contrasts_exclude_own_prompt_no_duplicates_and_sample_uniformly():
     group_ids = ["a", "a", "b", "b", "c", "c"]
     gen = torch.Generator().manual_seed(0)
-    counts = torch.zeros(6, 6)
+    counts = {key: 0 for key in "bc"}
     for _ in range(300):
-        index = credit.contrast_indices(group_ids, 2, generator=gen)
-        assert index.shape == (6, 2) and index.dtype == torch.long
-        for i, row in enumerate(index.tolist()):
-            assert len(set(row)) == 2
-            assert all(group_ids[j] != group_ids[i] for j in row)
-            for j in row:
-                counts[i, j] += 1
-    # each of the 4 eligible partners is picked about half the time
-    eligible = counts[0, 2:]
-    assert (eligible > 100).all() and (eligible < 200).all()
+        picks = credit.draw_contrasts(group_ids, 1, gen)
+        assert all(len(row) == 1 and row[0] != own for own, row in zip(group_ids, picks, strict=True))
+        counts[picks[0][0]] += 1
+        picks = credit.draw_contrasts(group_ids, 2, gen)
+        for own, row in zip(group_ids, picks, strict=True):
+            assert sorted(row) == sorted(set("abc") - {own})  # both others, never twice
+    assert 100 < counts["b"] < 200  # each of the 2 other prompts about half the time
 
 
-def test_contrast_indices_reproducible_and_errors():
-    a = credit.contrast_indices(torch.tensor([0, 1, 2, 3]), 2, torch.Generator().manual_seed(3))
-    b = credit.contrast_indices(torch.tensor([0, 1, 2, 3]), 2, torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
-    with pytest.raises(ValueError, match="example 0"):
-        credit.contrast_indices(["p", "p", "q"], 2)
+def test_draw_contrasts_use_fewer_when_fewer_exist_then_earlier_keys_and_reproducible():
+    a = credit.draw_contrasts([0, 1, 2, 3], 2, torch.Generator().manual_seed(3))
+    assert a == credit.draw_contrasts([0, 1, 2, 3], 2, torch.Generator().manual_seed(3))
+    assert credit.draw_contrasts(["p", "p", "q"], 50, torch.Generator()) == [["q"], ["q"], ["p"]]
+    assert credit.draw_contrasts(["p", "p"], 3, torch.Generator()) == [[], []]
+    picks = credit.draw_contrasts(["p", "q"], 3, torch.Generator(), earlier=["z", "p"])
+    assert [sorted(row) for row in picks] == [["q", "z"], ["p", "z"]]
+    assert credit.draw_contrasts(["p", "q"], 1, torch.Generator(), earlier=["z"]) == [["q"], ["p"]]
     with pytest.raises(ValueError, match="k"):
-        credit.contrast_indices(["p", "q"], 0)
+        credit.draw_contrasts(["p", "q"], -1, torch.Generator())
 
 
 def test_credit_target_logprobs_renormalises_and_lam_zero_is_identity():
     gen = torch.Generator().manual_seed(1)
     teacher = torch.log_softmax(torch.randn(2, 3, 7, generator=gen, dtype=torch.float64), -1)
     contrast = torch.log_softmax(torch.randn(2, 4, 3, 7, generator=gen, dtype=torch.float64), -1)
-    assert credit.credit_target_logprobs(teacher, contrast, lam=0.0, form="teacher") is teacher
-    target = credit.credit_target_logprobs(teacher, contrast, lam=0.5, form="teacher")
+    assert credit.credit_target_logprobs(teacher, contrast, spec=credit.CreditSpec(lam=0.0, form="teacher")) is teacher
+    target = credit.credit_target_logprobs(teacher, contrast, spec=credit.CreditSpec(lam=0.5, form="teacher"))
     torch.testing.assert_close(target.exp().sum(-1), torch.ones(2, 3, dtype=torch.float64))
     unnormalised = (teacher - 0.5 * contrast.mean(1)).exp()
     torch.testing.assert_close(target.exp(), unnormalised / unnormalised.sum(-1, keepdim=True))
@@ -203,17 +201,17 @@ def test_credit_target_logprobs_renormalises_and_lam_zero_is_identity():
     t=st.integers(1, 6),
     lam=st.floats(0, 1),
     seed=st.integers(0, 10_000),
-    pool=st.sampled_from(["mean", "logmeanexp"]),
-    form=st.sampled_from(credit.FORMS),
+    pool=st.sampled_from(list(credit.POOLS)),
+    form=st.sampled_from(list(credit.FORMS)),
 )
 def test_identities_hold_for_random_inputs(b, k, t, lam, seed, pool, form):
     teacher, contrast, student = _random_inputs(b, k, t, seed=seed)
     mask = (torch.rand(b, t, generator=torch.Generator().manual_seed(seed)) > 0.3).long()
-    parts = credit.decompose(teacher, contrast, student, mask=mask, pool=pool)
+    parts = credit.decompose(teacher, contrast, student, mask=mask, spec=credit.CreditSpec(pool=pool))
     keep = mask.bool()
     torch.testing.assert_close((parts.specific + parts.baseline)[keep], teacher[keep], rtol=0, atol=1e-12)
     torch.testing.assert_close(parts.specific + parts.shortcut, parts.sd, rtol=0, atol=1e-12)
-    reward = credit.credit_rewards(teacher, contrast, student, mask=mask, lam=lam, pool=pool, form=form)
+    reward = credit.credit_rewards(teacher, contrast, student, mask=mask, spec=credit.CreditSpec(lam=lam, pool=pool, form=form))
     pooled_with_input = torch.logaddexp(teacher, math.log(k) + parts.baseline) - math.log(k + 1)
     expected = {  # the identities of docs/CREDIT-MATH.md section 4, written with the decomposition's parts
         "teacher": parts.sd - lam * parts.baseline,
@@ -229,7 +227,7 @@ def test_contrast_baseline_matches_reference_and_masks():
     ref = _loop_reference(teacher, contrast, student, 0.5, "logmeanexp")
     mask = torch.ones(3, 5, dtype=torch.bool)
     mask[2, 4] = False
-    baseline = credit.contrast_baseline(contrast, mask, pool="logmeanexp")
+    baseline = credit.contrast_baseline(contrast, mask, spec=credit.CreditSpec(pool="logmeanexp"))
     torch.testing.assert_close(baseline[mask], ref["baseline"][mask])
     assert baseline[2, 4] == 0
     with pytest.raises(ValueError, match="mask"):
@@ -259,10 +257,10 @@ def _form_reference(teacher, contrast, student, lam, pool, form):
 @pytest.mark.parametrize("pool", credit.POOLS)
 def test_every_form_matches_reference_and_lam_zero_is_sd(form, pool):
     teacher, contrast, student = _random_inputs(b=3, k=3, t=4, seed=5)
-    reward = credit.credit_rewards(teacher, contrast, student, lam=0.4, pool=pool, form=form)
+    reward = credit.credit_rewards(teacher, contrast, student, spec=credit.CreditSpec(lam=0.4, pool=pool, form=form))
     torch.testing.assert_close(reward, _form_reference(teacher, contrast, student, 0.4, pool, form))
     sd = credit.sd_rewards(teacher, student)
-    assert torch.equal(credit.credit_rewards(teacher, contrast, student, lam=0.0, pool=pool, form=form), sd)
+    assert torch.equal(credit.credit_rewards(teacher, contrast, student, spec=credit.CreditSpec(lam=0.0, pool=pool, form=form)), sd)
 
 
 def test_forms_on_a_token_equally_likely_under_every_input():
@@ -271,7 +269,7 @@ def test_forms_on_a_token_equally_likely_under_every_input():
     teacher = torch.tensor([[-3.0]], dtype=torch.float64)
     contrast = torch.full((1, 2, 1), -3.0, dtype=torch.float64)
     student = torch.tensor([[-1.0]], dtype=torch.float64)
-    get = lambda form, lam: credit.credit_rewards(teacher, contrast, student, lam=lam, form=form).item()  # noqa: E731
+    get = lambda form, lam: credit.credit_rewards(teacher, contrast, student, spec=credit.CreditSpec(lam=lam, form=form)).item()  # noqa: E731
     assert get("teacher", 0.5) == pytest.approx(-2.0 + 1.5)
     assert get("shortcut", 0.5) == pytest.approx(-1.0)
     assert get("contrastive", 0.5) == pytest.approx(-1.0)
@@ -283,21 +281,21 @@ def test_contrastive_form_is_bounded_by_log_k_plus_one():
     teacher = torch.tensor([[-0.5, -0.5]], dtype=torch.float64)
     contrast = torch.tensor([[[-60.0, -0.5], [-60.0, -0.5], [-60.0, -0.5]]], dtype=torch.float64)
     student = torch.tensor([[-9.0, -9.0]], dtype=torch.float64)
-    reward = credit.credit_rewards(teacher, contrast, student, lam=1.0, form="contrastive")
+    reward = credit.credit_rewards(teacher, contrast, student, spec=credit.CreditSpec(lam=1.0, form="contrastive"))
     assert reward[0, 0].item() == pytest.approx(math.log(4), abs=1e-12)
     assert reward[0, 1].item() == pytest.approx(0.0, abs=1e-12)
-    teacher_form = credit.credit_rewards(teacher, contrast, student, lam=1.0, form="teacher")
+    teacher_form = credit.credit_rewards(teacher, contrast, student, spec=credit.CreditSpec(lam=1.0, form="teacher"))
     assert teacher_form[0, 0].item() == pytest.approx(68.5)  # unbounded: grows with -B_t
 
 
 @pytest.mark.parametrize("form", credit.FORMS)
 def test_forms_keep_masked_positions_zero_and_ignore_nan_padding(form):
     teacher, contrast, student = _random_inputs(b=2, t=4)
-    clean = credit.credit_rewards(teacher, contrast, student, lam=0.5, form=form)
+    clean = credit.credit_rewards(teacher, contrast, student, spec=credit.CreditSpec(lam=0.5, form=form))
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])
     teacher[0, 3] = float("nan")
     contrast[1, :, 1] = float("-inf")
-    reward = credit.credit_rewards(teacher, contrast, student, mask=mask, lam=0.5, form=form)
+    reward = credit.credit_rewards(teacher, contrast, student, mask=mask, spec=credit.CreditSpec(lam=0.5, form=form))
     keep = mask.bool()
     assert torch.equal(reward[keep], clean[keep]) and (reward[~keep] == 0).all()
 
@@ -325,14 +323,13 @@ def test_target_logprobs_match_reference_and_sampled_reward(form, pool):
     teacher = torch.log_softmax(torch.randn(2, 3, 6, generator=gen, dtype=torch.float64), -1)
     contrast = torch.log_softmax(torch.randn(2, 3, 3, 6, generator=gen, dtype=torch.float64), -1)
     student = torch.log_softmax(torch.randn(2, 3, 6, generator=gen, dtype=torch.float64), -1)
-    target = credit.credit_target_logprobs(teacher, contrast, 0.3, pool, form, student_logprobs=student)
+    target = credit.credit_target_logprobs(teacher, contrast, credit.CreditSpec(lam=0.3, pool=pool, form=form), student_logprobs=student)
     torch.testing.assert_close(target, _target_reference(teacher, contrast, student, 0.3, pool, form))
-    assert credit.credit_target_logprobs(teacher, contrast, 0.0, pool, form, student_logprobs=student) is teacher
+    assert credit.credit_target_logprobs(teacher, contrast, credit.CreditSpec(lam=0.0, pool=pool, form=form), student_logprobs=student) is teacher
     # log target(v) - log pi_S(v) is the sampled-token reward of token v, up to one constant per position
     for v in range(6):
         rewards = credit.credit_rewards(
-            teacher[..., v], contrast[..., v], student[..., v], lam=0.3, pool=pool, form=form
-        )
+            teacher[..., v], contrast[..., v], student[..., v], spec=credit.CreditSpec(lam=0.3, pool=pool, form=form))
         token_gap = target[..., v] - student[..., v] - rewards
         if v == 0:
             first = token_gap
@@ -348,41 +345,57 @@ def test_target_logprobs_match_reference_and_sampled_reward(form, pool):
         ({"contrast_logprobs": torch.zeros(1, 1, 2, 3, dtype=torch.int32)}, "contrast_logprobs"),
         ({"contrast_logprobs": np.zeros((1, 1, 2, 3))}, "contrast_logprobs"),
         ({"contrast_logprobs": torch.zeros(1, 0, 2, 3)}, "contrast_logprobs"),
-        ({"form": "shortcut"}, "student_logprobs"),
-        ({"form": "contrastive", "student_logprobs": torch.full((1, 2, 3), float("nan"))}, "student_logprobs"),
-        ({"form": "shortcut", "student_logprobs": torch.zeros(1, 2, 4)}, "student_logprobs"),
-        ({"form": "nce"}, "form"),
-        ({"lam": 2.0}, "lam"),
+        ({"spec": "shortcut"}, "student_logprobs"),
+        ({"spec": "contrastive", "student_logprobs": torch.full((1, 2, 3), float("nan"))}, "student_logprobs"),
+        ({"spec": "shortcut", "student_logprobs": torch.zeros(1, 2, 4)}, "student_logprobs"),
     ],
 )
 def test_target_logprobs_bad_input_names_the_argument(kwargs, match):
     args = {"teacher_logprobs": torch.zeros(1, 2, 3), "contrast_logprobs": torch.zeros(1, 1, 2, 3)}
     args.update(kwargs)
+    if "spec" in args:
+        args["spec"] = credit.CreditSpec(form=args["spec"])
     with pytest.raises(ValueError, match=match):
         credit.credit_target_logprobs(**args)
 
 
-def test_check_form_and_pool_contrast_and_contrast_indices_bad_input():
-    for form in credit.FORMS:
-        credit.check_form(form)
-    assert credit.DEFAULT_FORM in credit.FORMS
-    with pytest.raises(ValueError, match=r"form: must be one of \('teacher', 'shortcut', 'contrastive'\)"):
-        credit.check_form("bogus")
-    with pytest.raises(ValueError, match="form"):
-        credit.credit_rewards(*_random_inputs(), form="bogus")
+def test_credit_spec_is_validated_once_and_frozen():
+    assert credit.DEFAULT_FORM in credit.FORMS and credit.CreditSpec().form == credit.DEFAULT_FORM
+    for kwargs, match in [
+        ({"form": "bogus"}, r"form: must be one of \('teacher', 'shortcut', 'contrastive'\)"),
+        ({"lam": 1.5}, r"lam: must be a number in \[0, 1\]"),
+        ({"lam": True}, "lam"),
+        ({"pool": "max"}, "pool: must be one of"),
+        ({"axis": "output"}, "contrast_axis: must be one of"),
+        ({"n_contrast": -1}, "n_contrast: must be an int >= 0"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            credit.CreditSpec(**kwargs)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        credit.CreditSpec().lam = 0.1
     with pytest.raises(ValueError, match="K >= 1"):
         credit.pool_contrast(torch.zeros(2, 0, 3))
-    with pytest.raises(ValueError, match="group_ids"):
-        credit.contrast_indices(None, 1)
-    with pytest.raises(ValueError, match="1-D"):
-        credit.contrast_indices(torch.zeros(2, 2), 1)
+
+
+def test_a_new_form_is_one_registered_function():
+    @credit.reward_form("half-teacher", needs_student=False)
+    def half(teacher_lp, baseline, student_lp, k):
+        return 0.5 * baseline
+
+    try:
+        teacher, contrast, student = _random_inputs(b=2, k=3, t=4)
+        spec = credit.CreditSpec(lam=0.4, form="half-teacher")
+        expected = teacher - student - 0.4 * (0.5 * contrast.mean(1))
+        torch.testing.assert_close(credit.credit_rewards(teacher, contrast, student, spec=spec), expected)
+    finally:
+        del credit.FORMS["half-teacher"]
 
 
 @pytest.mark.parametrize("form", credit.FORMS)
 def test_sequence_sums_credit_is_the_token_sum_of_the_form(form):
     teacher, contrast, student = _random_inputs(b=2, k=3, t=6)
     mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
-    sums = credit.sequence_sums(teacher, contrast, student, mask=mask, lam=0.7, form=form)
+    sums = credit.sequence_sums(teacher, contrast, student, mask=mask, spec=credit.CreditSpec(lam=0.7, form=form))
     reference = _form_reference(teacher, contrast, student, 0.7, "mean", form)
     for i, n in enumerate((6, 4)):
         assert sums.credit[i].item() == pytest.approx(float(reference[i, :n].sum()))
@@ -396,8 +409,8 @@ def test_defaults_are_the_form_and_lam_docs_results_chose():
     assert chosen, "docs/results.md: the Default section must state **`FORM`, lam VALUE**"
     form, lam = chosen.group(1), float(chosen.group(2))
     assert credit.DEFAULT_FORM == form
+    assert (credit.CreditSpec().form, credit.CreditSpec().lam) == (form, lam)
     for function in (credit.credit_rewards, credit.sequence_sums, credit.credit_target_logprobs):
-        parameters = inspect.signature(function).parameters
-        assert (parameters["form"].default, parameters["lam"].default) == (form, lam), function.__name__
+        assert inspect.signature(function).parameters["spec"].default == credit.CreditSpec(), function.__name__
     config = TrainConfig()
     assert (config.form, config.lam) == (form, lam)

@@ -362,10 +362,6 @@ def test_credit_api_names_the_argument():
         credit.credit_target_logprobs(teacher, contrast.fill_(math.nan))
     with pytest.raises(ValueError, match="K >= 1"):
         credit.pool_contrast(torch.zeros(2, 0, 3))
-    with pytest.raises(ValueError, match="group_ids"):
-        credit.contrast_indices(None, 1)
-    with pytest.raises(ValueError, match="group_ids"):
-        credit.contrast_indices(torch.zeros(2, 2), 1)
 
 
 def test_jsonl_reader_for_every_file_kind(tmp_path):

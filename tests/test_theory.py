@@ -147,7 +147,7 @@ def test_every_form_sums_to_its_sequence_objective_written_out():
             "contrastive": (1 - lam) * pmi + lam * (seq_given_f[0] - mixture),
         }
         for form, value in expected.items():
-            rewards = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=lam, form=form)
+            rewards = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, spec=credit.CreditSpec(lam=lam, form=form))
             assert rewards[i].sum().item() == pytest.approx(value, abs=1e-9), form
 
 
@@ -163,8 +163,7 @@ def test_contrastive_mixture_is_a_distribution_under_logmeanexp_pooling_and_boun
             prob *= np.mean([model.next_token_posterior(xx, f, list(y[:t]))[y[t]] for xx in [x, *xs]])
         total += prob
         batch = model.batch([x], [f], [list(y)], [xs])
-        nce = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=1.0,
-                                    pool="logmeanexp", form="contrastive")
+        nce = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, spec=credit.CreditSpec(lam=1.0, pool="logmeanexp", form="contrastive"))
         assert nce.sum().item() <= 3 * math.log(3) + 1e-12
         assert nce.sum().item() == pytest.approx(batch.teacher_seq_lp.item() - math.log(prob), abs=1e-9)
     assert total == pytest.approx(1.0, abs=1e-12)

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from creditlens import credit
-from creditlens.choices import ALGOS, AXES
+from creditlens.choices import ALGOS
+from creditlens.credit import AXES, DEFAULT_SPEC, FORMS, POOLS, CreditSpec
 from creditlens.errors import ConfigError
 from creditlens.yamlfiles import parse_yaml, read_yaml
 
@@ -111,16 +111,19 @@ class TrainConfig:
         default=1.0, metadata={"help": "Reward that counts as a success."}
     )
 
-    # --- CREDIT ---
-    lam: float = field(default=0.5, metadata={"help": "CREDIT lambda in [0, 1]; 0 reproduces SD exactly."})
-    n_contrast: int = field(default=1, metadata={"help": "K, contrast inputs per sample (teacher forwards)."})
-    pool: str = field(default="mean", metadata={"help": "Pooling of contrast log-probs: mean or logmeanexp."})
+    # --- CREDIT (creditlens.credit.CreditSpec: its defaults, its checks) ---
+    lam: float = field(default=DEFAULT_SPEC.lam, metadata={"help": "CREDIT lambda in [0, 1]; 0 reproduces SD exactly."})
+    n_contrast: int = field(
+        default=DEFAULT_SPEC.n_contrast,
+        metadata={"help": "K, contrasts per sample (teacher forwards; fewer where fewer distinct prompts exist)."},
+    )
+    pool: str = field(default=DEFAULT_SPEC.pool, metadata={"help": f"Pooling of contrast log-probs, one of {tuple(POOLS)}."})
     form: str = field(
-        default=credit.DEFAULT_FORM,
-        metadata={"help": f"CREDIT reward form, one of {credit.FORMS} (see docs/CREDIT-MATH.md)."},
+        default=DEFAULT_SPEC.form,
+        metadata={"help": f"CREDIT reward form, one of {tuple(FORMS)} (see docs/CREDIT-MATH.md)."},
     )
     contrast_axis: str = field(
-        default="input",
+        default=DEFAULT_SPEC.axis,
         metadata={"help": f"What the contrasts change, one of {AXES}: the prompt (x_j, f, y) or the feedback "
                           "(x, f_j, y; the env's wrong hint first). shortcut form at lam 1 on feedback = RLCSD."},
     )
@@ -177,11 +180,6 @@ class TrainConfig:
                 f"distillation_mode must be one of {DISTILLATION_MODES}",
             ),
             (self.teacher in TEACHERS, f"teacher must be one of {TEACHERS}"),
-            (0.0 <= self.lam <= 1.0, "lam must be in [0, 1]"),
-            (self.n_contrast >= 1, "n_contrast must be >= 1"),
-            (self.pool in credit.POOLS, f"pool must be one of {credit.POOLS}"),
-            (self.form in credit.FORMS, f"form must be one of {credit.FORMS}"),
-            (self.contrast_axis in AXES, f"contrast_axis must be one of {AXES}"),
             (self.log_tokens_every >= 1, "log_tokens_every must be >= 1"),
             (self.eval_every >= 0, "eval_every must be >= 0 (0: only at step 0 and at the end)"),
             (self.save_every >= 1, "save_every must be >= 1"),
@@ -192,6 +190,15 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"config: {message}")
+        try:
+            self.spec
+        except ConfigError as error:
+            raise ConfigError(f"config: {error}") from None
+
+    @property
+    def spec(self) -> CreditSpec:
+        """The CREDIT settings of this config (what ``--algo credit`` trains with; sd trains at lam 0)."""
+        return CreditSpec(self.lam, self.form, self.pool, self.contrast_axis, self.n_contrast)
 
     @property
     def batch_size(self) -> int:

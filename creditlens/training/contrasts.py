@@ -7,8 +7,9 @@ The rule (docs/training.md, "Contrast inputs"):
 2. The candidates of sample i are the other distinct prompts of its generation batch (gathered over all
    processes); only when there are fewer than K of them, the prompts of a bounded bank of earlier
    generation batches (:class:`PromptBank`, most recent first) join them. Never sample i's own prompt.
-3. K = ``n_contrast`` candidates are drawn uniformly without replacement, with replacement when fewer
-   than K exist; a sample with no candidate at all gets no contrast and keeps the SD reward.
+3. ``creditlens.credit.draw_contrasts``, the scorer's rule too, draws ``min(K, candidates)`` of them uniformly
+   without replacement (every sample has as many candidates): fewer than K = ``n_contrast`` where fewer exist,
+   and the reward formula and the run log use the K drawn; with no candidate at all a sample keeps the SD reward.
 4. Draws use a ``torch.Generator`` seeded from the run seed and the trainer's step, so every process
    draws the same contrasts and a rerun, or a resumed run, draws them again.
 
@@ -52,55 +53,30 @@ class PromptBank:
             self.prompts.popitem(last=False)
 
 
-def draw_contrasts(
-    keys: list[str], bank: PromptBank, k: int, generator: torch.Generator
-) -> list[list[str]]:
-    """K contrast prompt keys for each of ``keys`` (one per sample of the global batch); [] when none exist.
-
-    Shapes: ``keys`` has B entries; the result is B lists of length K or 0 (see the module docstring).
-    """
-    in_batch = list(dict.fromkeys(keys))
-    seen = set(in_batch)
-    earlier = [key for key in reversed(bank.prompts) if key not in seen]
-    picks = []
-    for key in keys:
-        candidates = [c for c in in_batch if c != key]
-        if len(candidates) < k:
-            candidates += [c for c in earlier if c != key]
-        if not candidates:
-            picks.append([])
-        elif len(candidates) >= k:
-            order = torch.randperm(len(candidates), generator=generator)[:k].tolist()
-            picks.append([candidates[i] for i in order])
-        else:
-            order = torch.randint(len(candidates), (k,), generator=generator).tolist()
-            picks.append([candidates[i] for i in order])
-    return picks
-
-
 def draw_feedback_contrasts(
     feedbacks: list[str], wrong: list[str | None], k: int, generator: torch.Generator
 ) -> list[list[str]]:
-    """K contrast feedback texts for each sample of the global batch (B entries each): ``feedbacks[i]`` is the
+    """Contrast feedback texts for each sample of the global batch (B entries each): ``feedbacks[i]`` is the
     formatted feedback text of sample i's teacher context ("" for none), ``wrong[i]`` a wrong hint for it or None.
 
     Candidates of sample i: its wrong hint first (when offered), then the batch's other distinct feedback texts
-    (never its own), drawn uniformly without replacement, with replacement when fewer than K exist. A sample
-    without feedback, or without any candidate, gets [] (no contrast: it keeps the SD reward).
+    (never its own, no duplicates). Every sample with candidates gets the same number, ``min(k, fewest
+    candidates)``: the hint, then others drawn uniformly without replacement. A sample without feedback or
+    candidates gets [] (no contrast: it keeps the SD reward).
     """
     distinct = [text for text in dict.fromkeys(feedbacks) if text]
-    picks = []
+    candidates = []
     for own, hint in zip(feedbacks, wrong, strict=True):
         first = [hint] if own and hint and hint != own else []
-        others = [text for text in distinct if own and text != own and text not in first]
-        if len(first) + len(others) >= k:
-            order = torch.randperm(len(others), generator=generator)[: k - len(first)].tolist()
-            picks.append((first + [others[j] for j in order])[:k])
-        elif first or others:
-            candidates = first + others
-            picks.append([candidates[j] for j in torch.randint(len(candidates), (k,), generator=generator).tolist()])
-        else:
+        candidates.append((first, [text for text in distinct if own and text != own and text not in first]))
+    used = min([k] + [len(first) + len(others) for first, others in candidates if first or others])
+    picks = []
+    for first, others in candidates:
+        if not (first or others) or not used:
             picks.append([])
+            continue
+        order = torch.randperm(len(others), generator=generator)[: used - len(first[:used])].tolist()
+        picks.append((first + [others[j] for j in order])[:used])
     return picks
 
 

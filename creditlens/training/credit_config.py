@@ -8,8 +8,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from trl.experimental.sdpo import SDPOConfig
 
-from creditlens import credit
-from creditlens.choices import AXES
+from creditlens.credit import AXES, DEFAULT_SPEC, FORMS, POOLS, CreditSpec
 from creditlens.errors import ConfigError
 
 CREDIT_FIELDS = ("lam", "n_contrast", "pool", "form", "contrast_axis", "contrast_bank_size", "contrast_chunk_rows")
@@ -19,16 +18,19 @@ CREDIT_FIELDS = ("lam", "n_contrast", "pool", "form", "contrast_axis", "contrast
 class CreditConfig(SDPOConfig):
     r"""Configuration of :class:`creditlens.training.CreditTrainer`: every ``SDPOConfig`` field, plus
 
-    Parameters:
-        lam (`float`, *optional*, defaults to `0.5`):
+    Parameters (the first five are :class:`creditlens.credit.CreditSpec`'s, defaults and checks included;
+    :attr:`spec` hands them over as one value):
+        lam (`float`, *optional*, defaults to `CreditSpec.lam`, 0.5):
             CREDIT lambda in [0, 1]: weight of the contrast baseline. `0` trains exactly like `SDPOTrainer`.
-        n_contrast (`int`, *optional*, defaults to `1`):
-            K, the contrast inputs per sample; each costs one extra no-grad teacher forward.
-        pool (`str`, *optional*, defaults to `"mean"`):
+        n_contrast (`int`, *optional*, defaults to `CreditSpec.n_contrast`, 1):
+            K, the contrasts asked per sample; each costs one extra no-grad teacher forward. Where fewer distinct
+            prompts (or feedbacks) exist, fewer are used (`creditlens.credit.draw_contrasts`); the run log records
+            the K each sample used.
+        pool (`str`, *optional*, defaults to `CreditSpec.pool`, `"mean"`):
             Pooling of the K contrast log-probs: `"mean"` (of log-probs) or `"logmeanexp"` (of probabilities).
-        form (`str`, *optional*, defaults to `"teacher"`):
+        form (`str`, *optional*, defaults to `CreditSpec.form`, `"contrastive"`):
             Reward form, one of `creditlens.credit.FORMS` (docs/CREDIT-MATH.md).
-        contrast_axis (`str`, *optional*, defaults to `"input"`):
+        contrast_axis (`str`, *optional*, defaults to `CreditSpec.axis`, `"input"`):
             What the K contrast contexts change: `"input"`, another prompt with this sample's feedback (x_j, f, y);
             `"feedback"`, this prompt and solution with another feedback (x, f_j, y): the environment's wrong hint
             first when it offers one, then other samples' feedback (docs/CREDIT-MATH.md section 8). `form="shortcut"`
@@ -45,15 +47,18 @@ class CreditConfig(SDPOConfig):
     """
 
     lam: float = field(
-        default=0.5, metadata={"help": "CREDIT lambda in [0, 1]; 0 trains exactly like SDPOTrainer."}
+        default=DEFAULT_SPEC.lam, metadata={"help": "CREDIT lambda in [0, 1]; 0 trains exactly like SDPOTrainer."}
     )
     n_contrast: int = field(
-        default=1, metadata={"help": "K, contrast inputs per sample (one no-grad teacher forward each)."}
+        default=DEFAULT_SPEC.n_contrast,
+        metadata={"help": "K, contrasts per sample (one no-grad teacher forward each; fewer where fewer exist)."},
     )
-    pool: str = field(default="mean", metadata={"help": f"Pooling of contrast log-probs, one of {credit.POOLS}."})
-    form: str = field(default=credit.DEFAULT_FORM, metadata={"help": f"Reward form, one of {credit.FORMS}."})
+    pool: str = field(
+        default=DEFAULT_SPEC.pool, metadata={"help": f"Pooling of contrast log-probs, one of {tuple(POOLS)}."}
+    )
+    form: str = field(default=DEFAULT_SPEC.form, metadata={"help": f"Reward form, one of {tuple(FORMS)}."})
     contrast_axis: str = field(
-        default="input",
+        default=DEFAULT_SPEC.axis,
         metadata={"help": f"What contrasts change, one of {AXES}: the prompt (input) or the feedback (feedback)."},
     )
     contrast_bank_size: int = field(
@@ -70,14 +75,15 @@ class CreditConfig(SDPOConfig):
         super().__post_init__()
         check_credit_fields(self)
 
+    @property
+    def spec(self) -> CreditSpec:
+        """The CREDIT settings of this config as one validated value (built from the fields on every read)."""
+        return CreditSpec(self.lam, self.form, self.pool, self.contrast_axis, self.n_contrast)
+
 
 def _has_bf16_device() -> bool:
     xpu = getattr(torch, "xpu", None)
     return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_int(value: object) -> bool:
@@ -85,13 +91,14 @@ def _is_int(value: object) -> bool:
 
 
 def check_credit_fields(config: SDPOConfig) -> None:
-    """Raise ``ConfigError`` naming the field and its allowed values for any setting CREDIT cannot honour."""
+    """Raise ``ConfigError`` naming the field and its allowed values for any setting CREDIT cannot honour
+    (the :class:`CreditSpec` fields are checked by ``CreditSpec`` itself)."""
+    try:
+        spec = config.spec
+    except ConfigError as error:
+        raise ConfigError(f"CreditConfig {error}") from None
     checks = [
-        (_is_number(config.lam) and 0.0 <= config.lam <= 1.0, f"lam: must be a number in [0, 1], got {config.lam!r}"),
-        (_is_int(config.n_contrast) and config.n_contrast >= 1, f"n_contrast: must be an int >= 1, got {config.n_contrast!r}"),
-        (config.pool in credit.POOLS, f"pool: must be one of {credit.POOLS}, got {config.pool!r}"),
-        (config.form in credit.FORMS, f"form: must be one of {credit.FORMS}, got {config.form!r}"),
-        (config.contrast_axis in AXES, f"contrast_axis: must be one of {AXES}, got {config.contrast_axis!r}"),
+        (spec.n_contrast >= 1, f"n_contrast: CreditTrainer needs K >= 1 contrasts per sample, got {spec.n_contrast}"),
         (
             _is_int(config.contrast_bank_size) and config.contrast_bank_size >= 0,
             f"contrast_bank_size: must be an int >= 0, got {config.contrast_bank_size!r}",
@@ -110,7 +117,7 @@ def check_credit_fields(config: SDPOConfig) -> None:
             "teacher context, not the contrast contexts); set use_teacher_server=False",
         ),
         (
-            config.distillation_weight > 0.0 or config.lam == 0.0,
+            config.distillation_weight > 0.0 or spec.lam == 0.0,
             "distillation_weight: must be > 0 for CREDIT with lam > 0 (at 0 the loss is GRPO's policy loss alone "
             "and the CREDIT term is never used); raise distillation_weight or use SDPOConfig",
         ),

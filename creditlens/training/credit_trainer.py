@@ -23,9 +23,11 @@ With ``contrast_axis="feedback"`` the K contexts keep sample i's prompt and solu
 instead (x, f_j, y): the environment's wrong hint first, then other samples' feedback (docs/CREDIT-MATH.md
 section 8); the same forms apply, and ``form="shortcut"``, ``lam=1`` is the RLCSD reward.
 
-``lam = 0`` runs SDPO's own loss (bit-identical, tested). A sample with no other prompt available (see
-contrasts.py) keeps SDPO's target. Per-token values are offered to callbacks through the
-``on_tokens_scored`` event (what creditlens' run logs listen to); without a listener nothing is computed.
+``lam = 0`` runs SDPO's own loss (bit-identical, tested). Contrasts follow the one rule of
+``credit.draw_contrasts`` (never the sample's own prompt, no duplicates; fewer than K where fewer exist, K being
+what the reward formula then uses); a sample with no contrast keeps SDPO's target. Per-token values are offered
+to callbacks through the ``on_tokens_scored`` event (what creditlens' run logs listen to): the spec, the
+decomposition and the rewards the step computed, as they are; without a listener nothing extra is computed.
 """
 
 from __future__ import annotations
@@ -49,13 +51,7 @@ from trl.trainer.utils import get_config_model_id, selective_log_softmax
 
 from creditlens import credit
 from creditlens.errors import ConfigError
-from creditlens.training.contrasts import (
-    ContextRecorder,
-    PromptBank,
-    draw_contrasts,
-    draw_feedback_contrasts,
-    prompt_key,
-)
+from creditlens.training.contrasts import ContextRecorder, PromptBank, draw_feedback_contrasts, prompt_key
 from creditlens.training.credit_config import CreditConfig, as_credit_config
 from creditlens.training.timing import PhaseTimer
 
@@ -156,7 +152,8 @@ class CreditTrainer(SDPOTrainer):
         if self.args.contrast_axis == "feedback":
             self._eval_draws += mode == "eval"
             return self._feedback_contrast_contexts(inputs, builder, mode, torch.Generator().manual_seed(seed))
-        picks = draw_contrasts(keys, self.contrast_bank, self.args.n_contrast, torch.Generator().manual_seed(seed))
+        earlier = list(reversed(self.contrast_bank.prompts))
+        picks = credit.draw_contrasts(keys, self.args.n_contrast, torch.Generator().manual_seed(seed), earlier)
         self._eval_draws += mode == "eval"
         if mode == "train":
             self.contrast_bank.add(keys, [prompt for _, prompt in gathered])
@@ -173,16 +170,18 @@ class CreditTrainer(SDPOTrainer):
         for row, example in enumerate(inputs):
             mine = picks[offset + row]
             has_contrast.append(bool(mine))
-            others = [lookup[key] for key in mine] or [example["prompt"]] * self.args.n_contrast
-            messages += [builder.contrast_prompt(row, other) for other in others]
-        return self._tokenized_contrasts(builder, messages, has_contrast)
+            messages += [builder.contrast_prompt(row, lookup[key]) for key in mine]
+        return self._tokenized_contrasts(builder, messages, has_contrast, len(picks[0]) if picks else 0)
 
     def _tokenized_contrasts(
-        self, builder: ContextRecorder, messages: list, has_contrast: list[bool]
+        self, builder: ContextRecorder, messages: list, has_contrast: list[bool], k: int
     ) -> dict[str, torch.Tensor]:
-        """Tokenize B*K contrast teacher prompts into ``contrast_prompt_ids/mask [B, K, L]`` and ``has_contrast [B]``."""
+        """Tokenize B*K contrast teacher prompts into ``contrast_prompt_ids/mask [B, K, L]`` and ``has_contrast [B]``
+        (K: the contrasts drawn; none, an empty dict, when K is 0)."""
+        if k == 0:
+            return {}
         tokenized = builder._tokenize_teacher_messages(messages)
-        shape = (len(has_contrast), self.args.n_contrast, -1)
+        shape = (len(has_contrast), k, -1)
         return {
             "contrast_prompt_ids": tokenized["prompt_ids"].view(shape),
             "contrast_prompt_mask": tokenized["prompt_mask"].view(shape),
@@ -201,13 +200,14 @@ class CreditTrainer(SDPOTrainer):
         )
         self._metrics[mode]["credit/contrast_fraction"].append(sum(bool(p) for p in picks) / max(len(picks), 1))
         offset = self.accelerator.process_index * len(inputs)
+        k = max((len(p) for p in picks), default=0)
         messages, has_contrast = [], []
         for row, example in zip(rows, inputs, strict=True):
             mine = picks[offset + row]
             has_contrast.append(bool(mine))
-            texts = mine or [builder.feedback_text(row)] * self.args.n_contrast
+            texts = mine or [builder.feedback_text(row)] * k  # placeholders of a sample without contrast (masked)
             messages += [builder.feedback_contrast_prompt(row, example["prompt"], text) for text in texts]
-        return self._tokenized_contrasts(builder, messages, has_contrast)
+        return self._tokenized_contrasts(builder, messages, has_contrast, k)
 
     # ---- K no-grad contrast teacher forwards -----------------------------------------------------
     def _compute_teacher_student_logits(self, model, teacher_model, inputs) -> DistillationLogits:
@@ -268,13 +268,10 @@ class CreditTrainer(SDPOTrainer):
 
     # ---- the loss ---------------------------------------------------------------------------------
     def _compute_self_distillation_loss(self, model, inputs, distillation_logits: DistillationLogits):
-        logits = distillation_logits
-        if not isinstance(logits, CreditLogits) or self.args.lam == 0 or logits.loss_mask.sum() == 0:
+        logits, spec = distillation_logits, self.args.spec
+        if not isinstance(logits, CreditLogits) or spec.lam == 0 or logits.loss_mask.sum() == 0:
             loss = super()._compute_self_distillation_loss(model, inputs, logits)
-            if self.args.distillation_mode == "sampled_token":
-                self._offer_tokens(inputs, logits, advantage=None)
-            else:
-                self._offer_tokens(inputs, logits, advantage=float("nan"))
+            self._offer_tokens(inputs, logits, None if self.args.distillation_mode == "sampled_token" else float("nan"))
             return loss
         mode = self.args.distillation_mode
         if mode == "sampled_token":
@@ -294,19 +291,14 @@ class CreditTrainer(SDPOTrainer):
         with torch.no_grad():
             teacher_lp = selective_log_softmax(logits.teacher_logits, logits.completion_ids)
             advantage = credit.credit_rewards(
-                teacher_lp,
-                logits.contrast_token_lp,
-                student_lp.detach(),
-                logits.loss_mask,
-                self.args.lam,
-                self.args.pool,
-                self.args.form,
+                teacher_lp, logits.contrast_token_lp, student_lp.detach(), logits.loss_mask, self.args.spec
             )
             advantage = torch.where(logits.has_contrast.unsqueeze(1), advantage, teacher_lp - student_lp.detach())
         return (-advantage).detach() * student_lp, advantage
 
     def _topk_loss(self, logits: CreditLogits) -> torch.Tensor:
         """Divergence ``[B, T]`` between the student and the CREDIT target on the student's top-k support."""
+        spec = self.args.spec
         student = selective_log_softmax(logits.student_logits, logits.support)
         with torch.no_grad():
             teacher = selective_log_softmax(logits.teacher_logits, logits.support)
@@ -315,13 +307,9 @@ class CreditTrainer(SDPOTrainer):
                 teacher, contrast = add_tail_bucket(teacher), add_tail_bucket(contrast)
             plain = teacher if self.args.distillation_add_tail else teacher - teacher.logsumexp(-1, keepdim=True)
         student = add_tail_bucket(student) if self.args.distillation_add_tail else student
+        needs_student = credit.FORMS[spec.form].needs_student
         target = credit.credit_target_logprobs(
-            teacher,
-            contrast,
-            self.args.lam,
-            self.args.pool,
-            self.args.form,
-            student_logprobs=student.detach() if self.args.form != "teacher" else None,
+            teacher, contrast, spec, student_logprobs=student.detach() if needs_student else None
         )
         target = torch.where(logits.has_contrast[:, None, None], target, plain)
         if not self.args.distillation_add_tail:
@@ -335,6 +323,8 @@ class CreditTrainer(SDPOTrainer):
         contrasts it replaces are released from ``logits`` afterwards, so the step holds one ``[B, T, V]``
         more than SDPO's at most.
         """
+        spec = self.args.spec
+        needs_student = credit.FORMS[spec.form].needs_student
         k = logits.contrast_token_lp.size(1)
         batch = logits.teacher_logits.size(0)
         rows = self.args.contrast_chunk_rows or batch
@@ -343,14 +333,9 @@ class CreditTrainer(SDPOTrainer):
             for start in range(0, batch, rows):
                 chunk = slice(start, start + rows)
                 teacher = torch.log_softmax(logits.teacher_logits[chunk], dim=-1)
-                pooled = logits.pooled_contrast_lp[chunk].unsqueeze(1)
-                if self.args.form == "contrastive":
-                    pooled = pooled.expand(-1, k, -1, -1)
-                student = None
-                if self.args.form != "teacher":
-                    student = torch.log_softmax(logits.student_logits[chunk].detach(), dim=-1)
-                credit_target = credit.credit_target_logprobs(
-                    teacher, pooled, self.args.lam, "mean", self.args.form, student_logprobs=student
+                student = torch.log_softmax(logits.student_logits[chunk].detach(), dim=-1) if needs_student else None
+                credit_target = credit.target_from_baseline(
+                    teacher, logits.pooled_contrast_lp[chunk], k, spec, student_logprobs=student
                 )
                 target[chunk] = torch.where(logits.has_contrast[chunk, None, None], credit_target, teacher)
         logits.teacher_logits, logits.pooled_contrast_lp = None, None  # replaced by the target: free them
@@ -382,8 +367,11 @@ class CreditTrainer(SDPOTrainer):
         """Dispatch ``on_tokens_scored`` (training only, and only when a callback listens).
 
         Payload: ``inputs`` (the micro-batch), ``student_lp``/``teacher_lp``/``advantage``/``loss_mask``
-        ``[B, T]``, ``student_logits [B, T, V]``, ``contrast_lp [B, K, T]`` or None, ``has_contrast [B]`` or None.
-        ``advantage`` None means SDPO's ``teacher_lp - student_lp``; a float fills the tensor (NaN: none).
+        ``[B, T]``, ``student_logits [B, T, V]``, ``spec`` (the :class:`~creditlens.credit.CreditSpec` the step ran
+        with), and with contrasts ``contrast_lp [B, K, T]``, ``has_contrast [B]``, ``decomposition``
+        (:class:`~creditlens.credit.Decomposition`) and ``credit_reward [B, T]`` (the sampled-token CREDIT reward:
+        the advantage itself in ``sampled_token`` mode), else None. ``advantage`` None means SDPO's
+        ``teacher_lp - student_lp``; a float fills the tensor (NaN: none).
         """
         listening = any(hasattr(c, "on_tokens_scored") for c in self.callback_handler.callbacks)
         if not listening or not self.model.training:
@@ -392,10 +380,17 @@ class CreditTrainer(SDPOTrainer):
             ids = logits.completion_ids
             student_lp = selective_log_softmax(logits.student_logits.detach(), ids)
             teacher_lp = selective_log_softmax(logits.teacher_logits, ids)
+            reward = advantage if isinstance(advantage, torch.Tensor) else None
             if advantage is None:
                 advantage = teacher_lp - student_lp
             elif isinstance(advantage, float):
                 advantage = torch.full_like(student_lp, advantage)
+            spec, contrast_lp = self.args.spec, getattr(logits, "contrast_token_lp", None)
+            parts = None
+            if contrast_lp is not None:
+                parts = credit.decompose(teacher_lp, contrast_lp, student_lp, logits.loss_mask, spec)
+                if reward is None:
+                    reward = credit.credit_rewards(teacher_lp, contrast_lp, student_lp, logits.loss_mask, spec)
             self._dispatch_self_distillation_callback(
                 "on_tokens_scored",
                 inputs=inputs,
@@ -404,6 +399,9 @@ class CreditTrainer(SDPOTrainer):
                 advantage=advantage.detach(),
                 loss_mask=logits.loss_mask,
                 student_logits=logits.student_logits.detach(),
-                contrast_lp=getattr(logits, "contrast_token_lp", None),
+                spec=spec,
+                contrast_lp=contrast_lp,
                 has_contrast=getattr(logits, "has_contrast", None),
+                decomposition=parts,
+                credit_reward=reward,
             )
