@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from creditlens import credit
+from creditlens import credit, stats
 from creditlens.contexts import ContextConfig
 from creditlens.envs.base import Environment, Problem
 from creditlens.errors import ConfigError, InputError, ModelError
@@ -235,9 +234,10 @@ def _rate(values: pd.Series) -> tuple[float, int]:
     return (float(values.mean()) if len(values) else float("nan")), int(len(values))
 
 
-def _ci95(p: float, n: int) -> float:
-    """Half-width of the normal-approximation 95% interval of a rate ``p`` over ``n`` trials."""
-    return 1.96 * math.sqrt(p * (1 - p) / n) if n else float("nan")
+def _ci95(p: float, n: int) -> tuple[float, float]:
+    """The 95% Wilson interval ``(low, high)`` of a pass rate ``p`` over ``n`` trials (inside [0, 1], not
+    empty at 0/n or n/n; NaN for n = 0)."""
+    return stats.wilson_interval(round(p * n), n) if n else (float("nan"), float("nan"))
 
 
 def summarize(attempts: pd.DataFrame, tokens: pd.DataFrame | None) -> dict[str, Any]:
@@ -245,7 +245,7 @@ def summarize(attempts: pd.DataFrame, tokens: pd.DataFrame | None) -> dict[str, 
     out: dict[str, Any] = {"n_problems": int(attempts["problem_id"].nunique()), "n_attempts": len(attempts)}
     out["student_pass_rate"], _ = _rate(attempts["passed"])
     out["student_pass_at_k"] = float(attempts.groupby("problem_id")["passed"].any().mean())
-    out["student_ci95"] = _ci95(out["student_pass_rate"], len(attempts))
+    out["student_ci95_low"], out["student_ci95_high"] = _ci95(out["student_pass_rate"], len(attempts))
     failed = attempts[~attempts["passed"].astype(bool)]
     out["n_failed"] = len(failed)
     for kind in ("feedback", "sibling"):
@@ -254,14 +254,13 @@ def summarize(attempts: pd.DataFrame, tokens: pd.DataFrame | None) -> dict[str, 
         matched, _ = _rate(asked["student_loo_pass"])
         out[f"n_{kind}"] = n
         out[f"teacher_{kind}_pass_rate"] = rate
-        out[f"teacher_{kind}_ci95"] = _ci95(rate, n)
+        out[f"teacher_{kind}_ci95_low"], out[f"teacher_{kind}_ci95_high"] = _ci95(rate, n)
         out[f"student_matched_{kind}"] = matched
         out[f"headroom_{kind}"] = rate - matched if n else float("nan")
     if tokens is not None and len(tokens) and "shortcut" in tokens:
         counted = tokens[tokens["mask"].astype(bool)]
-        specific, shortcut = counted["specific"].abs().sum(), counted["shortcut"].abs().sum()
         out["n_tokens"] = len(counted)
-        out["generic_share"] = float(shortcut / (specific + shortcut)) if specific + shortcut > 0 else float("nan")
+        out["generic_share"] = stats.generic_share(tokens) if stats.has_axis(tokens, "input") else float("nan")
         for column in ("sd_reward", "specific", "shortcut"):
             out[f"mean_{column}"] = float(counted[column].mean())
     return out
@@ -317,15 +316,18 @@ def format_table(summary: dict[str, Any]) -> str:
         value = summary.get(key, float("nan"))
         return "n/a" if value != value else f"{100 * value:.1f}%"
 
+    def ci(prefix: str) -> str:
+        return f"[{pct(f'{prefix}_ci95_low')}, {pct(f'{prefix}_ci95_high')}]"
+
     lines = [
         f"env {summary['env']}: {summary['n_problems']} problems x {summary['config']['num_generations']} attempts",
-        f"  student pass rate              {pct('student_pass_rate'):>8}  +-{pct('student_ci95')}  "
+        f"  student pass rate              {pct('student_pass_rate'):>8}  {ci('student')}  "
         f"(pass@{summary['config']['num_generations']} {pct('student_pass_at_k')})",
         f"  failed attempts                {summary['n_failed']:>8}",
     ]
     for kind, label in (("feedback", "teacher + feedback"), ("sibling", "teacher + sibling + feedback")):
         lines.append(
-            f"  {label:<30} {pct(f'teacher_{kind}_pass_rate'):>8}  +-{pct(f'teacher_{kind}_ci95')}  "
+            f"  {label:<30} {pct(f'teacher_{kind}_pass_rate'):>8}  {ci(f'teacher_{kind}')}  "
             f"on {summary[f'n_{kind}']} failed attempts; matched student {pct(f'student_matched_{kind}')}, "
             f"headroom {pct(f'headroom_{kind}')}"
         )

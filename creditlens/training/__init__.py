@@ -2,13 +2,18 @@
 
 ``from creditlens.training import CreditTrainer, CreditConfig`` gives the drop-in replacement of TRL's
 ``SDPOTrainer, SDPOConfig``; they are imported on first use, so ``creditlens.training.config`` stays light.
-The trainers import TRL's experimental SDPO; its import warning is silenced here on purpose.
+The trainers build on TRL's experimental SDPO: its one-time import warning is silenced here, for this
+import only (no environment variable is set, so the rest of the process keeps TRL's notices).
 """
 
-import os
+import warnings
 from typing import Any
 
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+from trl.import_utils import TRLExperimentalWarning
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", TRLExperimentalWarning)
+    import trl.experimental  # noqa: F401  (warns once, on its first import)
 
 __all__ = ["CreditConfig", "CreditTrainer"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -130,14 +131,37 @@ def check_credit_fields(config: SDPOConfig) -> None:
 def as_credit_config(args: SDPOConfig) -> CreditConfig:
     """An ``SDPOConfig`` upgraded to a ``CreditConfig`` with the CREDIT fields at their defaults.
 
-    The SDPO fields keep their (already validated) values; the CREDIT fields are checked as usual.
+    The SDPO fields keep their (already validated) values; the CREDIT fields are checked as usual. A user's
+    ``SDPOConfig`` subclass keeps its class and its own fields: the result is an instance of both it and
+    ``CreditConfig`` (:func:`credit_config_class`).
     """
     if isinstance(args, CreditConfig):
         return args
     upgraded = copy.copy(args)
-    upgraded.__class__ = CreditConfig
+    upgraded.__class__ = credit_config_class(type(args))
     for item in fields(CreditConfig):
         if item.name in CREDIT_FIELDS:
             setattr(upgraded, item.name, item.default)
     check_credit_fields(upgraded)
     return upgraded
+
+
+@functools.cache
+def credit_config_class(user_class: type[SDPOConfig]) -> type[CreditConfig]:
+    """``CreditConfig`` for ``SDPOConfig`` itself; for a user's subclass, the dataclass deriving from both
+    (``CreditConfig`` first), so ``isinstance`` checks, ``to_dict()`` and the saved args keep its fields."""
+    if user_class is SDPOConfig:
+        return CreditConfig
+    namespace = {"__module__": user_class.__module__, "__reduce__": _reduce_combined, "user_class": user_class}
+    return dataclass(type(f"Credit{user_class.__name__}", (CreditConfig, user_class), namespace))
+
+
+def _reduce_combined(config: CreditConfig) -> tuple:
+    """Pickle a combined config by its user class, so ``training_args.bin`` loads wherever that class imports."""
+    return _rebuild_combined, (type(config).user_class, vars(config).copy())
+
+
+def _rebuild_combined(user_class: type[SDPOConfig], state: dict) -> CreditConfig:
+    config = object.__new__(credit_config_class(user_class))
+    config.__dict__.update(state)
+    return config
