@@ -7,7 +7,9 @@ Pure pandas / numpy / scipy on the per-token table of :mod:`creditlens.schema`; 
 - ``specific`` = ``teacher_logprob - contrast_baseline``: what this input explains;
 - ``shortcut`` = ``contrast_baseline - student_logprob``: what the feedback raises whatever the input;
   ``sd_reward = specific + shortcut`` exactly;
-- generic share = ``sum |shortcut| / (sum |specific| + sum |shortcut|)`` over counted tokens.
+- generic share (docs/CREDIT-MATH.md section 9) = the share of the *positive* SD credit that is
+  input-generic: over counted tokens the feedback moves up (``sd_reward >= MOVED``), each token's generic
+  part is ``clip(shortcut, 0, sd_reward)``, and the share is ``sum generic part / sum sd_reward``.
 
 The feedback axis (docs/CREDIT-MATH.md section 8) uses the same names with a ``feedback_`` prefix
 (``feedback_specific``, ``feedback_shortcut``); ``axis="feedback"`` computes its generic share.
@@ -21,6 +23,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
+
+MOVED = 0.05
+"""Nats: a token whose SD reward is below this (probability raised by less than 5%) is not moved by the
+feedback and is left out of the generic share (docs/CREDIT-MATH.md section 9)."""
 
 PMI_COLUMNS = ("pmi", "pmi_estimate", "pmi_est", "pmi_mc", "pmi_hat")
 """Accepted names of a per-example pMI estimate, first match wins."""
@@ -63,46 +69,86 @@ def require_contrasts(table: pd.DataFrame, source: str = "table", axis: str = "i
             )
 
 
-def generic_share(table: pd.DataFrame, axis: str = "input") -> float:
-    """Share of SD credit mass that is generic along ``axis``, over counted tokens (``mask``):
-    ``sum |shortcut| / (sum |specific| + sum |shortcut|)`` (``feedback_*`` columns for the feedback axis);
-    NaN when both sums are 0."""
+def generic_part(table: pd.DataFrame, axis: str = "input", moved: float = MOVED) -> pd.DataFrame:
+    """The counted tokens the feedback moves up along ``axis`` (``mask`` and ``sd_reward >= moved``), with
+    ``credit`` = their SD reward and ``generic`` = ``clip(shortcut, 0, sd_reward)``, the part of it that
+    the contrast inputs (or feedbacks) also give: what the feedback raises whatever the input."""
     require_contrasts(table, axis=axis)
-    specific, shortcut_column = axis_columns(axis)
-    counted = table[table["mask"]]
-    shortcut = float(counted[shortcut_column].abs().sum())
-    total = shortcut + float(counted[specific].abs().sum())
-    return shortcut / total if total > 0 else float("nan")
+    _, shortcut = axis_columns(axis)
+    rows = table[table["mask"].to_numpy(dtype=bool) & (table["sd_reward"].to_numpy(dtype=np.float64) >= moved)]
+    credit = rows["sd_reward"].to_numpy(dtype=np.float64)
+    generic = np.clip(rows[shortcut].to_numpy(dtype=np.float64), 0.0, credit)
+    return rows.assign(credit=credit, generic=generic)
 
 
-def generic_share_by_example(table: pd.DataFrame, axis: str = "input") -> pd.Series:
-    """:func:`generic_share` of each response along ``axis`` (indexed by ``example_id``)."""
-    require_contrasts(table, axis=axis)
-    specific, shortcut = axis_columns(axis)
-    counted = table[table["mask"]]
-    sums = counted.assign(s=counted[specific].abs(), g=counted[shortcut].abs()).groupby("example_id")[["s", "g"]].sum()
-    total = sums["s"] + sums["g"]
-    return (sums["g"] / total.where(total > 0)).rename("generic_share")
+def generic_share(table: pd.DataFrame, axis: str = "input", moved: float = MOVED) -> float:
+    """Share of the positive SD credit that is input-generic along ``axis`` (docs/CREDIT-MATH.md section 9):
+    ``sum clip(shortcut, 0, sd_reward) / sum sd_reward`` over counted tokens with ``sd_reward >= moved``
+    (``feedback_shortcut`` for the feedback axis); NaN when no token is moved."""
+    part = generic_part(table, axis, moved)
+    total = float(part["credit"].sum())
+    return float(part["generic"].sum()) / total if total > 0 else float("nan")
+
+
+def generic_share_by_example(table: pd.DataFrame, axis: str = "input", moved: float = MOVED) -> pd.Series:
+    """:func:`generic_share` of each response along ``axis`` (indexed by ``example_id``; NaN when the
+    feedback moves none of its tokens)."""
+    part = generic_part(table, axis, moved)
+    ids = table.loc[table["mask"].to_numpy(dtype=bool), "example_id"].unique()
+    sums = part.groupby("example_id")[["credit", "generic"]].sum().reindex(ids)
+    return (sums["generic"] / sums["credit"].where(sums["credit"] > 0)).rename("generic_share")
+
+
+def generic_share_validation(table: pd.DataFrame, labels: pd.Series, moved: float = MOVED,
+                             bins: int = 5) -> dict[str, object]:
+    """How well :func:`generic_share` matches ground-truth token labels ("generic"/"specific", aligned with
+    ``table``) on the tokens it counts: ``share`` (the estimate), ``label_share`` (the share of the same
+    positive SD credit that sits on generic-labelled tokens), ``auroc`` (the per-token generic fraction
+    ``generic / sd_reward`` ranking generic-labelled tokens above specific ones), ``n_tokens``, and
+    ``calibration``: per bin of the generic fraction, its credit-weighted mean and the credit-weighted share
+    of generic labels in it."""
+    part = generic_part(table, moved=moved)
+    generic = (labels.reindex(part.index) == "generic").to_numpy()
+    fraction = part["generic"].to_numpy() / part["credit"].to_numpy()
+    credit = part["credit"].to_numpy()
+    total = credit.sum()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(fraction, edges[1:-1]), 0, bins - 1)
+    calibration = pd.DataFrame([
+        {"bin": f"[{edges[b]:.1f}, {edges[b + 1]:.1f}{']' if b == bins - 1 else ')'}", "n_tokens": int(inside.sum()),
+         "credit": float(credit[inside].sum()),
+         "generic_fraction": float(np.average(fraction[inside], weights=credit[inside])) if inside.any() else math.nan,
+         "generic_labels": float(np.average(generic[inside], weights=credit[inside])) if inside.any() else math.nan}
+        for b in range(bins) for inside in [which == b]
+    ])
+    return {"share": float(part["generic"].sum() / total) if total > 0 else math.nan,
+            "label_share": float(credit[generic].sum() / total) if total > 0 else math.nan,
+            "auroc": auroc(fraction, generic), "n_tokens": int(len(part)), "calibration": calibration}
 
 
 def top_shortcut_tokens(table: pd.DataFrame, n: int = 20, min_count: int = 1) -> pd.DataFrame:
-    """Tokens ranked by the magnitude of their total ``shortcut`` credit over counted tokens.
+    """Tokens ranked by the input-generic credit they receive (:func:`generic_part`, summed over their counted
+    occurrences the feedback moves up): the tokens the feedback raises whatever the input.
 
-    Columns: ``token, count, shortcut_sum, shortcut_mean, specific_mean, sd_mean``; sorted by
-    ``|shortcut_sum|`` (largest first), so large negative totals rank as high as large positive ones.
+    Columns: ``token, count, generic_sum, credit_sum, generic_fraction, shortcut_mean, specific_mean, sd_mean``
+    (the means over every counted occurrence); sorted by ``generic_sum``, largest first.
     """
     require_contrasts(table)
     counted = table[table["mask"]]
+    part = generic_part(table)
+    moved = part.groupby("token", sort=False)[["generic", "credit"]].sum()
     frame = counted.groupby("token", sort=False).agg(
         count=("position", "size"),
-        shortcut_sum=("shortcut", "sum"),
         shortcut_mean=("shortcut", "mean"),
         specific_mean=("specific", "mean"),
         sd_mean=("sd_reward", "mean"),
-    ).reset_index()
-    frame = frame[frame["count"] >= min_count]
-    order = frame["shortcut_sum"].abs().sort_values(ascending=False, kind="stable").index
-    return frame.loc[order].head(n).reset_index(drop=True)
+    )
+    frame = frame.join(moved.rename(columns={"generic": "generic_sum", "credit": "credit_sum"}), how="inner")
+    frame["generic_fraction"] = frame["generic_sum"] / frame["credit_sum"]
+    frame = frame[(frame["count"] >= min_count) & (frame["generic_sum"] > 0)].reset_index()
+    frame = frame[["token", "count", "generic_sum", "credit_sum", "generic_fraction", "shortcut_mean",
+                   "specific_mean", "sd_mean"]]
+    return frame.sort_values("generic_sum", ascending=False, kind="stable").head(n).reset_index(drop=True)
 
 
 def position_profile(table: pd.DataFrame, columns: Sequence[str] = ("sd_reward", "specific", "shortcut",
@@ -162,15 +208,27 @@ def gap_stats(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: Student-t interval of the mean over seeds; low/high NaN with one value."""
+    """``(mean, low, high)``: Student-t interval of the mean over seeds (``scipy.stats.t.interval``); low/high
+    NaN with fewer than two finite values, or equal to the mean when every value is the same."""
     data = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
     if data.size == 0:
         return math.nan, math.nan, math.nan
     mean = float(data.mean())
     if data.size < 2:
         return mean, math.nan, math.nan
-    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, data.size - 1) * data.std(ddof=1) / math.sqrt(data.size))
-    return mean, mean - half, mean + half
+    if np.all(data == data[0]):
+        return mean, mean, mean
+    low, high = scipy_stats.t.interval(confidence, data.size - 1, loc=mean, scale=scipy_stats.sem(data))
+    return mean, float(low), float(high)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a pass rate ``successes / n`` (``scipy.stats.binomtest``): inside [0, 1]
+    and not empty at 0/n or n/n, unlike the Wald interval; NaN for n = 0."""
+    if n <= 0:
+        return math.nan, math.nan
+    interval = scipy_stats.binomtest(int(successes), int(n)).proportion_ci(confidence, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:

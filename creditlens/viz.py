@@ -369,19 +369,24 @@ def learning_curves(runs: Sequence[Run], metric: str = "eval:score", ax=None):
 
 
 def group_curves_figure(curves: pd.DataFrame, confidence: float = 0.95):
-    """Held-out score vs step per group of runs (``group, step, mean, low, high`` rows): the mean
-    over seeds with a ``confidence`` t-interval band."""
-    fig, ax = _figure_axes(None, (6, 4))
-    for group, part in curves.groupby("group", sort=True):
-        part = part.sort_values("step")
-        ax.plot(part["step"], part["mean"], marker="o", markersize=3, label=group)
-        ax.fill_between(part["step"], part["low"], part["high"], alpha=0.2)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("held-out score (pass rate)")
-    ax.set_title(f"Learning curves (mean over seeds, {confidence:.0%} t-interval)")
-    ax.grid(alpha=0.3)
-    if len(curves):
-        ax.legend(fontsize=8, title="method")
+    """Held-out score vs step per group of runs (``group, step, mean, low, high`` rows, optional ``env``): the
+    mean over seeds with a ``confidence`` t-interval band, one panel per environment (never two on one axis)."""
+    import matplotlib.pyplot as plt
+
+    envs_ = sorted(curves["env"].unique()) if "env" in curves and len(curves) else [None]
+    fig, axes = plt.subplots(1, len(envs_), figsize=(6 * len(envs_), 4), squeeze=False)
+    for ax, env in zip(axes[0], envs_, strict=True):
+        part_env = curves if env is None else curves[curves["env"] == env]
+        for group, part in part_env.groupby("group", sort=True):
+            part = part.sort_values("step")
+            ax.plot(part["step"], part["mean"], marker="o", markersize=3, label=group)
+            ax.fill_between(part["step"], part["low"].astype(float), part["high"].astype(float), alpha=0.2)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("held-out score (pass rate)")
+        ax.set_title(("" if env is None else f"{env}: ") + f"mean over seeds, {confidence:.0%} t-interval", fontsize=9)
+        ax.grid(alpha=0.3)
+        if len(part_env):
+            ax.legend(fontsize=7, title="method", title_fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -538,9 +543,10 @@ class CreditDecomposition(_Rendered):
     def _repr_html_(self) -> str:
         share = self.generic_share()
         return (
-            f"<div><p><b>Generic share of SD credit:</b> {share:.1%} over {int(self.table['mask'].sum())} "
-            "counted tokens (sum |shortcut| / (sum |specific| + sum |shortcut|)).</p>"
-            "<p><b>Tokens with the largest total shortcut credit (by magnitude)</b></p>"
+            f"<div><p><b>Generic share of SD credit:</b> {share:.1%} of the positive SD credit of the "
+            f"{len(stats.generic_part(self.table))} counted tokens the feedback raises by at least {stats.MOVED} nats "
+            "is input-generic (sum clip(shortcut, 0, sd_reward) / sum sd_reward; docs/CREDIT-MATH.md section 9).</p>"
+            "<p><b>Tokens with the most input-generic credit</b></p>"
             f"{self.top_shortcut(10).to_html(index=False, float_format='{:+.3f}'.format)}</div>"
         )
 

@@ -71,13 +71,16 @@ def test_scores_and_intervals_match_scipy(study):
         bests = [max(scores[(algo, s)]) for s in range(3)]
         for column, values in (("final_score", finals), ("best_score", bests)):
             low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values))
+            low, high = max(low, 0.0), min(high, 1.0)  # scores are pass rates: the interval is clipped to [0, 1]
             assert table.loc[group, column] == pytest.approx(np.mean(values))
             assert table.loc[group, f"{column}_low"] == pytest.approx(low)
             assert table.loc[group, f"{column}_high"] == pytest.approx(high)
     assert table.loc["grpo", "n_runs"] == 1 and math.isnan(table.loc["grpo", "final_score_low"])
     curve = result.curves.set_index(["group", "step"]).loc[("sd", 10)]
     at_10 = [scores[("sd", s)][1] for s in range(3)]
-    assert curve["low"] == pytest.approx(stats.t.interval(0.95, 2, np.mean(at_10), stats.sem(at_10))[0])
+    assert curve["low"] == pytest.approx(max(0.0, stats.t.interval(0.95, 2, np.mean(at_10), stats.sem(at_10))[0]))
+    bounds = result.table[["final_score_low", "best_score_low", "final_score_high", "best_score_high"]].dropna()
+    assert len(bounds) == 2 and bounds.ge(0).all(axis=None) and bounds.le(1).all(axis=None)
 
 
 def test_tokens_and_seconds_to_target_by_hand(study):
@@ -89,7 +92,7 @@ def test_tokens_and_seconds_to_target_by_hand(study):
         evals, metrics = run.evals(), run.metrics()
         hits = [int(s) for s, v in zip(evals["step"], evals["score"], strict=True) if v >= target]
         row = per_run.loc[name]
-        if not hits:
+        if not hits or min(hits) == 0:  # a run already at the target before training never "reached" it
             assert math.isnan(row["tokens_to_target"])
             continue
         before = [m for m in metrics.to_dict("records") if m["step"] <= min(hits)]
@@ -102,8 +105,11 @@ def test_generic_share_and_auroc_by_hand(study):
     per_run = compare.compare_runs([root]).per_run.set_index("run")
     table = runs.load_run(root / "credit-s1").tokens()
     counted = table[table["mask"]]
-    share = counted["shortcut"].abs().sum() / (counted["shortcut"].abs().sum() + counted["specific"].abs().sum())
-    assert per_run.loc["credit-s1", "generic_share"] == pytest.approx(share)
+    generic = credit = 0.0
+    for sd, shortcut in zip(counted["sd_reward"], counted["shortcut"], strict=True):
+        if sd >= 0.05:  # moved up by the feedback: its generic part is the shortcut credit, within [0, sd]
+            generic, credit = generic + min(max(shortcut, 0.0), sd), credit + sd
+    assert per_run.loc["credit-s1", "generic_share"] == pytest.approx(generic / credit)
     is_specific = counted["position"].isin(SPECIFIC_POSITIONS).to_numpy()
     for column in ("sd_reward", "credit_reward", "specific", "advantage"):
         values = counted[column].to_numpy()
@@ -139,12 +145,13 @@ def test_markdown_shows_the_feedback_generic_share_only_when_logged(study, tmp_p
     _write_run(tmp_path, "credit-s0", "credit", 0, 0.5, [0.1, 0.2, 0.4], rng, feedback_axis=True)
     lines = compare.compare_runs([tmp_path]).to_markdown().splitlines()
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+    rows = {cells[2]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
     column = header.index("feedback generic share")
     assert header[column - 1] == "generic share" and len(lines[1].split("---")) - 1 == len(header)
     counted = runs.load_run(tmp_path / "credit-s0").tokens().query("mask")
-    generic, specific = counted["feedback_shortcut"].abs().sum(), counted["feedback_specific"].abs().sum()
-    assert rows["credit teacher lam=0.5"][column] == f"{generic / (generic + specific):.3f}"
+    moved = counted[counted["sd_reward"] >= 0.05]
+    generic = np.minimum(np.maximum(moved["feedback_shortcut"], 0), moved["sd_reward"]).sum()
+    assert rows["credit teacher lam=0.5"][column] == f"{generic / moved['sd_reward'].sum():.3f}"
     assert rows["sd"][column] == "-" and all(len(cells) == len(header) for cells in rows.values())
     assert "feedback generic share" not in compare.compare_runs([study[0]]).to_markdown()
 
@@ -164,3 +171,85 @@ def test_cli_writes_table_and_figures(study, tmp_path, capsys):
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert set(modes.values()) == {(tmp_path / "plain.txt").stat().st_mode & 0o777}, modes
     assert cli.main(["compare", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+
+
+# ---- grouping: what makes runs comparable, and the one-line refusals ----
+
+
+def _tiny_run(root, name, algo="sd", seed=0, env="shortcut", model="m", scores=(0.2, 0.4), **config):
+    runs.write_manifest(root / name, {"name": name, "algo": algo, "env": env, "model": model, "seed": seed,
+                                      "config": {"lam": 0.5, "n_contrast": 2, "max_steps": 10, **config}})
+    for step, score in zip((0, 10), scores, strict=True):
+        runs.append_jsonl(root / name / runs.EVAL, {"step": step, "score": score, "n": 20})
+    return root / name
+
+
+def test_groups_never_mix_environments_models_or_configs(tmp_path):
+    _tiny_run(tmp_path, "a-s0", seed=0)
+    _tiny_run(tmp_path, "a-s1", seed=1, log_tokens_every=7)  # bookkeeping: not part of the config hash
+    _tiny_run(tmp_path, "science-s0", env="science")
+    _tiny_run(tmp_path, "other-model-s0", model="m2")
+    _tiny_run(tmp_path, "longer-s0", max_steps=20)
+    _tiny_run(tmp_path, "k1-s0", n_contrast=1)
+    _tiny_run(tmp_path, "credit-s0", algo="credit")
+    _tiny_run(tmp_path, "credit-lam1-s0", algo="credit", lam=1.0)
+    table = compare.compare_runs([tmp_path]).table
+    assert len(table) == 7 and table["n_runs"].tolist().count(2) == 1
+    pair = table[table["n_runs"] == 2].iloc[0]
+    assert pair["seeds"] == 2 and pair["env"] == "shortcut" and pair["model"] == "m" and pair["K"] == 2
+    assert table["group"].is_unique and not table["env"].astype(str).str.contains("|", regex=False).any()
+    hashes = {compare.group_key(runs.load_run(tmp_path / n))["config"] for n in ("a-s0", "a-s1", "longer-s0")}
+    assert len(hashes) == 2
+    pooled = compare.compare_runs([tmp_path], pool=True)
+    assert pooled.table.set_index("method").loc["sd [K=2]", "n_runs"] == 5  # a x2, science, other model, longer
+    assert "Pooled" in pooled.to_markdown() and "Pooled" not in compare.compare_runs([tmp_path]).to_markdown()
+
+
+def test_single_seed_pass_rate_gets_a_wilson_interval_inside_unit_range(tmp_path):
+    _tiny_run(tmp_path, "a-s0", scores=(0.0, 1.0))
+    row = compare.compare_runs([tmp_path]).table.iloc[0]
+    z = stats.norm.ppf(0.975)
+    centre = (1 + z * z / 40) / (1 + z * z / 20)
+    half = z / (1 + z * z / 20) * math.sqrt(z * z / 1600)
+    assert row["interval"] == "wilson" and row["final_score_high"] == pytest.approx(1.0)
+    assert row["final_score_low"] == pytest.approx(centre - half)
+
+
+def test_a_run_that_starts_at_the_target_never_reaches_it_at_step_zero(tmp_path):
+    _tiny_run(tmp_path, "flat-s0", scores=(0.0, 0.0))
+    _tiny_run(tmp_path, "flat-s1", seed=1, scores=(0.0, 0.0))
+    row = compare.compare_runs([tmp_path]).table.iloc[0]
+    assert row["reached_target"] == 0 and math.isnan(row["tokens_to_target"])
+
+
+@pytest.mark.parametrize("case", ["twice", "symlink twice", "dangling", "loop", "duplicate eval", "same seed"])
+def test_refusals_are_one_line_errors(tmp_path, capsys, case):
+    root = tmp_path / "runs"
+    run = _tiny_run(root, "a-s0")
+    given = [root]
+    if case == "twice":
+        given = [root, run]
+    elif case == "symlink twice":
+        (tmp_path / "link").symlink_to(run)
+        given = [root, tmp_path / "link"]
+    elif case == "dangling":
+        (root / "gone").symlink_to(tmp_path / "nowhere")
+    elif case == "loop":
+        (root / "up").symlink_to(root)
+    elif case == "duplicate eval":
+        runs.append_jsonl(run / runs.EVAL, {"step": 10, "score": 0.5})
+    else:
+        _tiny_run(root, "b-s0")
+    expected = {"twice": "the same run as", "symlink twice": "the same run as", "dangling": "dangling symlink",
+                "loop": "loops back", "duplicate eval": "eval.jsonl:3: step 10 was already evaluated on line 2",
+                "same seed": "share seed 0"}[case]
+    assert cli.main(["compare", *map(str, given), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "report").exists()
+
+
+def test_a_symlinked_run_is_followed(tmp_path):
+    _tiny_run(tmp_path / "elsewhere", "a-s1", seed=1)
+    _tiny_run(tmp_path / "runs", "a-s0")
+    (tmp_path / "runs" / "a-s1").symlink_to(tmp_path / "elsewhere" / "a-s1")
+    assert compare.compare_runs([tmp_path / "runs"]).table["seeds"].tolist() == [2]

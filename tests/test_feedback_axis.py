@@ -261,10 +261,10 @@ def test_summary_and_both_generic_shares(tiny, examples, tmp_path):
     np.testing.assert_allclose(summary["feedback_specific_sum"] + summary["feedback_shortcut_sum"],
                                summary["sd_sum"], atol=1e-4)
     counted = table[table["mask"]]
+    moved = counted[counted["sd_reward"] >= stats.MOVED]
     for axis, prefix in (("input", ""), ("feedback", "feedback_")):
-        shortcut = counted[f"{prefix}shortcut"].abs().sum()
-        expected = shortcut / (shortcut + counted[f"{prefix}specific"].abs().sum())
-        assert stats.generic_share(table, axis=axis) == pytest.approx(expected, rel=1e-12)
+        generic = np.minimum(moved[f"{prefix}shortcut"].clip(lower=0), moved["sd_reward"]).sum()
+        assert stats.generic_share(table, axis=axis) == pytest.approx(generic / moved["sd_reward"].sum(), rel=1e-12)
     assert stats.generic_share(table, "input") != pytest.approx(stats.generic_share(table, "feedback"))
     with pytest.raises(ValueError, match="--feedback-contrast"):
         stats.generic_share(table.drop(columns=list(schema.FEEDBACK_COLUMNS)), axis="feedback")
@@ -349,7 +349,8 @@ def test_decomposition_page_switches_axis(scored_both_axes, monkeypatch):
         at.sidebar.radio(key="axis").set_value(axis).run()
         assert not at.exception, [e.value for e in at.exception]
         specific, shortcut = teacher - by_axis[axis], by_axis[axis] - student
-        share = shortcut.abs().sum() / (specific.abs().sum() + shortcut.abs().sum())
+        sd = teacher - student
+        share = np.minimum(np.maximum(shortcut, 0), sd)[sd >= stats.MOVED].sum() / sd[sd >= stats.MOVED].sum()
         assert at.metric[0].value == f"{share:.1%}" and axis in at.metric[0].label
         assert at.metric[1].value == f"{specific.mean():+.3f}"
         assert f"{axis} axis" in at.caption[0].value
@@ -542,6 +543,6 @@ def test_train_run_on_the_feedback_axis_logs_the_reward_it_used(tmp_path):
     assert 0 < stats.generic_share(table, "feedback") < 1
     per_run = compare.compare_runs([tmp_path / "run"]).per_run.iloc[0]
     assert per_run["group"] == "credit feedback shortcut lam=1" and math.isnan(per_run["generic_share"])
-    counted_shortcut = counted["feedback_shortcut"].abs().sum()
-    assert per_run["feedback_generic_share"] == pytest.approx(
-        counted_shortcut / (counted_shortcut + counted["feedback_specific"].abs().sum()), rel=1e-9)
+    moved = counted[counted["sd_reward"] >= stats.MOVED]
+    generic = np.minimum(moved["feedback_shortcut"].clip(lower=0), moved["sd_reward"]).sum()
+    assert per_run["feedback_generic_share"] == pytest.approx(generic / moved["sd_reward"].sum(), rel=1e-9)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import zlib
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -96,9 +97,11 @@ def test_token_logprobs_are_those_of_the_sdpo_teacher_context(run, tiny):
 def test_decomposition_statistics(run):
     summary, _, tokens = run
     counted = tokens[tokens["mask"]]
-    specific = (counted["teacher_logprob"] - counted["contrast_baseline"]).abs().sum()
-    shortcut = (counted["contrast_baseline"] - counted["student_logprob"]).abs().sum()
-    assert summary["generic_share"] == pytest.approx(shortcut / (specific + shortcut), rel=1e-6)
+    sd = counted["teacher_logprob"] - counted["student_logprob"]
+    shortcut = counted["contrast_baseline"] - counted["student_logprob"]
+    moved = sd >= 0.05  # the tokens the feedback raises; their generic part is the shortcut within [0, sd]
+    expected = np.minimum(np.maximum(shortcut[moved], 0), sd[moved]).sum() / sd[moved].sum()
+    assert summary["generic_share"] == pytest.approx(expected, rel=1e-6)
     assert summary["mean_sd_reward"] == pytest.approx(
         (counted["teacher_logprob"] - counted["student_logprob"]).mean(), abs=1e-6)
     assert summary["mean_specific"] + summary["mean_shortcut"] == pytest.approx(summary["mean_sd_reward"], abs=1e-6)
@@ -177,3 +180,16 @@ def test_trl_templates_shape_the_teacher_as_in_training(tiny):
     torch.testing.assert_close(torch.tensor(mine["teacher_logprob"].to_numpy()), expected, atol=1e-4, rtol=0)
     with pytest.raises(CreditlensError, match="trl: must be a mapping"):
         headroom.load_headroom_config(None, {"trl": {"reprompt_template": 3}})
+
+
+def test_pass_rate_intervals_are_wilson_intervals():
+    for p, n in ((0.0, 16), (1.0, 3), (0.25, 8)):
+        low, high = headroom._ci95(p, n)
+        z = 1.959963984540054
+        centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+        assert (low, high) == pytest.approx((centre - half, centre + half)) and 0 <= low < high <= 1
+    text = headroom.format_table({"env": "e", "n_problems": 1, "config": {"num_generations": 3}, "n_failed": 0,
+                                  "student_pass_rate": 1.0, "student_pass_at_k": 1.0,
+                                  **dict(zip(("student_ci95_low", "student_ci95_high"), headroom._ci95(1.0, 3))),
+                                  "n_feedback": 0, "n_sibling": 0})
+    assert "100.0%  [43.9%, 100.0%]" in text
