@@ -57,6 +57,8 @@ from creditlens.training.timing import PhaseTimer
 
 logger = get_logger(__name__)
 EVAL_SEED_OFFSET = 500_000_003
+CREDIT_METRICS = ("contrast_fraction", "baseline_mean", "generic_share", "contrasts_per_sample")
+"""The ``credit/*`` scalars CreditTrainer logs beside SDPOTrainer's own (docs/training.md, "Metrics")."""
 
 
 @dataclass
@@ -269,6 +271,8 @@ class CreditTrainer(SDPOTrainer):
     # ---- the loss ---------------------------------------------------------------------------------
     def _compute_self_distillation_loss(self, model, inputs, distillation_logits: DistillationLogits):
         logits, spec = distillation_logits, self.args.spec
+        if isinstance(logits, CreditLogits):
+            self._log_credit_metrics("train" if model.training else "eval", logits)
         if not isinstance(logits, CreditLogits) or spec.lam == 0 or logits.loss_mask.sum() == 0:
             loss = super()._compute_self_distillation_loss(model, inputs, logits)
             self._offer_tokens(inputs, logits, None if self.args.distillation_mode == "sampled_token" else float("nan"))
@@ -361,6 +365,41 @@ class CreditTrainer(SDPOTrainer):
         mode = "train" if model.training else "eval"
         self._log_self_distillation_metric(mode, self.accelerator.gather(mean_loss).mean().item())
         return loss
+
+    # ---- metrics: SDPOTrainer's names at any lam, plus credit/* ---------------------------------------
+    def _log_self_distillation_metric(self, mode: str, value: float) -> None:
+        """The distillation loss under SDPOTrainer's names (``sdpo/...`` too), so a TRL dashboard keeps its curves."""
+        self._metrics[mode]["self_distillation/distillation_loss"].append(value)
+        self._metrics[mode][f"{SDPOTrainer._name.lower()}/distillation_loss"].append(value)
+
+    @torch.no_grad()
+    def _log_credit_metrics(self, mode: str, logits: CreditLogits) -> None:
+        """``credit/baseline_mean`` (mean pooled contrast log-prob B_t), ``credit/generic_share`` (share of the
+        positive SD credit ``r_t = log pi_T - log pi_S > 0`` that the contrasts also give, ``min(max(B_t - log pi_S,
+        0), r_t)``) over loss tokens of samples with contrasts, and ``credit/contrasts_per_sample`` (K used by a
+        sample with contrasts), summed over processes; a ratio without tokens is not logged."""
+        ids, used = logits.completion_ids, logits.loss_mask.bool() & logits.has_contrast[:, None]
+        student_lp = selective_log_softmax(logits.student_logits.detach(), ids)
+        teacher_lp = selective_log_softmax(logits.teacher_logits, ids)
+        baseline = credit.pool_contrast(logits.contrast_token_lp, self.args.spec)
+        sd = teacher_lp - student_lp
+        positive = used & (sd > 0)
+        generic = torch.minimum((baseline - student_lp).clamp(min=0), sd)
+        with_contrast = logits.has_contrast.sum()
+        sums = torch.stack(
+            [
+                baseline[used].sum(),
+                used.sum(),
+                generic[positive].sum(),
+                sd[positive].sum(),
+                with_contrast * logits.contrast_token_lp.size(1),
+                with_contrast,
+            ]
+        ).float()
+        sums = self.accelerator.gather(sums).view(-1, len(sums)).sum(0).tolist()
+        for name, (num, den) in zip(CREDIT_METRICS[1:], (sums[0:2], sums[2:4], sums[4:6]), strict=True):
+            if den > 0:
+                self._metrics[mode][f"credit/{name}"].append(num / den)
 
     # ---- per-token values for callbacks (creditlens' run logs) ---------------------------------------
     def _offer_tokens(self, inputs, logits: DistillationLogits, advantage: torch.Tensor | float | None) -> None:
