@@ -6,19 +6,25 @@ warning and a local model directory, at lam 0 and 0.5 — and every import the d
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
+import pickle
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
-from trl.experimental.sdpo import SDPOConfig
+from trl.experimental.sdpo import SDPOConfig, SDPOTrainer
 
 from creditlens import models
 from creditlens.training import CreditConfig, CreditTrainer
+from creditlens.training.credit_trainer import CREDIT_METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 LAMS = [0.0, 0.5]
@@ -349,3 +355,92 @@ def test_every_import_shown_in_readme_and_docs_works():
     assert "from creditlens.training import CreditConfig, CreditTrainer" in statements
     for statement in sorted(statements):
         exec(statement, {})
+
+
+def logged_names(trainer) -> set[str]:
+    return {name for entry in trainer.state.log_history for name in entry}
+
+
+def test_metric_names_at_lam_zero_are_sdpo_trainers(model_dir, tmp_path):
+    dataset = Dataset.from_dict(
+        {"prompt": ["Solve 2+2.", "Solve 3+3."], "privileged_context": ["wrong", "late"]}
+    )
+    fields = dict(generation_batch_size=4, per_device_train_batch_size=4, include_environment_feedback=True)
+    common = dict(learning_rate=0.1, num_generations=2, max_completion_length=8, max_steps=1, logging_steps=1)
+    plain_args = SDPOConfig(
+        output_dir=str(tmp_path / "sdpo"), report_to=[], use_cpu=True, bf16=False, **common, **fields
+    )
+    plain = SDPOTrainer(model_dir, zero_reward, plain_args, dataset)
+    plain.train()
+    sdpo_names = logged_names(plain)
+    assert "sdpo/distillation_loss" in sdpo_names
+    credit_zero = CreditTrainer(model_dir, zero_reward, config(tmp_path, 0.0, **fields), dataset)
+    credit_zero.train()
+    assert logged_names(credit_zero) == sdpo_names
+    tokens = TokenCapture()
+    credit_half = CreditTrainer(
+        model_dir, zero_reward, config(tmp_path, 0.5, **fields), dataset, callbacks=[tokens]
+    )
+    credit_half.train()
+    assert sdpo_names <= logged_names(credit_half)
+    assert logged_names(credit_half) - sdpo_names == {f"credit/{name}" for name in CREDIT_METRICS}
+    # the credit/* values are those of the step's own tensors (one micro-batch: logged as they are)
+    logged = next(e for e in credit_half.state.log_history if "credit/baseline_mean" in e)
+    student, teacher = tokens.payload["student_lp"], tokens.payload["teacher_lp"]
+    used = tokens.payload["loss_mask"].bool() & tokens.payload["has_contrast"][:, None]
+    baseline = tokens.payload["contrast_lp"].mean(dim=1)
+    assert used.any()
+    assert logged["credit/baseline_mean"] == pytest.approx(baseline[used].mean().item(), rel=1e-5)
+    sd, shortcut = (teacher - student)[used], (baseline - student)[used]
+    positive = sd > 0
+    generic = torch.minimum(shortcut.clamp(min=0), sd)[positive].sum() / sd[positive].sum()
+    assert logged["credit/generic_share"] == pytest.approx(generic.item(), rel=1e-5)
+    assert logged["credit/contrasts_per_sample"] == 1.0
+
+
+class TokenCapture(TrainerCallback):
+    def __init__(self):
+        self.payload = None
+
+    def on_tokens_scored(self, **payload):
+        self.payload = payload
+
+
+@dataclasses.dataclass
+class MyConfig(SDPOConfig):
+    """A user's own SDPOConfig subclass with one field of its own."""
+
+    curriculum: str = dataclasses.field(default="easy-first", metadata={"help": "a user's field"})
+
+
+def test_an_sdpo_config_subclass_keeps_its_class_and_fields(model_dir, tmp_path):
+    args = MyConfig(
+        output_dir=str(tmp_path / "mine"),
+        use_cpu=True,
+        bf16=False,
+        num_generations=2,
+        per_device_train_batch_size=2,
+        max_completion_length=8,
+        max_steps=1,
+        report_to=[],
+        curriculum="hard-first",
+    )
+    trainer = CreditTrainer(model_dir, first_only, args, Dataset.from_dict({"prompt": ["Solve 2+2."]}))
+    assert isinstance(trainer.args, MyConfig) and isinstance(trainer.args, CreditConfig)
+    assert trainer.args.curriculum == "hard-first" and trainer.args.lam == 0.5 and trainer.args.max_steps == 1
+    assert trainer.args.to_dict()["curriculum"] == "hard-first"
+    saved = pickle.loads(pickle.dumps(trainer.args))  # what Trainer writes to training_args.bin
+    assert isinstance(saved, MyConfig) and saved.curriculum == "hard-first" and saved.lam == 0.5
+
+
+def test_importing_creditlens_training_changes_no_environment_variable():
+    code = (
+        "import os, sys; before = dict(os.environ); import creditlens.training; "
+        "from creditlens.training import CreditConfig, CreditTrainer; "
+        "sys.exit(0 if dict(os.environ) == before else 1)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRL_EXPERIMENTAL_SILENCE"}
+    done = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "-c", code], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
