@@ -4,8 +4,11 @@ Each run is one ``creditlens train`` process (``OMP_NUM_THREADS=1``, ``jobs`` at
 shortcut environment with its warm-started tiny model; checkpoints are pruned afterwards (only the
 logs are kept), then ``OUT/report/`` gets :func:`creditlens.compare.compare_runs`'s report and
 ``study.md``: scores with 95% CIs, the paired difference to SD by seed, and the AUROC with which
-each credit separates the harmful cue's tokens from real answer letters. :data:`PRESETS` holds every
-grid of docs/results.md (``creditlens study --preset NAME``); their pruning rule is written there.
+each credit separates the harmful cue's tokens from real answer letters; a grid whose evaluations score a
+validation and a test part also gets :mod:`creditlens.heldout`'s report (early stopping, test AUC, the
+preset's families of paired tests with Holm's correction). Every grid of docs/results.md is a preset file
+``configs/study/NAME.yaml`` (``creditlens study --preset NAME``, :func:`load_preset`; fields in
+``configs/study/README.md``); the plans and their pruning rules are written in docs/results.md.
 """
 
 from __future__ import annotations
@@ -17,32 +20,37 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from creditlens.choices import FORMS
-
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-PILOT_LAMS = (0.1, 0.25, 0.5)
-HARMFUL = "env_args={cue: 0.5, cue_kind: letter}"
-HARMLESS = "env_args={cue: 0.5, cue_kind: filler}"
+PRESET_DIR = CONFIG_DIR / "study"
+PILOT_LAMS = (0.1, 0.25, 0.5)  # the pilot's lam grid (configs/study/pilot.yaml lists every form at each)
+PILOT_FORMS = ("teacher", "shortcut", "contrastive")  # the forms of the pilot grid (creditlens.credit.FORMS then)
+# lam per form chosen by the pilot (rule in docs/results.md "Pruning rule"); the main grids use these.
+CHOSEN_LAMS = {"teacher": 0.5, "shortcut": 0.5, "contrastive": 0.5}
+ORDERS = ("method", "seed")  # a preset's run order: method-major or seed-major
 
 
 @dataclass(frozen=True)
 class StudyRun:
-    """One cell of a grid: ``algo`` and ``seed``; CREDIT runs add ``lam`` and (unless the config's) ``form``."""
+    """One cell of a grid: ``algo`` and ``seed``; CREDIT runs add ``lam`` and (unless the config's) ``form``;
+    ``variant`` names extra ``sets`` (``--set`` overrides of this method only, e.g. an outcome blend)."""
 
     algo: str
     seed: int
     lam: float | None = None
     form: str | None = None
+    variant: str | None = None
+    sets: tuple[str, ...] = ()
 
     @property
     def method(self) -> str:
-        """``grpo``, ``sd``, ``credit-lam0.5`` (the config's form) or ``credit-shortcut-lam0.5``."""
-        if self.algo != "credit":
-            return self.algo
-        return "credit-" + ("" if self.form is None else f"{self.form}-") + f"lam{self.lam:g}"
+        """``grpo``, ``sd``, ``credit-lam0.5`` (the config's form), ``credit-shortcut-lam0.5``, ``sd-blend0.5``."""
+        base = self.algo
+        if self.algo == "credit":
+            base = "credit-" + ("" if self.form is None else f"{self.form}-") + f"lam{self.lam:g}"
+        return base if self.variant is None else f"{base}-{self.variant}"
 
     @property
     def name(self) -> str:
@@ -52,76 +60,72 @@ class StudyRun:
 @dataclass(frozen=True)
 class Preset:
     """A study grid: ``methods`` (runs without a seed) x ``seeds`` on one config, with ``sets`` (``--set``
-    overrides, e.g. the cue kind) applied to every run."""
+    overrides, e.g. the cue kind) applied to every run; ``order`` is ``"method"`` (every seed of a method,
+    then the next method) or ``"seed"`` (every method of a seed, then the next seed); ``families`` names the
+    paired comparisons ``(method A, method B)`` its held-out report tests (Holm within each family)."""
 
     config: Path
     methods: tuple[StudyRun, ...]
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     sets: tuple[str, ...] = ()
     about: str = ""
+    order: str = "method"
+    families: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     def grid(self) -> list[StudyRun]:
-        """Every run, method-major in the order of ``methods``, so that a study cut short leaves whole cells
-        (every seed of the first methods) rather than every method with too few seeds."""
-        return [StudyRun(m.algo, seed, m.lam, m.form) for m in self.methods for seed in self.seeds]
+        """Every run in the preset's ``order``. Method-major leaves whole cells when a study is cut short (every
+        seed of the first methods); seed-major leaves whole seeds (every method of the first seeds), which is
+        what paired comparisons need."""
+        cell = lambda m, seed: StudyRun(m.algo, seed, m.lam, m.form, m.variant, m.sets)  # noqa: E731
+        if self.order == "seed":
+            return [cell(m, seed) for seed in self.seeds for m in self.methods]
+        return [cell(m, seed) for m in self.methods for seed in self.seeds]
 
 
-def credit_methods(lams: dict[str, float] | Sequence[float], forms: Sequence[str] = FORMS) -> tuple[StudyRun, ...]:
-    """CREDIT methods: every form at every lam of a sequence, or each form at its own lam (a dict)."""
-    if isinstance(lams, dict):
-        return tuple(StudyRun("credit", 0, lams[form], form) for form in forms)
-    return tuple(StudyRun("credit", 0, lam, form) for form in forms for lam in lams)
+def _seeds(value, where: str) -> tuple[int, ...]:
+    """``[0, 1, 2]`` or ``{first: 20, last: 43}`` -> a tuple of seeds."""
+    if isinstance(value, dict) and set(value) == {"first", "last"}:
+        return tuple(range(int(value["first"]), int(value["last"]) + 1))
+    if isinstance(value, list) and value and all(isinstance(s, int) for s in value):
+        return tuple(value)
+    raise ValueError(f"{where}: seeds must be a list of ints or {{first: N, last: M}}, got {value!r}")
 
 
-GRPO, SD = StudyRun("grpo", 0), StudyRun("sd", 0)
-MAIN_ORDER = ("contrastive", "shortcut", "teacher")  # run order in the main grids (teacher was studied on 11-27)
-# lam per form chosen by the pilot (rule in docs/results.md "Pruning rule"); the grids below use these.
-CHOSEN_LAMS = {"teacher": 0.5, "shortcut": 0.5, "contrastive": 0.5}
-MAIN_STEPS = "max_steps=60"  # the main grids' length (docs/results.md, plan amendments of 18:40 and 18:55 UTC)
-PRESETS = {
-    "cue-cost-harmful-sd": Preset(
-        CONFIG_DIR / "study-sdpo.yaml", (SD,), seeds=(0, 1), sets=(HARMFUL, "max_steps=60"),
-        about="the cue's cost, before the study: SD with the harmful letter cue, 60 steps, seeds 0-1",
-    ),
-    "cue-cost-harmless-sd": Preset(
-        CONFIG_DIR / "study-sdpo.yaml", (SD,), seeds=(0, 1), sets=(HARMLESS, "max_steps=60"),
-        about="the same with the harmless filler cue",
-    ),
-    "pilot": Preset(
-        CONFIG_DIR / "study-sdpo.yaml", credit_methods(PILOT_LAMS), seeds=(0, 1), sets=(HARMFUL, "max_steps=40"),
-        about="pilot that picks lam per form: harmful cue, SDPO regime, 40 steps, every form and lam, seeds 0-1",
-    ),
-    "harmful-sdpo": Preset(
-        CONFIG_DIR / "study-sdpo.yaml", (SD, *credit_methods(CHOSEN_LAMS, MAIN_ORDER), GRPO), sets=(HARMFUL, MAIN_STEPS),
-        about="harmful letter cue, SDPO-default regime (GRPO ignores feedback: its runs serve every condition)",
-    ),
-    "harmless-sdpo": Preset(
-        CONFIG_DIR / "study-sdpo.yaml", (SD, *credit_methods(CHOSEN_LAMS, MAIN_ORDER)), sets=(HARMLESS, MAIN_STEPS),
-        about="harmless filler cue, SDPO-default regime",
-    ),
-    "harmful-full-logits": Preset(
-        CONFIG_DIR / "study-full-logits.yaml", (SD, *credit_methods(CHOSEN_LAMS, MAIN_ORDER)), sets=(HARMFUL, MAIN_STEPS),
-        about="harmful letter cue, full-logits regime (feedback-only teacher)",
-    ),
-    "harmless-full-logits": Preset(
-        CONFIG_DIR / "study-full-logits.yaml", (SD, *credit_methods(CHOSEN_LAMS, MAIN_ORDER)), sets=(HARMLESS, MAIN_STEPS),
-        about="harmless filler cue, full-logits regime (feedback-only teacher)",
-    ),
-    "harmful-sdpo-blend": Preset(
-        CONFIG_DIR / "study-sdpo-blend.yaml", (SD, *credit_methods({"contrastive": 0.5}, ("contrastive",))),
-        sets=(HARMFUL, MAIN_STEPS),
-        about="harmful letter cue, SDPO regime with an outcome blend (distillation_weight 0.5): SD and the default form",
-    ),
-    "harmful-sdpo-feedback-axis": Preset(
-        CONFIG_DIR / "study-sdpo.yaml", credit_methods({"contrastive": 0.5, "shortcut": 0.5}, ("contrastive", "shortcut")),
-        sets=(HARMFUL, MAIN_STEPS, "contrast_axis=feedback"),
-        about="harmful letter cue, SDPO regime, contrasts on the feedback axis (x, f_j, y); SD and GRPO: harmful-sdpo",
-    ),
-    "bundled": Preset(
-        CONFIG_DIR / "study-bundled.yaml", (GRPO, SD, StudyRun("credit", 0, 0.5)), seeds=(0,),
-        about="the small real runs shipped in data/runs/",
-    ),
-}
+def load_preset(path: str | os.PathLike) -> Preset:
+    """A :class:`Preset` from a preset file (``configs/study/NAME.yaml``; fields: configs/study/README.md)."""
+    from creditlens.yamlfiles import read_yaml
+
+    path = Path(path)
+    data = read_yaml(path, "--preset")
+    known = {"about", "config", "methods", "seeds", "sets", "order", "families"}
+    if not isinstance(data, dict) or not {"config", "methods"} <= set(data) or set(data) - known:
+        raise ValueError(f"{path}: a preset needs config and methods, and only the fields {sorted(known)}")
+    methods = []
+    for i, item in enumerate(data["methods"]):
+        extra = set(item) - {"algo", "lam", "form", "variant", "sets"}
+        if "algo" not in item or extra or (item.get("variant") is None) != (not item.get("sets")):
+            raise ValueError(f"{path}: methods[{i}] needs algo (and variant with sets, together), got {item!r}")
+        lam = item.get("lam")
+        methods.append(StudyRun(item["algo"], 0, None if lam is None else float(lam), item.get("form"),
+                                item.get("variant"), tuple(item.get("sets", ()))))
+    order = data.get("order", "method")
+    if order not in ORDERS:
+        raise ValueError(f"{path}: order must be one of {ORDERS}, got {order!r}")
+    names = {m.method for m in methods}
+    families = {str(k): tuple((str(a), str(b)) for a, b in v) for k, v in (data.get("families") or {}).items()}
+    unknown = {name for pairs in families.values() for pair in pairs for name in pair} - names
+    if unknown:
+        raise ValueError(f"{path}: families name methods the preset does not run: {sorted(unknown)}")
+    return Preset(CONFIG_DIR / data["config"], tuple(methods), _seeds(data.get("seeds", [0, 1, 2, 3, 4]), str(path)),
+                  tuple(data.get("sets", ())), str(data.get("about", "")), order, families)
+
+
+def presets() -> dict[str, Preset]:
+    """Every preset file of :data:`PRESET_DIR`, by name (the file name without ``.yaml``)."""
+    return {path.stem: load_preset(path) for path in sorted(PRESET_DIR.glob("*.yaml"))}
+
+
+PRESETS = presets()
 
 
 def choose_lams(pilot_dir: str | os.PathLike, steps: Sequence[int] = (20, 30, 40), tie: float = 0.01) -> dict:
@@ -149,7 +153,7 @@ def train_command(run: StudyRun, preset: Preset, out: Path) -> list[str]:
     """The ``creditlens train`` command line of one run of ``preset``."""
     command = [sys.executable, "-m", "creditlens.cli", "train", "--algo", run.algo, "--env", "shortcut",
                "--config", str(preset.config), "--seed", str(run.seed), "--out", str(out / run.name)]
-    sets = list(preset.sets)
+    sets = [*preset.sets, *run.sets]
     if run.lam is not None:
         sets.append(f"lam={run.lam}")
     if run.form is not None:
@@ -221,17 +225,21 @@ def run_study(preset: str | Preset, out: str | os.PathLike, jobs: int = 1, keep_
         raise RuntimeError("study runs failed: " + "; ".join(failed))
     for log in out.glob("*.log"):
         log.unlink()
-    write_report([out / r.name for r in preset.grid()], out / "report")
+    write_report([out / r.name for r in preset.grid()], out / "report", preset.families)
     return out
 
 
-def write_report(run_dirs: Sequence[Path], report: Path) -> Path:
-    """``creditlens compare``'s report of ``run_dirs`` plus ``study.md`` (:func:`study_table`)."""
+def write_report(run_dirs: Sequence[Path], report: Path, families: dict | None = None) -> Path:
+    """``creditlens compare``'s report of ``run_dirs`` plus ``study.md`` (:func:`study_table`), and, when the runs
+    scored a validation and a test part, :func:`creditlens.heldout.write_report` with ``families``."""
+    from creditlens import heldout, runs
     from creditlens.compare import compare_runs
 
     comparison = compare_runs(run_dirs)
     comparison.save(report)
     (report / "study.md").write_text(study_table(comparison.per_run, cue_aurocs(run_dirs)) + "\n")
+    if all("score_val" in (runs.read_jsonl(Path(d) / runs.EVAL) or [{}])[-1] for d in run_dirs):
+        heldout.write_report(run_dirs, report, families or {})
     return report
 
 

@@ -136,3 +136,64 @@ def test_rollout_profile_and_cue_auroc_count_by_hand(tmp_path):
         assert scores["n_cue_tokens"] == 1 and scores["n_right_letters"] == 11
         # the cue token has the largest advantage (3.0): every right letter ranks below it
         assert scores["advantage"] == 0.0 and scores["credit_reward"] == 1.0
+
+
+def test_presets_are_config_files_and_the_confirmatory_grid_is_seed_major(tmp_path):
+    assert set(study.PRESETS) == {p.stem for p in study.PRESET_DIR.glob("*.yaml")}
+    assert all(p.config.is_file() for p in study.PRESETS.values())
+    confirm = study.PRESETS["confirm"]
+    grid = confirm.grid()
+    methods = [r.method for r in confirm.methods]
+    assert methods == ["sd", "credit-shortcut-lam0.5", "credit-contrastive-lam0.5", "sd-blend0.5", "grpo"]
+    assert [r.name for r in grid[:6]] == [f"{m}-s20" for m in methods] + ["sd-s21"]  # every method of a seed first
+    assert sorted({r.seed for r in grid}) == list(range(20, 44)) and len(grid) == 5 * 24  # seeds 0-14 were used
+    blend = study.train_command(grid[3], confirm, tmp_path)
+    assert "distillation_weight=0.5" in blend and "distillation_weight=0.5" not in study.train_command(grid[0], confirm, tmp_path)
+    assert confirm.families["primary"] == (("credit-shortcut-lam0.5", "sd"), ("credit-contrastive-lam0.5", "sd"))
+    config = load_config(confirm.config)
+    assert config.n_eval_problems >= 2462 and config.env_args["cue_kind"] == "letter" and config.distillation_mode == "full_logits"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("config: study-sdpo.yaml\nmethods: [{algo: sd}]\nfamilies: {x: [[sd, grpo]]}\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: families name methods the preset does not run: \['grpo'\]"):
+        study.load_preset(bad)
+    bad.write_text("config: study-sdpo.yaml\nmethods: [{algo: sd}]\nseed: [1]\n")
+    with pytest.raises(ValueError, match="bad.yaml: a preset needs config and methods"):
+        study.load_preset(bad)
+
+
+def _heldout_run(folder, curve):
+    folder.mkdir()
+    lines = [f'{{"step": {s}, "score": 0, "score_val": {v}, "score_test": {t}}}' for s, v, t in curve]
+    (folder / "eval.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_heldout_early_stopping_auc_and_holm(tmp_path):
+    from creditlens import heldout
+
+    # validation peaks twice (steps 10 and 20, a tie): the earliest is kept, and its *test* score is the ES score
+    run = _heldout_run(tmp_path / "sd-s20", [(0, 0.3, 0.31), (10, 0.6, 0.52), (20, 0.6, 0.70), (30, 0.2, 0.1)])
+    table = heldout.per_run([run])
+    row = table.iloc[0]
+    assert (row["method"], row["seed"], row["es_step"], row["es_score"]) == ("sd", 20, 10, 0.52)
+    assert row["auc_test"] == pytest.approx(np.trapezoid([0.31, 0.52, 0.70, 0.1], [0, 10, 20, 30]) / 30)
+    assert (row["final_test"], row["best_test"], row["step0_test"]) == (0.1, 0.70, 0.31)
+
+    rng = np.random.default_rng(0)
+    for seed in (20, 21, 22, 23):
+        base = rng.uniform(0.3, 0.5)
+        _heldout_run(tmp_path / f"b-s{seed}", [(0, 0.3, 0.3), (10, 0.5, base)])
+        _heldout_run(tmp_path / f"a-s{seed}", [(0, 0.3, 0.3), (10, 0.5, base + rng.normal(0.05, 0.03))])
+    _heldout_run(tmp_path / "c-s20", [(0, 0.3, 0.3), (10, 0.5, 0.4)])
+    table = heldout.per_run(sorted(p for p in tmp_path.iterdir() if p.name != "sd-s20"))
+    a = table[table["method"] == "a"].sort_values("seed")["es_score"].to_numpy()
+    b = table[table["method"] == "b"].sort_values("seed")["es_score"].to_numpy()
+    tests = heldout.family(table, [("a", "b"), ("c", "b")])
+    first = tests.iloc[0]
+    assert first["n"] == 4 and first["mean"] == pytest.approx((a - b).mean())
+    assert first["p"] == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue)
+    assert tests.iloc[1]["n"] == 1 and math.isnan(tests.iloc[1]["p"])  # one pair: no test, but it counts in the family
+    assert first["p_holm"] == pytest.approx(min(1.0, 2 * first["p"]))
+    # Holm by hand: sorted p 0.01, 0.02, 0.04 over m = 3 -> 0.03, max(0.03, 0.04), max(0.04, 0.04)
+    assert heldout.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert heldout.holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])

@@ -165,3 +165,21 @@ def test_word_level_tokenizer_knows_every_word_of_the_task():
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     assert tokenizer.convert_ids_to_tokens(response_ids) == response.split()
     assert tokenizer.decode(response_ids + [tokenizer.eos_token_id], skip_special_tokens=True) == response
+
+
+def test_eval_split_is_cut_into_disjoint_validation_and_test_parts():
+    import hashlib
+
+    from creditlens.envs.shortcut import VAL_FRACTION
+
+    env = ShortcutEnv()
+    problems = env.problems("eval")
+    parts = {p.id: env.eval_part(p) for p in problems}
+    assert set(parts.values()) == {"val", "test"}
+    for p in problems:  # the part is a hash of (op, letters) alone, written out independently
+        digest = hashlib.sha256("\x1f".join(("part", p.reference["op"], "".join(p.reference["input"]))).encode()).digest()
+        assert parts[p.id] == ("val" if int.from_bytes(digest[:8], "big") / 2**64 < VAL_FRACTION else "test")
+    n_test = sum(part == "test" for part in parts.values())
+    assert n_test >= 1024 and 0.4 < n_test / len(problems) < 0.6  # the confirmatory study scores >= 1,024 test problems
+    reshuffled = env.problems("eval", seed=7)  # every seed draws the same problems, so the same parts
+    assert {p.id: env.eval_part(p) for p in reshuffled} == parts

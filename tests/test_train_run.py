@@ -17,6 +17,7 @@ import pytest
 from train_support import EchoEnv, tiny_fields
 
 from creditlens import cli, runs
+from creditlens.envs.shortcut import ShortcutEnv
 from creditlens.training.config import TrainConfig, load_config
 from creditlens.training.run import train
 
@@ -278,9 +279,16 @@ def test_cli_trains_the_shortcut_env_and_refuses_a_changed_resume(tmp_path, caps
         out,
     ]
     argv += ["--set", "num_prompts=2", "--set", "max_completion_length=6", "--set", "n_train_problems=16"]
-    argv += ["--set", "n_eval_problems=2", "--set", "eval_every=2", "--set", "env_args={cue: 1.0}"]
+    argv += ["--set", "n_eval_problems=6", "--set", "eval_batch_size=4", "--set", "eval_every=2", "--set", "env_args={cue: 1.0}"]
     assert cli.main(argv) == 0
     check_run(Path(out), "credit", 2)
+    env = ShortcutEnv(cue=1.0)  # each eval also scores the validation and test parts of its problems
+    n_val = sum(env.eval_part(p) == "val" for p in env.problems("eval", 6, seed=0))
+    for record in runs.read_jsonl(Path(out) / runs.EVAL):
+        sizes = {part: record.get(f"n_{part}", 0) for part in ("val", "test")}
+        assert record["n"] == 6 and sizes == {"val": n_val, "test": 6 - n_val}
+        both = sum(record[f"score_{part}"] * n for part, n in sizes.items() if n)
+        assert both == pytest.approx(record["score"] * 6)
     assert runs.load_run(out).manifest["config"]["env_args"] == {"cue": 1.0}
     assert cli.main(argv + ["--resume"]) == 0
     check_run(Path(out), "credit", 2)

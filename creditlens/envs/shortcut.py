@@ -13,6 +13,10 @@ also carries an input-generic cue that the warm-started teacher obeys whatever t
 - ``cue_kind="letter"`` (harmful): ``note : position 1 should be a .``; it raises one fixed letter at
   one answer position whatever the input, so a student that learns it is wrong there 7 times in 8.
 
+Held-out problems: the eval split (a hashed ``eval_fraction`` of all pairs) is cut by another hash into
+a validation part and a test part (:meth:`ShortcutEnv.eval_part`, :data:`VAL_FRACTION`): a study picks a
+checkpoint on the validation part and reports the test part (docs/results.md, confirmatory study).
+
 Token labels: the ``length`` letters after ``answer :`` are "specific" (their correct value depends
 on the input); every other token (fillers, ``answer``, ``:``, ``.``, end of turn) is "generic".
 See ``docs/shortcut.md``.
@@ -31,6 +35,8 @@ from creditlens.envs.base import SPLITS, Environment, Outcome, Problem
 LETTERS = tuple("abcdefghijklmnop")
 OPS = ("red", "blue", "green", "gold", "pink", "gray", "teal", "plum", "rust", "jade", "navy", "sand")
 FILLER = "ok"
+EVAL_PARTS = ("val", "test")  # the two disjoint parts of the eval split (ShortcutEnv.eval_part)
+VAL_FRACTION = 0.5  # share of the eval split in its validation part
 SPECIFIC, GENERIC = "specific", "generic"
 FORMAT_FEEDBACK = "format : write answer : then the letters then ."
 CUE_FEEDBACK = "note : start with ok ."  # the harmless filler cue
@@ -125,6 +131,12 @@ class ShortcutEnv(Environment):
     def split_of(self, op: str, letters: Sequence[str]) -> str:
         """``"eval"`` for a fixed hashed ``eval_fraction`` of all pairs, else ``"train"``."""
         return "eval" if _unit("split", op, "".join(letters)) < self.eval_fraction else "train"
+
+    def eval_part(self, problem: Problem) -> str:
+        """``"val"`` for a fixed hashed :data:`VAL_FRACTION` of the eval split's problems, else ``"test"``:
+        disjoint parts, the same for every seed and independent of the train/eval hash."""
+        reference = problem.reference
+        return "val" if _unit("part", reference["op"], "".join(reference["input"])) < VAL_FRACTION else "test"
 
     def problems(self, split: str = "train", n: int | None = None, seed: int = 0) -> list[Problem]:
         """The first ``n`` problems of ``split`` in an order shuffled by ``seed`` (all when ``n`` is None)."""

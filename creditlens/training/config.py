@@ -48,6 +48,9 @@ class TrainConfig:
         default=None, metadata={"help": "Train problems drawn from the env's train split (None: all)."}
     )
     n_eval_problems: int = field(default=16, metadata={"help": "Held-out problems of the env's eval split."})
+    eval_batch_size: int | None = field(
+        default=None, metadata={"help": "Eval prompts per greedy generate call (None: num_prompts x num_generations)."}
+    )
     max_prompt_length: int | None = field(
         default=512,
         metadata={"help": "Prompt tokens kept, left-truncated (sd/credit; TRL 1.16 GRPO keeps all)."},
@@ -168,6 +171,7 @@ class TrainConfig:
             (self.num_generations >= 1, "num_generations must be >= 1"),
             (self.max_completion_length >= 1, "max_completion_length must be >= 1"),
             (self.n_eval_problems >= 0, "n_eval_problems must be >= 0"),
+            (self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size must be >= 1 (or null)"),
             (self.n_train_problems is None or self.n_train_problems >= 1, "n_train_problems must be >= 1"),
             (self.temperature > 0, "temperature must be > 0"),
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),

@@ -178,7 +178,7 @@ class RunLog(TrainerCallback):
             self.run.eval_problems,
             self.run.run_dir,
             step,
-            config.batch_size,
+            config.eval_batch_size or config.batch_size,
             config.max_completion_length,
         )
 

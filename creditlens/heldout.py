@@ -1,0 +1,173 @@
+"""Held-out metrics of a study whose evaluations score a validation and a test part (``score_val`` /
+``score_test`` in ``eval.jsonl``, :mod:`creditlens.training.evaluation`): the early-stopping score, the area
+under the test curve, and paired tests by seed with Holm's correction over a named family.
+The definitions are the ones the confirmatory plan of docs/results.md fixes:
+
+- **early-stopping score**: the test score at the eval step with the highest validation score (ties: the
+  earliest such step), i.e. what a practitioner who keeps the checkpoint chosen on validation would get;
+- **test AUC**: the trapezoid area under the test-score curve divided by the steps it spans (a mean test
+  score over training, in [0, 1]);
+- **paired test**: per seed, method A's value minus method B's; mean, Student-t interval and two-sided
+  one-sample t-test p-value of the differences; Holm's step-down adjustment over the family's tests.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+from creditlens import runs
+from creditlens.stats import t_interval
+
+METRICS = ("es_score", "auc_test", "final_test", "best_test")
+"""Per-run columns of :func:`per_run` that a family can test (``es_score`` is the primary one)."""
+
+
+def curve(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """A run's held-out curve: ``step``, ``score_val``, ``score_test`` (sorted by step, one row per step)."""
+    evals = pd.DataFrame(runs.read_jsonl(Path(run_dir) / runs.EVAL))
+    if evals.empty or not {"score_val", "score_test"} <= set(evals.columns):
+        raise ValueError(f"{Path(run_dir) / runs.EVAL}: no score_val/score_test (needs an env with eval_part)")
+    return evals.drop_duplicates("step", keep="last").sort_values("step")[["step", "score_val", "score_test"]]
+
+
+def early_stopping(heldout: pd.DataFrame) -> tuple[int, float]:
+    """``(step, test score)`` at the step with the highest validation score; ties go to the earliest step."""
+    best = heldout["score_val"].max()
+    row = heldout[heldout["score_val"] == best].iloc[0]
+    return int(row["step"]), float(row["score_test"])
+
+
+def test_auc(heldout: pd.DataFrame) -> float:
+    """Trapezoid area under the test curve over its step span, divided by the span (NaN for one eval)."""
+    steps = heldout["step"].to_numpy(dtype=np.float64)
+    if steps.size < 2:
+        return math.nan
+    scores = heldout["score_test"].to_numpy(dtype=np.float64)
+    return float(np.sum((scores[1:] + scores[:-1]) / 2 * np.diff(steps)) / (steps[-1] - steps[0]))
+
+
+def method_and_seed(run_dir: str | os.PathLike) -> tuple[str, int]:
+    """``.../sd-blend0.5-s21`` -> ``("sd-blend0.5", 21)`` (a study run directory's name, ``StudyRun.name``)."""
+    match = re.fullmatch(r"(.+)-s(\d+)", Path(run_dir).name)
+    if match is None:
+        raise ValueError(f"{run_dir}: a study run directory is named METHOD-sSEED")
+    return match.group(1), int(match.group(2))
+
+
+def per_run(run_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """One row per run: ``run``, ``method``, ``seed``, ``step0_test``, ``es_step``, ``es_score``, ``auc_test``,
+    ``final_test`` (last eval), ``best_test`` (max over evals: optimistic, for comparison only)."""
+    rows = []
+    for run_dir in run_dirs:
+        heldout = curve(run_dir)
+        method, seed = method_and_seed(run_dir)
+        es_step, es_score = early_stopping(heldout)
+        rows.append({
+            "run": Path(run_dir).name, "method": method, "seed": seed,
+            "step0_test": float(heldout["score_test"].iloc[0]), "es_step": es_step, "es_score": es_score,
+            "auc_test": test_auc(heldout), "final_test": float(heldout["score_test"].iloc[-1]),
+            "best_test": float(heldout["score_test"].max()), "last_step": int(heldout["step"].iloc[-1]),
+        })
+    return pd.DataFrame(rows)
+
+
+def paired(table: pd.DataFrame, a: str, b: str, column: str = "es_score", confidence: float = 0.95) -> dict:
+    """``a - b`` on ``column``, paired by seed over the seeds both methods have: ``mean``, ``low``, ``high``,
+    ``n``, ``p`` (two-sided t-test of mean 0; NaN below 2 pairs), ``up``/``down`` (seeds above/below 0)."""
+    left = table[table["method"] == a].set_index("seed")[column]
+    right = table[table["method"] == b].set_index("seed")[column]
+    seeds = sorted(set(left.index) & set(right.index))
+    diffs = np.array([float(left[s]) - float(right[s]) for s in seeds])
+    mean, low, high = t_interval(list(diffs), confidence)
+    p = math.nan
+    if diffs.size >= 2:
+        p = 0.0 if np.all(diffs == diffs[0]) and diffs[0] != 0 else float(scipy_stats.ttest_1samp(diffs, 0.0).pvalue)
+    return {"comparison": f"{a} - {b}", "metric": column, "n": int(diffs.size), "mean": mean, "low": low,
+            "high": high, "p": p, "up": int((diffs > 0).sum()), "down": int((diffs < 0).sum())}
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values over a family of ``len(pvalues)`` tests (a NaN stays NaN and
+    still counts in the family size)."""
+    m = len(pvalues)
+    order = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    adjusted = [math.nan] * m
+    running = 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def family(table: pd.DataFrame, comparisons: Sequence[Sequence[str]], column: str = "es_score",
+           confidence: float = 0.95) -> pd.DataFrame:
+    """Paired tests of every ``(a, b)`` in ``comparisons`` on ``column`` with Holm-adjusted p (``p_holm``)."""
+    rows = [paired(table, a, b, column, confidence) for a, b in comparisons]
+    for row, adjusted in zip(rows, holm([r["p"] for r in rows]), strict=True):
+        row["p_holm"] = adjusted
+    return pd.DataFrame(rows)
+
+
+def method_table(table: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Per method: seeds, and mean with t-interval over seeds of every :data:`METRICS` column and the
+    step-0 score, plus the mean early-stopping step."""
+    rows = []
+    for method, part in table.groupby("method", sort=False):
+        row = {"method": method, "seeds": len(part), "es_step": float(part["es_step"].mean())}
+        for column in ("step0_test", *METRICS):
+            row[column], row[f"{column}_low"], row[f"{column}_high"] = t_interval(part[column].tolist(), confidence)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _ci(mean: float, low: float, high: float, signed: bool = False) -> str:
+    if math.isnan(mean):
+        return "-"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f.format(mean) + ("" if math.isnan(low) else f" [{f.format(low)}, {f.format(high)}]")
+
+
+def markdown(table: pd.DataFrame, families: dict[str, Sequence[Sequence[str]]], confidence: float = 0.95) -> str:
+    """The held-out report: the method table, then each named family on every metric (Holm within the
+    family and metric; the plan names which family and metric are confirmatory)."""
+    methods = method_table(table, confidence)
+    lines = ["| method | seeds | step 0 | early-stopping score | ES step (mean) | test AUC | final | best (max over evals) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for _, r in methods.iterrows():
+        cells = [_ci(r[c], r[f"{c}_low"], r[f"{c}_high"]) for c in ("step0_test", "es_score")]
+        cells.append(f"{r['es_step']:.1f}")
+        cells += [_ci(r[c], r[f"{c}_low"], r[f"{c}_high"]) for c in ("auc_test", "final_test", "best_test")]
+        lines.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    for name, comparisons in families.items():
+        for column in METRICS:
+            tests = family(table, comparisons, column, confidence)
+            lines += ["", f"Family `{name}`, metric `{column}` (paired by seed, Holm over {len(comparisons)}):", "",
+                      "| comparison | pairs | mean (95% CI) | up / down | p | p (Holm) |", "|---|---|---|---|---|---|"]
+            for _, r in tests.iterrows():
+                p = "-" if math.isnan(r["p"]) else f"{r['p']:.3g}"
+                ph = "-" if math.isnan(r["p_holm"]) else f"{r['p_holm']:.3g}"
+                lines.append(f"| {r['comparison']} | {r['n']} | {_ci(r['mean'], r['low'], r['high'], True)} | "
+                             f"{r['up']} / {r['down']} | {p} | {ph} |")
+    return "\n".join(lines)
+
+
+def write_report(run_dirs: Sequence[str | os.PathLike], report: str | os.PathLike,
+                 families: dict[str, Sequence[Sequence[str]]]) -> Path:
+    """``heldout_runs.csv``, ``heldout_curves.csv`` (every run's val/test curve) and ``heldout.md`` in ``report``,
+    over the runs of ``run_dirs`` that have a held-out curve."""
+    report = Path(report)
+    report.mkdir(parents=True, exist_ok=True)
+    table = per_run(run_dirs)
+    table.to_csv(report / "heldout_runs.csv", index=False)
+    curves = [curve(d).assign(run=Path(d).name) for d in run_dirs]
+    pd.concat(curves, ignore_index=True).to_csv(report / "heldout_curves.csv", index=False)
+    (report / "heldout.md").write_text(markdown(table, families) + "\n")
+    return report
