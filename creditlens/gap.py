@@ -22,11 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import logsumexp
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from creditlens import schema
 from creditlens.contexts import Example
+from creditlens.credit import CreditSpec
 from creditlens.scoring import Scorer
 
 
@@ -75,11 +77,11 @@ def sample_responses(scorer: Scorer, example: Example, config: GapConfig) -> lis
 
 
 def log_mean_exp(values: np.ndarray) -> tuple[float, float]:
-    """``log mean exp(values)`` of ``[M]`` values and its delta-method standard error."""
+    """``log mean exp(values)`` of ``[M]`` values (``scipy.special.logsumexp``) and its delta-method standard
+    error ``sd(w) / (sqrt(M) mean(w))`` of the weights ``w = exp(values - max)``."""
     m = len(values)
-    top = float(values.max())
-    w = np.exp(values - top)
-    estimate = top + math.log(w.mean())
+    estimate = float(logsumexp(values) - math.log(m))
+    w = np.exp(values - values.max())
     se = float(w.std(ddof=1) / (math.sqrt(m) * w.mean())) if m > 1 else float("nan")
     return estimate, se
 
@@ -98,7 +100,7 @@ def compatibility_gap(
     if config.samples < 1:
         raise ValueError(f"samples: must be >= 1, got {config.samples}")
     examples = scorer.examples(examples)
-    table = scorer.score(examples, contrast=0) if table is None else table
+    table = scorer.score(examples, spec=CreditSpec(n_contrast=0)) if table is None else table
     sd = schema.example_summary(table).set_index("example_id")["sd_sum"]
     missing = [e.example_id for e in examples if e.example_id not in sd.index]
     if missing:
