@@ -225,13 +225,29 @@ def run_study(preset: str | Preset, out: str | os.PathLike, jobs: int = 1, keep_
         raise RuntimeError("study runs failed: " + "; ".join(failed))
     for log in out.glob("*.log"):
         log.unlink()
-    write_report([out / r.name for r in preset.grid()], out / "report", preset.families)
+    report(preset, out)
     return out
 
 
+def report(preset: str | Preset, out: str | os.PathLike) -> Path:
+    """Write ``out/report`` (:func:`write_report`) over the seeds whose every run of ``preset`` finished, so that a
+    grid cut short (or still running) reports whole seeds only. Returns the report folder."""
+    preset = PRESETS[preset] if isinstance(preset, str) else preset
+    max_steps, _ = _max_steps(preset)
+    out = Path(out)
+    grid = preset.grid()
+    whole = {s for s in preset.seeds if all(_finished(out / r.name, max_steps) for r in grid if r.seed == s)}
+    if not whole:
+        raise FileNotFoundError(f"{out}: no seed of the preset has all its runs finished; nothing to report")
+    return write_report([out / r.name for r in grid if r.seed in whole], out / "report", preset.families)
+
+
 def write_report(run_dirs: Sequence[Path], report: Path, families: dict | None = None) -> Path:
-    """``creditlens compare``'s report of ``run_dirs`` plus ``study.md`` (:func:`study_table`), and, when the runs
-    scored a validation and a test part, :func:`creditlens.heldout.write_report` with ``families``."""
+    """``creditlens compare``'s report of ``run_dirs`` plus ``study.md`` (:func:`study_table`), when the runs
+    scored a validation and a test part :func:`creditlens.heldout.write_report` with ``families``, and the
+    training rollouts' profile per run and logged step (``rollout_profiles.csv``, :func:`rollout_profile`)."""
+    import pandas as pd
+
     from creditlens import heldout, runs
     from creditlens.compare import compare_runs
 
@@ -240,6 +256,9 @@ def write_report(run_dirs: Sequence[Path], report: Path, families: dict | None =
     (report / "study.md").write_text(study_table(comparison.per_run, cue_aurocs(run_dirs)) + "\n")
     if all("score_val" in (runs.read_jsonl(Path(d) / runs.EVAL) or [{}])[-1] for d in run_dirs):
         heldout.write_report(run_dirs, report, families or {})
+    profiles = [rollout_profile(Path(d)).assign(run=Path(d).name) for d in run_dirs if (Path(d) / runs.TOKENS_DIR).is_dir()]
+    if profiles:
+        pd.concat(profiles, ignore_index=True).to_csv(report / "rollout_profiles.csv", index=False)
     return report
 
 
@@ -370,9 +389,9 @@ def rollout_profile(run_dir: Path):
 
 
 def mechanism_figure(groups: dict[str, Sequence[Path]], title: str = ""):
-    """A matplotlib Figure, one line per method (mean over its runs) by step: held-out score, rollouts with the
-    cue letter, the student's log-prob of right letters on the operations it knew at the start, and the
-    training signal on right letters and on cue tokens (:func:`rollout_profile`)."""
+    """A matplotlib Figure, one line per method (mean over its runs) by step: held-out score (the test part's when
+    the runs scored one), rollouts with the cue letter, the student's log-prob of right letters on the operations
+    it knew at the start, and the training signal on right letters and on cue tokens (:func:`rollout_profile`)."""
     import pandas as pd
     from matplotlib.figure import Figure
 
@@ -384,7 +403,7 @@ def mechanism_figure(groups: dict[str, Sequence[Path]], title: str = ""):
     axes = figure.subplots(1, 1 + len(panels))
     for method, run_dirs in groups.items():
         evals = pd.concat([pd.DataFrame(runs.read_jsonl(Path(d) / runs.EVAL)) for d in run_dirs])
-        curve = evals.groupby("step")["score"].mean()
+        curve = evals.groupby("step")["score_test" if "score_test" in evals else "score"].mean()
         (line,) = axes[0].plot(curve.index, curve.values, label=method)
         profile = pd.concat([rollout_profile(Path(d)) for d in run_dirs]).groupby("step").mean()
         for ax, column in zip(axes[1:], panels, strict=True):

@@ -197,3 +197,17 @@ def test_heldout_early_stopping_auc_and_holm(tmp_path):
     # Holm by hand: sorted p 0.01, 0.02, 0.04 over m = 3 -> 0.03, max(0.03, 0.04), max(0.04, 0.04)
     assert heldout.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
     assert heldout.holm([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+
+
+def test_report_covers_whole_seeds_only(tmp_path, monkeypatch):
+    confirm = study.PRESETS["confirm"]
+    preset = study.Preset(confirm.config, confirm.methods[:2], seeds=(20, 21, 22), order="seed")
+    for run in preset.grid():
+        if run.name != "credit-shortcut-lam0.5-s21":  # seed 21 is cut short; seed 22 never started
+            _heldout_run(tmp_path / run.name, [(0, 0.3, 0.3), (60 if run.seed != 22 else 30, 0.4, 0.4)])
+    seen = {}
+    monkeypatch.setattr(study, "write_report", lambda dirs, report, families: seen.setdefault("dirs", dirs) and report)
+    study.report(preset, tmp_path)
+    assert [d.name for d in seen["dirs"]] == ["sd-s20", "credit-shortcut-lam0.5-s20"]
+    with pytest.raises(FileNotFoundError, match="no seed of the preset has all its runs finished"):
+        study.report(study.Preset(confirm.config, confirm.methods[:2], seeds=(22,)), tmp_path)

@@ -21,13 +21,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="folder of the run directories, e.g. runs/study")
     parser.add_argument("--jobs", type=positive_int, default=1, help="runs in parallel, one CPU thread each (default 1)")
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints/")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write OUT/report over the seeds whose every run has finished")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from creditlens.runs import check_out_dir
-    from creditlens.study import run_study
+    from creditlens.study import report, run_study
 
+    if args.report_only:
+        print(f"creditlens study: report in {report(args.preset, args.out)}")
+        return 0
     check_out_dir(args.out)
     out = run_study(args.preset, args.out, jobs=args.jobs, keep_checkpoints=args.keep_checkpoints)
     print(f"creditlens study: runs in {out}, report in {out / 'report'}")
