@@ -7,12 +7,15 @@ and ``--die-with-parent``. A prelude inside the sandbox sets rlimits on CPU time
 processes, file size and open files, and (when the host runs as root, where the kernel ignores
 ``RLIMIT_NPROC``) switches to an unused uid so the process limit holds. On timeout the whole process
 group is killed. stdout and stderr go to files bounded by the file-size limit and are read back
-truncated. Where bwrap is missing or cannot start, the same prelude runs without namespaces and a
-``warnings.warn`` says isolation is weaker; ``SandboxResult.isolation`` names the mode used.
+truncated. ``run_pair(server, client, ...)`` runs two such programs joined by pipes, so a verifier can
+call untrusted code that lives in another process. Where bwrap is missing or cannot start, model code
+runs only with an explicit opt-in (``isolation="none"`` or ``CREDITLENS_SANDBOX=none``): the same prelude
+without namespaces, with a ``RuntimeWarning``; otherwise :class:`SandboxError` says how to install it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import numbers
 import os
@@ -25,11 +28,13 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from creditlens.errors import SandboxError
 
-ISOLATIONS = ("auto", "bwrap", "rlimits")
+ISOLATIONS = ("auto", "bwrap", "none")
+SANDBOX_ENV = "CREDITLENS_SANDBOX"  # "none": let isolation="auto" run without bubblewrap (rlimits only)
 
 # Runs first inside the sandbox: limits, then drop root, then the program as ``__main__``.
 _PRELUDE = r"""
@@ -70,7 +75,7 @@ class SandboxResult:
     stdout: str
     stderr: str
     timed_out: bool
-    isolation: str  # "bwrap" or "rlimits" (weaker)
+    isolation: str  # "bwrap" or "none" (rlimits and a process group only)
     duration_s: float
     output_truncated: bool
     timeout_s: float
@@ -111,25 +116,77 @@ def run_python(
 
     ``timeout_s`` is wall-clock, in (0, 86400) (CPU time is capped a second above it); ``memory_mb`` bounds the
     address space; ``max_output_bytes`` bounds stdout, stderr and every file the program writes;
-    ``isolation`` is "auto" (bwrap, else rlimits with a warning), "bwrap" (error when unavailable)
-    or "rlimits". Thread-safe. A bad argument (a non-str source, bytes stdin, a timeout that is not a
-    finite positive number, a limit that is not a whole number >= 1) raises :class:`SandboxError`
-    before anything runs.
+    ``isolation`` is "auto" (bwrap; without it, an error unless ``CREDITLENS_SANDBOX=none`` opts in),
+    "bwrap" (error when unavailable) or "none" (rlimits only, with a warning). Thread-safe. A bad argument
+    (a non-str source, bytes stdin, a timeout that is not a finite positive number, a limit that is not
+    a whole number >= 1) raises :class:`SandboxError` before anything runs.
     """
     _check_arguments(source, timeout_s, memory_mb, stdin, max_processes, max_open_files, max_output_bytes,
                      tmp_size_mb, isolation)
-    mode, reason = isolation, "isolation='rlimits' was requested"
-    if mode != "rlimits":
-        problem = _bwrap_unavailable()
-        if problem and mode == "bwrap":
-            raise SandboxError(f"run_python: bubblewrap unavailable ({problem}); install the Debian "
-                               "package 'bubblewrap' or pass isolation='auto'")
-        mode, reason = ("rlimits", problem) if problem else ("bwrap", "")
-    if mode == "rlimits":
-        warnings.warn(f"creditlens.sandbox: {reason}; running with rlimits and a separate process group "
-                      "only: no namespace, network or file-system isolation", RuntimeWarning, stacklevel=2)
     return _run(source, float(timeout_s), int(memory_mb), stdin, max_processes, max_open_files,
-                max_output_bytes, tmp_size_mb, mode)
+                max_output_bytes, tmp_size_mb, _mode(isolation))
+
+
+def run_pair(
+    server: str,
+    client: str,
+    client_stdin: str,
+    timeout_s: float = 5.0,
+    memory_mb: int = 512,
+    max_output_bytes: int = 1 << 20,
+    isolation: str = "auto",
+) -> tuple[SandboxResult, SandboxResult]:
+    """Run ``server`` and ``client`` in two sandboxes (limits as :func:`run_python`) joined by two pipes.
+
+    The server's stdin and stdout are the channel (its result's stdout is empty). The client first reads one line ``"W R"`` from its
+    stdin (the file descriptors that write to the server's stdin and read the server's stdout), then
+    ``client_stdin``. Neither program can see or signal the other. Both are killed when the client exits
+    or ``timeout_s`` (wall-clock, for both) has passed. Returns the (client, server) results.
+    """
+    _check_arguments(server, timeout_s, memory_mb, client_stdin, 16, 64, max_output_bytes, 64, isolation)
+    _check_arguments(client, timeout_s, memory_mb, None, 16, 64, max_output_bytes, 64, isolation)
+    mode = _mode(isolation)
+    limits = dict(timeout_s=float(timeout_s), memory_mb=int(memory_mb), max_processes=16, max_open_files=64,
+                  max_output_bytes=int(max_output_bytes), tmp_size_mb=64, mode=mode)
+    with tempfile.TemporaryDirectory(prefix="creditlens-sandbox-") as work, contextlib.ExitStack() as stack:
+        server_in, to_server = os.pipe()
+        from_server, server_out = os.pipe()
+        files = [stack.enter_context(tempfile.TemporaryFile(dir=work)) for _ in range(4)]  # [0] stays empty
+        start = time.monotonic()
+        try:
+            server_run = stack.enter_context(_started(server, os.path.join(work, "server"), server_in, server_out,
+                                                      files[1], (), **limits))
+            client_run = stack.enter_context(_started(client, os.path.join(work, "client"), subprocess.PIPE,
+                                                      files[2], files[3], (to_server, from_server), **limits))
+        finally:
+            for fd in (server_in, to_server, from_server, server_out):
+                os.close(fd)
+        timed_out = _communicate(client_run.proc, f"{to_server} {from_server}\n{client_stdin}", timeout_s)
+        client_run.stop()
+        server_run.stop()
+        duration = time.monotonic() - start
+        results = [_result(run, out, err, timed_out, duration, max_output_bytes, timeout_s)
+                   for run, out, err in ((client_run, files[2], files[3]), (server_run, files[0], files[1]))]
+    return results[0], results[1]
+
+
+def _mode(isolation: str) -> str:
+    """The isolation to use: "bwrap" when it works, else "none" only where the caller opted in."""
+    if isolation == "none":
+        warnings.warn("creditlens.sandbox: isolation='none': rlimits and a separate process group only, no "
+                      "namespace, network or file-system isolation", RuntimeWarning, stacklevel=3)
+        return "none"
+    problem = _bwrap_unavailable()
+    if problem is None:
+        return "bwrap"
+    if isolation == "auto" and os.environ.get(SANDBOX_ENV) == "none":
+        warnings.warn(f"creditlens.sandbox: {problem}; {SANDBOX_ENV}=none, so model code runs with rlimits and a "
+                      "separate process group only: no namespace, network or file-system isolation",
+                      RuntimeWarning, stacklevel=3)
+        return "none"
+    raise SandboxError(f"sandbox: bubblewrap is needed to run model code ({problem}); install it (Debian/Ubuntu: "
+                       f"apt-get install bubblewrap, or `make sysdeps`), or set {SANDBOX_ENV}=none to run the code "
+                       "without isolation (rlimits only) at your own risk")
 
 
 def _check_arguments(source, timeout_s, memory_mb, stdin, max_processes, max_open_files, max_output_bytes,
@@ -156,47 +213,79 @@ def _check_arguments(source, timeout_s, memory_mb, stdin, max_processes, max_ope
         raise SandboxError(f"run_python: isolation={isolation!r}; choose one of {ISOLATIONS}")
 
 
-def _run(source, timeout_s, memory_mb, stdin, max_processes, max_open_files, max_output_bytes,
-         tmp_size_mb, mode) -> SandboxResult:
+class _Started:
+    """A sandboxed process: ``proc``, its isolation ``mode``, and ``stop()`` that kills all it started."""
+
+    def __init__(self, proc: subprocess.Popen, mode: str, interpreter: str, uid: int):
+        self.proc, self.mode, self.interpreter, self.uid = proc, mode, interpreter, uid
+
+    def stop(self) -> None:
+        _kill_tree(self.proc)
+        if self.mode == "none" and self.uid >= 0:
+            _kill_uid(self.interpreter, self.uid)
+
+
+@contextlib.contextmanager
+def _started(source, work, stdin, stdout, stderr, pass_fds, *, timeout_s, memory_mb, max_processes, max_open_files,
+             max_output_bytes, tmp_size_mb, mode) -> Iterator[_Started]:
+    """Start ``source`` in a sandbox whose files live in the new folder ``work``; stop it on exit."""
     interpreter, uid = _interpreter_and_uid(mode)
     limits = [int(timeout_s) + 1, memory_mb << 20, max_processes, max_output_bytes, max_open_files, uid]
-    with tempfile.TemporaryDirectory(prefix="creditlens-sandbox-") as work:
-        main = os.path.join(work, "main.py")
-        with open(main, "w", encoding="utf-8") as handle:
-            handle.write(source)
-        inner_main = "/sandbox/main.py" if mode == "bwrap" else main
-        program = [interpreter, "-I", "-S", "-c", _PRELUDE, *map(str, limits), inner_main]
-        if mode == "bwrap":
-            command = _bwrap_command(main, tmp_size_mb) + program
-            cwd = "/"
-        else:
-            command, cwd = program, work
-            if uid >= 0:
-                os.chmod(work, 0o777)
-        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
-               "PYTHONIOENCODING": "utf-8"}
-        with tempfile.TemporaryFile(dir=work) as out, tempfile.TemporaryFile(dir=work) as err:
-            start = time.monotonic()
-            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=cwd,
-                                    env=env, start_new_session=True)
-            timed_out = False
-            try:
-                proc.communicate(input=(stdin or "").encode(), timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                _kill_tree(proc)
-                if mode == "rlimits" and uid >= 0:
-                    _kill_uid(interpreter, uid)
-            duration = time.monotonic() - start
-            stdout, cut_out = _read_bounded(out, max_output_bytes)
-            stderr, cut_err = _read_bounded(err, max_output_bytes)
-    returncode = proc.returncode
-    if mode == "bwrap" and returncode > 128 and returncode - 128 in signal.valid_signals():
+    os.mkdir(work)
+    main = os.path.join(work, "main.py")
+    with open(main, "w", encoding="utf-8") as handle:
+        handle.write(source)
+    inner_main = "/sandbox/main.py" if mode == "bwrap" else main
+    program = [interpreter, "-I", "-S", "-c", _PRELUDE, *map(str, limits), inner_main]
+    if mode == "bwrap":
+        command, cwd = _bwrap_command(main, tmp_size_mb) + program, "/"
+    else:
+        command, cwd = program, work
+        if uid >= 0:
+            os.chmod(work, 0o777)
+            os.chmod(os.path.dirname(work), 0o755)
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
+           "PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.Popen(command, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env,
+                            pass_fds=pass_fds, start_new_session=True)
+    started = _Started(proc, mode, interpreter, uid)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def _communicate(proc: subprocess.Popen, stdin: str, timeout_s: float) -> bool:
+    """Feed ``stdin`` and wait for ``proc``; True when ``timeout_s`` passed first."""
+    try:
+        proc.communicate(input=stdin.encode(), timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return True
+    return False
+
+
+def _result(run: _Started, out, err, timed_out, duration, max_output_bytes, timeout_s) -> SandboxResult:
+    stdout, cut_out = _read_bounded(out, max_output_bytes)
+    stderr, cut_err = _read_bounded(err, max_output_bytes)
+    returncode = run.proc.returncode
+    if run.mode == "bwrap" and returncode > 128 and returncode - 128 in signal.valid_signals():
         returncode = -(returncode - 128)  # bwrap's init reports a killed child as 128 + signal
     return SandboxResult(ok=returncode == 0 and not timed_out, returncode=returncode, stdout=stdout,
-                         stderr=stderr, timed_out=timed_out, isolation=mode, duration_s=duration,
+                         stderr=stderr, timed_out=timed_out, isolation=run.mode, duration_s=duration,
                          output_truncated=cut_out or cut_err, timeout_s=timeout_s)
+
+
+def _run(source, timeout_s, memory_mb, stdin, max_processes, max_open_files, max_output_bytes,
+         tmp_size_mb, mode) -> SandboxResult:
+    limits = dict(timeout_s=timeout_s, memory_mb=memory_mb, max_processes=max_processes,
+                  max_open_files=max_open_files, max_output_bytes=max_output_bytes, tmp_size_mb=tmp_size_mb,
+                  mode=mode)
+    with tempfile.TemporaryDirectory(prefix="creditlens-sandbox-") as work, \
+            tempfile.TemporaryFile(dir=work) as out, tempfile.TemporaryFile(dir=work) as err:
+        start = time.monotonic()
+        with _started(source, os.path.join(work, "run"), subprocess.PIPE, out, err, (), **limits) as run:
+            timed_out = _communicate(run.proc, stdin or "", timeout_s)
+        return _result(run, out, err, timed_out, time.monotonic() - start, max_output_bytes, timeout_s)
 
 
 def _bwrap_command(main: str, tmp_size_mb: int) -> list[str]:
@@ -236,11 +325,11 @@ def _interpreter_and_uid(mode: str) -> tuple[str, int]:
     interpreter = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
     if os.geteuid() != 0:
         return interpreter, -1
-    if mode == "rlimits" and not _world_accessible(interpreter):
+    if mode == "none" and not _world_accessible(interpreter):
         system = os.path.realpath(shutil.which("python3", path="/usr/bin:/bin") or "/")
         if not (system.startswith("/usr/") and _world_accessible(system)):
-            warnings.warn("creditlens.sandbox: no interpreter readable by other users, so the rlimits "
-                          "fallback runs as root, where the kernel does not enforce the process limit",
+            warnings.warn("creditlens.sandbox: no interpreter readable by other users, so isolation='none' "
+                          "runs as root, where the kernel does not enforce the process limit",
                           RuntimeWarning, stacklevel=3)
             return interpreter, -1
         interpreter = system

@@ -93,7 +93,7 @@ def test_exit_codes_and_signals_are_reported():
 
 def test_unknown_isolation_is_rejected():
     with pytest.raises(ValueError, match="isolation"):
-        run_python("pass", isolation="none")
+        run_python("pass", isolation="rlimits")
 
 
 @needs_bwrap
@@ -191,22 +191,48 @@ def test_open_file_and_tmpfs_limits():
         assert not full.ok and "No space left" in full.summary(), folder
 
 
-def test_explicit_rlimits_mode_warns_and_still_contains():
+def test_explicit_none_mode_warns_and_still_contains():
     with pytest.warns(RuntimeWarning, match="no namespace, network or file-system isolation"):
-        loop = run_python("while True:\n    pass", timeout_s=1, isolation="rlimits")
-    assert loop.isolation == "rlimits" and loop.timed_out
+        loop = run_python("while True:\n    pass", timeout_s=1, isolation="none")
+    assert loop.isolation == "none" and loop.timed_out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        hog = run_python("x = bytearray(4 * 1024**3)", memory_mb=256, isolation="rlimits")
-        out = run_python("while True:\n    print('y' * 10000)", max_output_bytes=50_000, isolation="rlimits")
+        hog = run_python("x = bytearray(4 * 1024**3)", memory_mb=256, isolation="none")
+        out = run_python("while True:\n    print('y' * 10000)", max_output_bytes=50_000, isolation="none")
     assert "MemoryError" in hog.summary()
     assert out.output_truncated and len(out.stdout) <= 50_000
 
 
-def test_missing_bwrap_falls_back_with_a_warning(monkeypatch):
+def test_missing_bwrap_is_an_error_unless_the_caller_opts_in(monkeypatch, tmp_path):
     monkeypatch.setattr(sandbox, "_bwrap_problem", ["'bwrap' is not on PATH"])
-    with pytest.warns(RuntimeWarning, match="'bwrap' is not on PATH"):
+    monkeypatch.delenv(sandbox.SANDBOX_ENV, raising=False)
+    marker = tmp_path / "ran"
+    for isolation in ("auto", "bwrap"):
+        with pytest.raises(SandboxError, match=r"^sandbox: bubblewrap is needed .*'bwrap' is not on PATH.*"
+                                               r"apt-get install bubblewrap.*CREDITLENS_SANDBOX=none"):
+            run_python(f"open({str(marker)!r}, 'w')", isolation=isolation)
+    assert not marker.exists()  # refused before anything ran
+    monkeypatch.setenv(sandbox.SANDBOX_ENV, "none")
+    with pytest.warns(RuntimeWarning, match="'bwrap' is not on PATH; CREDITLENS_SANDBOX=none"):
         result = run_python("print('hi')")
-    assert result.ok and result.isolation == "rlimits" and result.stdout == "hi\n"
+    assert result.ok and result.isolation == "none" and result.stdout == "hi\n"
     with pytest.raises(SandboxError, match="bubblewrap"):
-        run_python("print('hi')", isolation="bwrap")
+        run_python("print('hi')", isolation="bwrap")  # the env var never weakens an explicit bwrap
+
+
+@needs_bwrap
+def test_run_pair_joins_two_sandboxes_that_cannot_see_each_other():
+    server, mark = tagged("import os, sys\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]), flush=True)\n"
+                          "for line in sys.stdin:\n    print(line.strip().upper(), flush=True)\n")
+    client = ("import os, sys\nw, r = map(int, sys.stdin.readline().split())\nreplies = os.fdopen(r)\n"
+              "print('pids seen by the server:', replies.readline().strip())\n"
+              "for word in sys.stdin.read().split():\n    os.write(w, (word + '\\n').encode())\n"
+              "    print(replies.readline().strip())\n")
+    result, server_result = sandbox.run_pair(server, client, "alpha beta")
+    assert result.ok and result.stdout.splitlines()[1:] == ["ALPHA", "BETA"], result
+    assert int(result.stdout.split(":")[1].split()[0]) <= 3  # bwrap's init, the server, its prelude at most
+    assert server_result.stdout == "" and live_with_name(mark) == []
+    hung = sandbox.run_pair("import time\ntime.sleep(60)",
+                            "import os, sys\nw, r = map(int, sys.stdin.readline().split())\nos.read(r, 1)", "",
+                            timeout_s=1)[0]
+    assert hung.timed_out and hung.summary() == "timed out after 1 s"
