@@ -20,6 +20,7 @@ import torch
 
 from creditlens import runs, schema, viz
 from creditlens.commands.app import APP_ENTRY
+from creditlens.credit import CreditSpec
 
 APP_PAGE = APP_ENTRY.parent / "pages" / "1_Token_credit.py"
 
@@ -42,7 +43,7 @@ def synthetic_run(root: Path, responses: int, length: int, k: int = 2, seed: int
         contrast_lp=contrast,
         example_columns={"prompt": [f"prompt {i}" for i in range(responses)],
                          "feedback": [f"feedback {i}" for i in range(responses)],
-                         "step": [10] * responses, "sample": list(range(responses))},
+                         "step": [10] * responses, "sample": list(range(responses))}, spec=CreditSpec()
     )
     run_dir = root / "big-run"
     runs.write_manifest(run_dir, {"name": "big-run", "algo": "credit", "env": "synthetic", "model": "none"})

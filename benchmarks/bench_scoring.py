@@ -41,6 +41,7 @@ import torch
 
 from creditlens import models
 from creditlens.contexts import read_examples
+from creditlens.credit import CreditSpec
 from creditlens.scoring import Scorer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +107,7 @@ def profile(scorer: Scorer, rows: list[dict], k: int) -> dict[str, float]:
     scorer.plan, scorer.logprobs = timed("contexts", plan), timed("logprobs", logprobs)
     try:
         start = time.perf_counter()
-        scorer.score(rows, contrast=k)
+        scorer.score(rows, spec=CreditSpec(n_contrast=k))
         spent["total"] = time.perf_counter() - start
     finally:
         del scorer.plan, scorer.logprobs
@@ -209,20 +210,20 @@ def speed(args: argparse.Namespace) -> None:
     scorer = Scorer(model, tok, progress=False)
     padded = Scorer(model, tok, share_prefixes=False, progress=False)
     shared = Scorer(model, tok, share_prefixes=True, progress=False)
-    scorer.score(rows[:4], contrast=1)  # warm-up
+    scorer.score(rows[:4], spec=CreditSpec(n_contrast=1))  # warm-up
     print(f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, model {args.model}, first {len(rows)} examples, "
           f"median of {args.repeats} interleaved repeats", flush=True)
     load_before = " ".join(f"{x:.1f}" for x in os.getloadavg())
 
     for k in args.contrasts:
-        plan = scorer.plan(rows, contrast=k)
+        plan = scorer.plan(rows, spec=CreditSpec(n_contrast=k))
         sequences = [(ids, len(b.response)) for b in plan for ids in [b.student_ids, b.teacher_ids, *b.contrast_ids]]
         tokens = sum(len(b.response) for b in plan)
         groups = {rows_: buckets(sequences, rows_) for rows_ in BUCKET_ROWS}
         runs = {
-            "a scorer, padded batches": lambda k=k: padded.score(rows, contrast=k),
-            "a scorer, shared prefixes": lambda k=k: shared.score(rows, contrast=k),
+            "a scorer, padded batches": lambda k=k: padded.score(rows, spec=CreditSpec(n_contrast=k)),
+            "a scorer, shared prefixes": lambda k=k: shared.score(rows, spec=CreditSpec(n_contrast=k)),
             "b unbatched": lambda s=sequences: unbatched(model, s),
             **{f"c buckets of {r}": (lambda s=sequences, g=g: bucketed(model, s, g, scorer.pad_id))
                for r, g in groups.items()},

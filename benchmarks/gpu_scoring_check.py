@@ -27,6 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from creditlens import models, theory
 from creditlens.contexts import read_examples
+from creditlens.credit import CreditSpec
 from creditlens.scoring import Scorer
 
 COLUMNS = ("student_logprob", "teacher_logprob", "contrast_baseline", "sd_reward", "credit_reward")
@@ -47,10 +48,10 @@ def sync(device: str) -> None:
 
 def timed_score(scorer: Scorer, examples: list[dict], device: str, contrast: int):
     """Score ``examples[:6]`` to warm up, then all of them timed; returns (table, seconds)."""
-    scorer.score(examples[:6], contrast=contrast)
+    scorer.score(examples[:6], spec=CreditSpec(n_contrast=contrast))
     sync(device)
     start = time.perf_counter()
-    table = scorer.score(examples, contrast=contrast)
+    table = scorer.score(examples, spec=CreditSpec(n_contrast=contrast))
     sync(device)
     return table, time.perf_counter() - start
 
@@ -108,12 +109,12 @@ def throughput(shape: str, examples: list[dict], device: str, dtype: torch.dtype
         keep = kwargs.get("logits_to_keep")
         counts["scored"] += int(keep.sum()) if isinstance(keep, torch.Tensor) else 0
 
-    scorer.score(examples[:6], contrast=3)  # warm-up
+    scorer.score(examples[:6], spec=CreditSpec(n_contrast=3))  # warm-up
     hook = model.register_forward_pre_hook(count, with_kwargs=True)
     try:
         sync(device)
         start = time.perf_counter()
-        table = scorer.score(examples, contrast=3)
+        table = scorer.score(examples, spec=CreditSpec(n_contrast=3))
         sync(device)
         seconds = time.perf_counter() - start
     finally:

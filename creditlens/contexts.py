@@ -1,38 +1,97 @@
 """Student, teacher and contrast contexts at the token-id level (sections 1 and 3 of CREDIT-MATH.md).
 
-- student  ``(x, y)``: the prompt, rendered with the tokenizer's chat template when it has one;
-- teacher  ``(x, f, y)``: the prompt rewritten with SDPO's reprompt template around the feedback;
-- contrast ``(x_j, f, y)``: the same template with another example's prompt and *this* feedback;
-- feedback contrast ``(x, f_j, y)``: the teacher context with another example's feedback (the feedback
+- student  ``(x, y)``: the prompt, tokenized as TRL's trainers tokenize it (the chat template with a
+  generation prompt for chat messages, the tokenizer's own special tokens for text);
+- teacher  ``(x, f, y)``: TRL SDPO's teacher prompt (:func:`teacher_prompt`, with the :class:`Templates` of
+  an ``SDPOConfig``: ``reprompt_template``, ``solution_template``, ``feedback_template``);
+- contrast ``(x_j, f, y)``: the same teacher prompt with another example's prompt and *this* feedback;
+- feedback contrast ``(x, f_j, y)``: the teacher prompt with another example's feedback (the feedback
   axis, docs/CREDIT-MATH.md section 8).
 
-Every context is a list of token ids, and the response ids are appended to it unchanged: the
-response is tokenised once (or given as ids) and never re-tokenised inside a context. A context is
-rendered as text with a marker where the feedback goes, cut at the marker, and each piece is
-tokenised on its own, so the feedback can be truncated at the token level to fit the model window.
+:func:`teacher_prompt` is the one teacher-context builder: the scorer, the Live page, the demo, ``headroom``
+and ``CreditTrainer`` (its ``ContextRecorder``) all call it, so the scorer's teacher ids are the ids the
+trainer feeds its teacher (tested). The response ids are appended to every context unchanged: the response
+is tokenised once (or given as ids). Only when a teacher context does not fit the model window is it
+rendered with a marker where the feedback goes, so the feedback can be truncated at the token level.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
+from trl.import_utils import TRLExperimentalWarning
 
 from creditlens.errors import ConfigError, InputError
+from creditlens.runs import read_jsonl_lines
 
-SDPO_TEMPLATE = (
-    "{prompt}\n\n{solution}The following is feedback from your unsuccessful earlier attempt:\n\n"
-    "{feedback}\n\nCorrectly solve the original question."
-)
-SOLUTION_TEMPLATE = "Correct solution:\n\n{solution}\n\n"
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", TRLExperimentalWarning)
+    from trl.experimental.sdpo import SDPOConfig
+
+Prompt = str | list[dict[str, str]]
 PLAIN_FEEDBACK_TURN = "\n\nFeedback:\n{feedback}"
 _MARK = "\x1fCREDITLENS_FEEDBACK\x1f"
-PIECES_KEPT = 4096  # rendered teacher prompts a ContextBuilder keeps (cleared when full)
+_TRL = {f.name: f.default for f in dataclasses.fields(SDPOConfig)}
+
+
+@dataclass(frozen=True)
+class Templates:
+    """TRL SDPO's teacher templates; the defaults are ``SDPOConfig``'s, :meth:`of` reads a config's."""
+
+    reprompt: str = _TRL["reprompt_template"]  # {prompt}, {solution}, {feedback}
+    solution: str = _TRL["solution_template"]  # {successful_previous_attempt}
+    feedback: str = _TRL["feedback_template"]  # {feedback_raw}
+
+    @classmethod
+    def of(cls, config: Any) -> Templates:
+        """The templates of an ``SDPOConfig`` (``CreditConfig``), or of a mapping holding some of its
+        ``*_template`` keys (a training config's ``trl`` section); missing ones keep TRL's defaults."""
+        get = config.get if isinstance(config, Mapping) else lambda key, default: getattr(config, key, default)
+        values = {name: get(f"{name}_template", getattr(cls, name)) for name in ("reprompt", "solution", "feedback")}
+        for name, value in values.items():
+            if not isinstance(value, str):
+                raise ConfigError(f"{name}_template: must be a string, got {type(value).__name__}")
+        return cls(**values)
+
+    def solution_text(self, solution: str | None) -> str:
+        """The solution block of a successful sibling attempt ("" without one)."""
+        return self.solution.format(successful_previous_attempt=solution) if solution else ""
+
+    def feedback_text(self, feedback: str | None) -> str:
+        """The feedback block of raw environment feedback ("" without any)."""
+        return self.feedback.format(feedback_raw=feedback) if feedback else ""
+
+
+def last_user_text(messages: list[dict[str, Any]]) -> str:
+    """The text of a chat prompt's last message, which must be the user's (TRL SDPO's rule)."""
+    last = messages[-1]
+    if last.get("role") != "user":
+        raise InputError(f"prompt: the teacher context rewrites the last message, which must be a user turn, "
+                         f"got role {last.get('role')!r}")
+    content = last.get("content", "")
+    return " ".join(p.get("text", "") for p in content if p.get("type") == "text") if isinstance(content, list) else content
+
+
+def teacher_prompt(prompt: Prompt, solution_text: str, feedback_text: str, templates: Templates) -> Prompt:
+    """TRL SDPO's teacher prompt: ``reprompt`` around the prompt's (last user) text with the solution and
+    feedback blocks (:meth:`Templates.solution_text`, :meth:`Templates.feedback_text`); chat messages keep
+    every message but the last, which becomes the user's reprompt."""
+    if isinstance(prompt, list):
+        text = templates.reprompt.format(prompt=last_user_text(prompt), solution=solution_text, feedback=feedback_text)
+        return prompt[:-1] + [{"role": "user", "content": text}]
+    return templates.reprompt.format(prompt=prompt, solution=solution_text, feedback=feedback_text)
+
+
+def messages_to_text(messages: list[dict[str, str]]) -> str:
+    """Plain-text prompt for tokenizers without a chat template: the message contents, one per line."""
+    return "".join(f"{m['content']}\n" for m in messages)
 
 
 @dataclass
@@ -51,11 +110,10 @@ class Example:
 class ContextConfig:
     """How contexts are written."""
 
-    template: str = SDPO_TEMPLATE  # teacher prompt; needs {prompt} and {feedback}, may use {solution}
-    solution_template: str = SOLUTION_TEMPLATE  # fills {solution} when an example has one, else ""
-    chat: bool | None = None  # use the chat template; None: when the tokenizer has one
+    templates: Templates = field(default_factory=Templates)  # TRL SDPO's teacher templates (Templates.of(args))
+    chat: bool | None = None  # chat messages through the chat template; None: when the tokenizer has one
     system: str | None = None  # system message added in chat mode (None: the chat template's default)
-    add_bos: bool | None = None  # plain-text mode: prepend the BOS token; None: when the tokenizer has one
+    chat_template_kwargs: dict[str, Any] | None = None  # extra apply_chat_template arguments (TRL's field)
     feedback_truncation: str = "right"  # over the window: "right" drops the end of f, "left" its start
     plain_feedback_turn: str = PLAIN_FEEDBACK_TURN  # plain text: what precedes {feedback} after (x, y) in log p(f | x, y)
 
@@ -143,15 +201,15 @@ class ContextBuilder:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, config: ContextConfig, max_length: int):
         if config.feedback_truncation not in ("right", "left"):
             raise ConfigError(f"feedback_truncation: must be 'right' or 'left', got {config.feedback_truncation!r}")
-        if "{prompt}" not in config.template or "{feedback}" not in config.template:
-            raise ConfigError("template: must contain both {prompt} and {feedback}")
+        if not isinstance(config.templates, Templates):
+            raise ConfigError(f"templates: must be a creditlens.contexts.Templates, got {type(config.templates).__name__}")
+        if "{feedback}" not in config.templates.reprompt or "{feedback_raw}" not in config.templates.feedback:
+            raise ConfigError("templates: reprompt must contain {feedback} and feedback {feedback_raw}")
         self.tokenizer, self.config, self.max_length = tokenizer, config, max_length
         self.chat = bool(tokenizer.chat_template) if config.chat is None else config.chat
         if self.chat and not tokenizer.chat_template:
             raise ConfigError("chat=True but the tokenizer has no chat template; set chat=False for plain text")
-        add_bos = tokenizer.bos_token_id is not None if config.add_bos is None else config.add_bos
-        self.bos = [tokenizer.bos_token_id] if add_bos and not self.chat else []
-        self._pieces: dict[str, tuple[list[int], list[int]]] = {}  # see _teacher_pieces
+        self.specials = [] if self.chat else list(tokenizer("", add_special_tokens=True)["input_ids"])
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``: no special tokens are added, special-token strings are kept as such."""
@@ -166,105 +224,109 @@ class ContextBuilder:
             raise InputError(f"example {example.example_id}: response has no tokens or ids out of range {bad[:3]}")
         return ids
 
-    def _messages(self, prompt: str | list[dict[str, str]], user_text: str | None = None) -> list[dict[str, str]]:
+    def _messages(self, prompt: Prompt) -> list[dict[str, str]]:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
         if self.config.system is not None and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": self.config.system})
-        if user_text is not None:
-            last = max(i for i, m in enumerate(messages) if m["role"] == "user")
-            messages[last]["content"] = user_text
         return messages
 
-    def _last_user(self, prompt: str | list[dict[str, str]]) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        return [m for m in prompt if m["role"] == "user"][-1]["content"]
-
-    def _render(self, prompt: str | list[dict[str, str]], user_text: str | None) -> str:
-        """The context text for ``prompt`` whose last user message is replaced by ``user_text``."""
+    def model_prompt(self, prompt: Prompt) -> Prompt:
+        """What the trainer feeds the model for ``prompt``: chat messages in chat mode, else one text."""
         if self.chat:
-            return self.tokenizer.apply_chat_template(
-                self._messages(prompt, user_text), add_generation_prompt=True, tokenize=False
+            return self._messages(prompt)
+        return prompt if isinstance(prompt, str) else messages_to_text(prompt)
+
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        """Ids of a model prompt exactly as TRL's trainers tokenize it: ``apply_chat_template`` with a generation
+        prompt (and ``chat_template_kwargs``) for messages, the tokenizer with its special tokens for text."""
+        if isinstance(prompt, list):
+            out = self.tokenizer.apply_chat_template(
+                conversation=prompt, add_generation_prompt=True, tokenize=True, return_dict=True,
+                **(self.config.chat_template_kwargs or {}),
             )
-        if isinstance(prompt, str):
-            return prompt if user_text is None else user_text
-        messages = self._messages(prompt, user_text)
-        return "\n\n".join(m["content"] for m in messages)
+            return list(out["input_ids"])
+        return list(self.tokenizer(text=prompt)["input_ids"])
+
+    def _text(self, prompt: Prompt) -> str:
+        if isinstance(prompt, list):
+            return self.tokenizer.apply_chat_template(
+                prompt, add_generation_prompt=True, tokenize=False, **(self.config.chat_template_kwargs or {})
+            )
+        return prompt
 
     def student(self, example: Example) -> list[int]:
         """Student context ids: the prompt alone."""
-        return self.bos + self.encode(self._render(example.prompt, None))
+        return self.tokenize(self.model_prompt(example.prompt))
 
-    def _teacher_pieces(self, prompt: str | list[dict[str, str]], example: Example) -> tuple[list[int], list[int]]:
-        """Ids before and after the feedback in the teacher context of ``prompt``, rendered once per
-        (prompt, solution): with K contrasts every prompt is needed K + 1 times."""
-        key = json.dumps([prompt, example.solution])
-        if key not in self._pieces:
-            solution = self.config.solution_template.format(solution=example.solution) if example.solution else ""
-            user = self.config.template.format(prompt=self._last_user(prompt), feedback=_MARK, solution=solution)
-            text = self._render(prompt, user)
-            if text.count(_MARK) != 1:
-                raise InputError(f"example {example.example_id}: the rendered teacher context must hold the feedback once")
-            before, after = text.split(_MARK)
-            if len(self._pieces) >= PIECES_KEPT:
-                self._pieces.clear()
-            self._pieces[key] = (self.bos + self.encode(before), self.encode(after))
-        before, after = self._pieces[key]
-        return list(before), list(after)
+    def teacher_context(self, prompt: Prompt, example: Example, feedback: str) -> list[int]:
+        """Ids of the teacher prompt of ``prompt`` with ``example``'s solution and the raw ``feedback``
+        (:func:`teacher_prompt`, the trainer's builder)."""
+        templates = self.config.templates
+        return self.tokenize(teacher_prompt(self.model_prompt(prompt), templates.solution_text(example.solution),
+                                            templates.feedback_text(feedback), templates))
+
+    def _pieces(self, prompt: Prompt, example: Example) -> tuple[list[int], list[int]]:
+        """Ids before and after the raw feedback in the teacher context of ``prompt`` (rendered with a marker):
+        the token-level split used only to truncate a feedback that does not fit the window."""
+        templates = self.config.templates
+        marked = teacher_prompt(self.model_prompt(prompt), templates.solution_text(example.solution),
+                                templates.feedback.format(feedback_raw=_MARK), templates)
+        text = self._text(marked)
+        if text.count(_MARK) != 1:
+            raise InputError(f"example {example.example_id}: the rendered teacher context must hold the feedback once")
+        before, after = text.split(_MARK)
+        return self.specials + self.encode(before), self.encode(after)
+
+    def _cut(self, example: Example, feedback: str, room: int, what: str) -> list[int]:
+        """The ids of ``feedback`` cut to ``room`` tokens (``feedback_truncation`` side), with a warning."""
+        if room < 1:
+            raise InputError(
+                f"example {example.example_id}: prompt, templates and response leave no room for any {what} in the "
+                f"model window of {self.max_length}; the response is never truncated (shorten the prompt or response)"
+            )
+        ids = self.encode(feedback)
+        dropped = max(0, len(ids) - room)
+        if dropped:
+            ids = ids[:room] if self.config.feedback_truncation == "right" else ids[-room:]
+            warnings.warn(
+                f"example {example.example_id}: {what} truncated by {dropped} of {len(ids) + dropped} tokens "
+                f"({self.config.feedback_truncation} side) to fit the model window of {self.max_length}",
+                stacklevel=4,
+            )
+        return ids
 
     def teacher(
-        self, example: Example, contrast_prompts: Sequence[str | list] = (), n_response: int = 0
+        self, example: Example, contrast_prompts: Sequence[Prompt] = (), n_response: int = 0
     ) -> tuple[list[int], list[list[int]], int]:
         """Teacher context ids and contrast context ids (``contrast_prompts`` with this feedback).
 
-        Returns ``(teacher [L], [contrast_k [L_k]], feedback_dropped)``; the feedback is truncated to the
-        same number of tokens in every context so that the response plus each context fits ``max_length``.
+        Returns ``(teacher [L], [contrast_k [L_k]], feedback_dropped)``. When a context plus the response
+        exceeds ``max_length``, the feedback is truncated to the same number of tokens in every context.
         """
-        pieces = [self._teacher_pieces(example.prompt, example)]
-        pieces += [self._teacher_pieces(p, example) for p in contrast_prompts]
-        feedback = self.encode(example.feedback)
+        prompts = [example.prompt, *contrast_prompts]
+        contexts = [self.teacher_context(p, example, example.feedback) for p in prompts]
+        if max(len(c) for c in contexts) + n_response <= self.max_length:
+            return contexts[0], contexts[1:], 0
+        pieces = [self._pieces(p, example) for p in prompts]
         room = self.max_length - n_response - max(len(a) + len(b) for a, b in pieces)
-        if room < 1:
-            raise InputError(
-                f"example {example.example_id}: prompt, template and response need "
-                f"{self.max_length - room + 1} tokens without any feedback, over the model window of "
-                f"{self.max_length}; the response is never truncated (shorten the prompt or response)"
-            )
-        dropped = max(0, len(feedback) - room)
-        if dropped:
-            feedback = feedback[:room] if self.config.feedback_truncation == "right" else feedback[-room:]
-            warnings.warn(
-                f"example {example.example_id}: feedback truncated by {dropped} of {len(feedback) + dropped} "
-                f"tokens ({self.config.feedback_truncation} side) to fit the model window of {self.max_length}",
-                stacklevel=3,
-            )
+        feedback = self._cut(example, example.feedback, room, "feedback")
         contexts = [before + feedback + after for before, after in pieces]
-        return contexts[0], contexts[1:], dropped
+        return contexts[0], contexts[1:], len(self.encode(example.feedback)) - len(feedback)
 
     def feedback_contrasts(self, example: Example, feedbacks: Sequence[str], n_response: int = 0) -> list[list[int]]:
         """Teacher context ids of ``example`` with each of ``feedbacks`` in place of its own: ``[[L_j]]``.
 
-        Same prompt, solution and template as :meth:`teacher`; each feedback is truncated on its own (with a
-        warning naming the example) so that it plus the response fits ``max_length``.
+        Same prompt, solution and templates as :meth:`teacher`; a feedback over the window is truncated on its
+        own (with a warning naming the example) so that it plus the response fits ``max_length``.
         """
-        before, after = self._teacher_pieces(example.prompt, example)
-        room = self.max_length - n_response - len(before) - len(after)
-        if room < 1:
-            raise InputError(f"example {example.example_id}: prompt, template and response leave no room for any "
-                             f"feedback in the model window of {self.max_length}")
         contexts = []
-        for feedback_text in feedbacks:
-            feedback = self.encode(feedback_text)
-            dropped = max(0, len(feedback) - room)
-            if dropped:
-                feedback = feedback[:room] if self.config.feedback_truncation == "right" else feedback[-room:]
-                warnings.warn(
-                    f"example {example.example_id}: contrast feedback truncated by {dropped} of "
-                    f"{len(feedback) + dropped} tokens ({self.config.feedback_truncation} side) to fit the model "
-                    f"window of {self.max_length}",
-                    stacklevel=3,
-                )
-            contexts.append(before + feedback + after)
+        for feedback in feedbacks:
+            ids = self.teacher_context(example.prompt, example, feedback)
+            if len(ids) + n_response > self.max_length:
+                before, after = self._pieces(example.prompt, example)
+                room = self.max_length - n_response - len(before) - len(after)
+                ids = before + self._cut(example, feedback, room, "contrast feedback") + after
+            contexts.append(ids)
         return contexts
 
     def feedback_turn(self, example: Example, response: list[int]) -> tuple[list[int], list[int]]:
@@ -297,8 +359,6 @@ class ContextBuilder:
 
 def read_examples(path: str | Path) -> list[dict]:
     """Read a JSONL file of examples (one JSON object per line); errors name the file and line."""
-    from creditlens.runs import read_jsonl_lines  # the one JSONL reader: bad lines name file:line
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: {'a directory' if path.is_dir() else 'no such file'}; give a JSONL file of examples")

@@ -30,8 +30,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from creditlens import credit, stats
-from creditlens.contexts import ContextConfig
+from creditlens import stats
+from creditlens.contexts import ContextConfig, Templates, teacher_prompt
+from creditlens.credit import CreditSpec
 from creditlens.envs.base import Environment, Problem
 from creditlens.errors import ConfigError, InputError, ModelError
 from creditlens.scoring import Scorer, ScorerConfig
@@ -58,6 +59,11 @@ class HeadroomConfig:
     batch_size: int = 8  # sequences per scoring forward pass
     trl: dict[str, Any] = field(default_factory=dict)  # TrainConfig.trl: its SDPO templates, if any, shape the teacher
 
+    @property
+    def spec(self) -> CreditSpec:
+        """The CREDIT settings of the logged token table (K contrasts, lam, pool; the default form)."""
+        return CreditSpec(lam=self.lam, pool=self.pool, n_contrast=self.n_contrast)
+
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the first bad field."""
         if self.num_generations < 1:
@@ -72,12 +78,10 @@ class HeadroomConfig:
             raise ConfigError(f"problems_per_batch: must be >= 1, got {self.problems_per_batch}")
         if self.max_teacher_asks < 1:
             raise ConfigError(f"max_teacher_asks: must be >= 1, got {self.max_teacher_asks}")
-        if self.n_contrast < 0:
-            raise ConfigError(f"n_contrast: must be >= 0, got {self.n_contrast}")
-        if self.pool not in credit.POOLS:
-            raise ConfigError(f"pool: must be one of {credit.POOLS}, got {self.pool!r}")
-        if not isinstance(self.trl, dict) or not all(isinstance(self.trl.get(k, ""), str) for k in TEMPLATE_KEYS):
-            raise ConfigError(f"trl: must be a mapping whose {', '.join(TEMPLATE_KEYS)} (if given) are strings")
+        _ = self.spec  # CreditSpec checks lam, pool and n_contrast
+        if not isinstance(self.trl, dict):
+            raise ConfigError("trl: must be a mapping (its *_template keys shape the teacher)")
+        Templates.of(self.trl)  # each *_template given must be a string
 
 
 def load_headroom_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> HeadroomConfig:
@@ -101,41 +105,13 @@ def load_headroom_config(path: str | Path | None, overrides: dict[str, Any] | No
     return config
 
 
-TEMPLATE_KEYS = ("reprompt_template", "solution_template", "feedback_template")
-
-
-def sdpo_templates(trl: dict[str, Any] | None = None) -> tuple[str, str, str]:
-    """``(reprompt_template, solution_template, feedback_template)`` of the trainer's SD teacher: TRL SDPO's
-    defaults, each replaced by the same key of ``trl`` (a training config's ``trl`` overrides) when given."""
-    from trl.experimental.sdpo import SDPOConfig
-
-    defaults = {f.name: f.default for f in dataclasses.fields(SDPOConfig)}
-    values = {key: (trl or {}).get(key, defaults[key]) for key in TEMPLATE_KEYS}
-    return values["reprompt_template"], values["solution_template"], values["feedback_template"]
-
-
 def reprompt(problem: Problem, feedback: str, solution: str | None = None,
              trl: dict[str, Any] | None = None) -> list[dict[str, str]]:
-    """The teacher's chat messages: ``problem.prompt`` with its last user turn rewritten by SDPO's template
-    (:func:`sdpo_templates` of ``trl``)."""
-    template, solution_template, feedback_template = sdpo_templates(trl)
-    messages = [dict(m) for m in problem.prompt]
-    last = max(i for i, m in enumerate(messages) if m["role"] == "user")
-    messages[last]["content"] = template.format(
-        prompt=messages[last]["content"],
-        solution=solution_template.format(successful_previous_attempt=solution) if solution else "",
-        feedback=feedback_template.format(feedback_raw=feedback) if feedback else "",
-    )
-    return messages
-
-
-def scorer_context(trl: dict[str, Any] | None = None) -> ContextConfig:
-    """A :class:`ContextConfig` whose teacher context is exactly SDPO's reprompt (:func:`reprompt` of ``trl``)."""
-    template, solution_template, feedback_template = sdpo_templates(trl)
-    return ContextConfig(
-        template=template.replace("{feedback}", feedback_template.replace("{feedback_raw}", "{feedback}")),
-        solution_template=solution_template.replace("{successful_previous_attempt}", "{solution}"),
-    )
+    """The teacher's chat messages: ``problem.prompt`` rewritten by :func:`creditlens.contexts.teacher_prompt`,
+    the trainer's builder, with TRL SDPO's templates (``Templates.of(trl)``: a training config's overrides)."""
+    templates = Templates.of(trl or {})
+    return teacher_prompt(problem.prompt, templates.solution_text(solution), templates.feedback_text(feedback),
+                          templates)
 
 
 def check_model(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
@@ -281,8 +257,8 @@ def token_table(attempts: pd.DataFrame, problems: list[Problem], model: PreTrain
         for row in failed.itertuples()
     ]
     scorer = Scorer(model, tokenizer, ScorerConfig(batch_size=config.batch_size, progress=progress,
-                                                   context=scorer_context(config.trl)))
-    return scorer.score(examples, contrast=config.n_contrast, lam=config.lam, pool=config.pool, seed=config.seed)
+                                                   context=ContextConfig(templates=Templates.of(config.trl))))
+    return scorer.score(examples, config.spec, seed=config.seed)
 
 
 def headroom(

@@ -34,6 +34,8 @@ from creditlens.errors import SchemaError
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from creditlens.credit import CreditSpec
+
 TOKEN_COLUMNS: dict[str, str] = {
     "example_id": "str",  # identifies the (prompt, feedback, response) triple
     "prompt_id": "str",  # examples with the same prompt id are never each other's contrast
@@ -52,11 +54,11 @@ TOKEN_COLUMNS: dict[str, str] = {
 
 OPTIONAL_COLUMNS: dict[str, str] = {
     "contrast_logprobs": "list",  # the K teacher log-probs under contrast inputs
-    "lam": "float",  # lambda used for credit_reward
+    "lam": "float",  # lambda used for credit_reward (creditlens.credit.CreditSpec; absent for GRPO rows)
     "pool": "str",  # "mean" or "logmeanexp"
     "form": "str",  # the CREDIT reward form (creditlens.credit.FORMS)
     "generic": "float",  # legacy tables only: a copy of contrast_baseline
-    "n_contrast": "int",  # K
+    "n_contrast": "int",  # K this row's sample used (0: no contrast)
     "run": "str",
     "algo": "str",  # "grpo", "sd" or "credit"
     "step": "int",  # training step that produced the rollout
@@ -149,9 +151,7 @@ def _split_columns(
     contrast_lp: Tensor,
     student_lp: Tensor,
     counted: Tensor,
-    lam: float,
-    pool: str,
-    form: str,
+    spec: CreditSpec,
 ) -> dict[str, Tensor]:
     """One axis's ``[B, T]`` columns (baseline, specific, shortcut, credit reward), named by ``names``.
 
@@ -166,11 +166,19 @@ def _split_columns(
     columns = [torch.full_like(teacher_lp, float("nan")) for _ in names]
     if scored.any():
         teacher, contrast, student, mask = teacher_lp[scored], contrast_lp[scored], student_lp[scored], counted[scored]
-        parts = credit.decompose(teacher, contrast, student, mask, pool)
-        reward = credit.credit_rewards(teacher, contrast, student, mask, lam, pool, form)
+        parts = credit.decompose(teacher, contrast, student, mask, spec)
+        reward = credit.credit_rewards(teacher, contrast, student, mask, spec)
         for column, value in zip(columns, (parts.baseline, parts.specific, parts.shortcut, reward), strict=True):
             column[scored] = value.to(column.dtype)
     return dict(zip(names, columns, strict=True))
+
+
+def _contrasts_used(contrast_lp: Tensor | None, batch: int) -> np.ndarray:
+    """K used per sample ``[B]``: the contrast axis's size, 0 for a sample whose ``[K, T]`` is all NaN (none)."""
+    if contrast_lp is None:
+        return np.zeros(batch, dtype=np.int64)
+    scored = ~contrast_lp.isnan().flatten(1).all(dim=1)
+    return (scored.long() * contrast_lp.shape[1]).cpu().numpy()
 
 
 def build_token_table(
@@ -183,28 +191,31 @@ def build_token_table(
     contrast_lp: Tensor | None = None,
     mask: Tensor | None = None,
     lengths: Sequence[int] | Tensor | None = None,
-    lam: float = 0.5,
-    pool: str = "mean",
-    form: str | None = None,
+    spec: CreditSpec | None = None,
     example_columns: Mapping[str, Sequence] | None = None,
     token_columns: Mapping[str, Tensor | np.ndarray] | None = None,
     feedback_contrast_lp: Tensor | None = None,
+    credit_columns: Mapping[str, Tensor] | None = None,
 ) -> pd.DataFrame:
     """Build the per-token table from right-padded ``[B, T]`` tensors (``contrast_lp`` ``[B, K, T]``).
 
     ``lengths[b]`` response tokens of row b become rows (default: all T). ``mask`` ``[B, T]`` marks
-    the tokens that count; ``form`` is the CREDIT reward form (default
-    :data:`creditlens.credit.DEFAULT_FORM`). ``example_columns`` adds per-example values (length B), ``token_columns``
-    per-token values (``[B, T]``). ``feedback_contrast_lp`` ``[B, K_f, T]`` (teacher log-probs under other
-    feedback, K_f >= 1) adds the feedback-axis columns (``FEEDBACK_COLUMNS``, with the same ``lam``, ``pool`` and
-    ``form``). Rewards come from :mod:`creditlens.credit`.
+    the tokens that count; ``spec`` (:class:`creditlens.credit.CreditSpec`) sets the credit columns and the
+    ``lam``/``pool``/``form`` labels of every row (None: a run without CREDIT settings, e.g. GRPO: no labels,
+    contrast columns NaN); ``n_contrast`` is the K each row's sample used. ``example_columns`` adds per-example
+    values (length B), ``token_columns`` per-token values (``[B, T]``). ``feedback_contrast_lp`` ``[B, K_f, T]``
+    (teacher log-probs under other feedback) adds the feedback-axis columns (``FEEDBACK_COLUMNS``, same spec).
+    ``credit_columns`` (name -> ``[B, T]``: ``sd_reward`` and any of ``CONTRAST_COLUMNS`` / ``FEEDBACK_COLUMNS``)
+    are what a trainer computed: they are written as they are, never recomputed; the others come from
+    :mod:`creditlens.credit`.
     """
     import torch  # imported here so that readers of tables (the app) start without torch
 
     from creditlens import credit
 
-    form = credit.DEFAULT_FORM if form is None else form
-    credit.check_form(form)
+    given = dict(credit_columns or {})
+    if spec is None and (contrast_lp is not None or feedback_contrast_lp is not None):
+        raise SchemaError("spec: contrast log-probs need the CreditSpec that scores them")
     if getattr(token_ids, "ndim", None) != 2:
         raise SchemaError(f"token_ids: expected a [B, T] tensor, got {type(token_ids).__name__} "
                           f"of shape {tuple(getattr(token_ids, 'shape', ()))}")
@@ -226,26 +237,26 @@ def build_token_table(
     in_response = torch.arange(length).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
     counted = in_response if mask is None else in_response & mask.bool().cpu()
     counted = counted.to(teacher_lp.device)
-    columns: dict[str, np.ndarray] = {
+    columns: dict[str, Tensor] = {
         "student_logprob": student_lp,
         "teacher_logprob": teacher_lp,
-        "sd_reward": credit.sd_rewards(teacher_lp, student_lp, counted),
+        "sd_reward": given.pop("sd_reward", None),
     }
-    if contrast_lp is not None and contrast_lp.shape[1] > 0:
-        columns.update(
-            _split_columns(CONTRAST_COLUMNS, teacher_lp, contrast_lp, student_lp, counted, lam, pool, form)
-        )
-        n_contrast = contrast_lp.shape[1]
-    else:
-        nan = torch.full_like(teacher_lp, float("nan"))
-        columns.update({name: nan for name in CONTRAST_COLUMNS})
-        n_contrast = 0
-    n_feedback_contrast = 0
-    if feedback_contrast_lp is not None and feedback_contrast_lp.shape[1] > 0:
-        columns.update(
-            _split_columns(FEEDBACK_COLUMNS, teacher_lp, feedback_contrast_lp, student_lp, counted, lam, pool, form)
-        )
-        n_feedback_contrast = feedback_contrast_lp.shape[1]
+    if columns["sd_reward"] is None:
+        columns["sd_reward"] = credit.sd_rewards(teacher_lp, student_lp, counted)
+    for names, lp in ((CONTRAST_COLUMNS, contrast_lp), (FEEDBACK_COLUMNS, feedback_contrast_lp)):
+        if names == FEEDBACK_COLUMNS and lp is None:
+            continue
+        missing = [name for name in names if name not in given]
+        if lp is None or lp.shape[1] == 0:
+            columns.update({name: torch.full_like(teacher_lp, float("nan")) for name in missing})
+        elif missing:
+            computed = _split_columns(names, teacher_lp, lp, student_lp, counted, spec)
+            columns.update({name: computed[name] for name in missing})
+        columns.update({name: given.pop(name) for name in names if name in given})
+    if given:
+        raise SchemaError(f"credit_columns: unknown column(s) {sorted(given)}; give sd_reward, {CONTRAST_COLUMNS} "
+                          f"or {FEEDBACK_COLUMNS}")
     keep = in_response.numpy()
     rows, cols = np.nonzero(keep)
     data: dict[str, object] = {
@@ -258,16 +269,17 @@ def build_token_table(
     for name, value in columns.items():
         data[name] = _as_numpy(value.double())[rows, cols]
     data["mask"] = counted.cpu().numpy()[rows, cols]
-    if n_contrast:
+    if contrast_lp is not None and contrast_lp.shape[1]:
         contrast = _as_numpy(contrast_lp.double())
         data["contrast_logprobs"] = [contrast[r, :, c] for r, c in zip(rows, cols, strict=True)]
-    data.update(lam=np.full(len(rows), float(lam)), pool=np.full(len(rows), pool, dtype=object),
-                form=np.full(len(rows), form, dtype=object))
-    data["n_contrast"] = np.full(len(rows), n_contrast, dtype=np.int64)
-    if n_feedback_contrast:
+    if spec is not None:
+        data.update(lam=np.full(len(rows), spec.lam), pool=np.full(len(rows), spec.pool, dtype=object),
+                    form=np.full(len(rows), spec.form, dtype=object))
+        data["n_contrast"] = _contrasts_used(contrast_lp, batch)[rows]
+    if feedback_contrast_lp is not None and feedback_contrast_lp.shape[1]:
         by_feedback_lp = _as_numpy(feedback_contrast_lp.double())
         data["feedback_contrast_logprobs"] = [by_feedback_lp[r, :, c] for r, c in zip(rows, cols, strict=True)]
-        data["n_feedback_contrast"] = np.full(len(rows), n_feedback_contrast, dtype=np.int64)
+        data["n_feedback_contrast"] = _contrasts_used(feedback_contrast_lp, batch)[rows]
     for name, values in (example_columns or {}).items():
         if len(values) != batch:
             raise SchemaError(f"example_columns[{name!r}]: {len(values)} values for {batch} examples")

@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from creditlens import credit, logprobs, schema
 from creditlens.contexts import ContextBuilder, ContextConfig, ContextIds, Example, as_example
+from creditlens.credit import DEFAULT_SPEC, CreditSpec
 from creditlens.errors import ConfigError, InputError
 
 CPU_CALL_TOKENS = 50  # per torch thread: a forward call of SmolLM2-135M on 1 CPU thread costs ~50 tokens (docs/scoring.md)
@@ -159,65 +160,34 @@ class Scorer:
             feedback_contrast_example_ids=[o.example_id for o in feedback_sources],
         )
 
-    @staticmethod
-    def feedback_partners(examples: Sequence[Example], k: int, seed: int = 0) -> list[list[Example]]:
-        """For each example, ``k`` examples with distinct feedback texts other than its own, chosen by ``seed``.
-
-        Each distinct feedback text is represented by its first example in ``example_id`` order; the choice
-        does not depend on the order of ``examples``. Raises :class:`InputError` naming ``k`` and the count
-        when fewer than ``k`` other feedback texts exist.
-        """
-        texts = sorted({e.feedback for e in examples})
-        if len(texts) - 1 < k:
-            raise InputError(
-                f"feedback_contrast={k} is more than the {len(texts) - 1} distinct feedback texts available to each "
-                f"example (the examples hold {len(texts)} distinct feedbacks, and an example's own is never its "
-                f"contrast); add examples with other feedback or lower feedback_contrast"
-            )
-        source: dict[str, Example] = {}
-        for example in sorted(examples, key=lambda e: _id_key(e.example_id)):
-            source.setdefault(example.feedback, example)
-        generator = torch.Generator().manual_seed(seed)
-        partners: dict[str, list[Example]] = {}
-        for example in sorted(examples, key=lambda e: _id_key(e.example_id)):
-            eligible = [t for t in texts if t != example.feedback]
-            chosen = torch.randperm(len(eligible), generator=generator)[:k].tolist()
-            partners[example.example_id] = [source[eligible[j]] for j in chosen]
-        return [partners[e.example_id] for e in examples]
-
     def plan(
-        self, examples: Sequence[Example | dict], contrast: int = 2, seed: int = 0, feedback_contrast: int = 0
+        self, examples: Sequence[Example | dict], spec: CreditSpec = DEFAULT_SPEC, seed: int = 0,
+        feedback_contrast: int = 0,
     ) -> list[ContextIds]:
-        """Contexts of every example, with ``contrast`` other-prompt contexts and ``feedback_contrast``
-        other-feedback contexts (:meth:`feedback_partners`) chosen by ``seed``.
+        """Contexts of every example with the contrasts of ``spec`` (``n_contrast`` other prompts on the input
+        axis, other examples' feedback on the feedback axis) and ``feedback_contrast`` other-feedback contexts
+        more (input axis only), chosen by ``seed``.
 
-        The choice is made on the examples sorted by ``example_id`` (``credit.contrast_indices``), so it
-        does not depend on the order of ``examples``.
+        Both are drawn by ``credit.draw_contrasts``, the trainer's rule: never the example's own prompt (feedback),
+        no duplicates, and fewer than asked where fewer distinct ones exist. The draw is made on the examples
+        sorted by ``example_id``, so it does not depend on the order of ``examples``.
         """
         examples = self.examples(examples)
-        if not _is_int(contrast) or contrast < 0:
-            raise InputError(f"contrast: must be an integer >= 0, got {contrast!r}")
         if not _is_int(feedback_contrast) or feedback_contrast < 0:
             raise InputError(f"feedback_contrast: must be an integer >= 0, got {feedback_contrast!r}")
+        if spec.axis == "feedback" and feedback_contrast:
+            raise InputError("feedback_contrast: the spec's contrasts are on the feedback axis already; give 0")
         if not _is_int(seed):
             raise InputError(f"seed: must be an integer, got {seed!r}")
-        partners: list[list[Example]] = [[] for _ in examples]
-        if contrast:
-            n_prompts = len({e.prompt_id for e in examples})
-            if n_prompts < contrast + 1:
-                raise InputError(
-                    f"contrast={contrast} needs examples with at least {contrast + 1} distinct prompt ids, "
-                    f"got {n_prompts}; add examples or lower contrast (0 scores plain SD)"
-                )
-            order = sorted(range(len(examples)), key=lambda i: examples[i].example_id)
-            generator = torch.Generator().manual_seed(seed)
-            chosen = credit.contrast_indices([examples[i].prompt_id for i in order], contrast, generator)
-            for i, row in zip(order, chosen.tolist(), strict=True):
-                partners[i] = [examples[order[j]] for j in row]
-        by_feedback = (
-            self.feedback_partners(examples, feedback_contrast, seed) if feedback_contrast else [[] for _ in examples]
-        )
-        return [self.build(e, p, q) for e, p, q in zip(examples, partners, by_feedback, strict=True)]
+        k_input, k_feedback = (spec.n_contrast, feedback_contrast) if spec.axis == "input" else (0, spec.n_contrast)
+        order = sorted(examples, key=lambda e: _id_key(e.example_id))
+        by_prompt = {e.prompt_id: e for e in reversed(order)}  # a prompt's contexts come from its first example
+        picks = credit.draw_contrasts([e.prompt_id for e in order], k_input, torch.Generator().manual_seed(seed))
+        partners = {e.example_id: [by_prompt[p] for p in pick] for e, pick in zip(order, picks, strict=True)}
+        by_feedback = {e.feedback: e for e in reversed(order)}
+        picks = credit.draw_contrasts([e.feedback for e in order], k_feedback, torch.Generator().manual_seed(seed))
+        feedbacks = {e.example_id: [by_feedback[f] for f in pick] for e, pick in zip(order, picks, strict=True)}
+        return [self.build(e, partners[e.example_id], feedbacks[e.example_id]) for e in examples]
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         """Length-sorted buckets of sequence indices with the fewest padded tokens plus ``self.call_tokens`` each.
@@ -315,31 +285,23 @@ class Scorer:
     def score(
         self,
         examples: Sequence[Example | dict],
-        contrast: int = 2,
-        lam: float = 0.5,
-        pool: str = "mean",
+        spec: CreditSpec = DEFAULT_SPEC,
         seed: int = 0,
-        form: str = credit.DEFAULT_FORM,
         feedback_contrast: int = 0,
     ) -> pd.DataFrame:
         """The per-token table (:mod:`creditlens.schema`) of a list of ``examples``.
 
-        ``contrast`` K other-prompt contexts per example (0: plain SD, contrast columns NaN),
-        ``lam`` the CREDIT lambda in [0, 1], ``pool`` "mean" or "logmeanexp", ``seed`` the contrast
-        choice, ``form`` the CREDIT reward form (``credit.FORMS``); ``lam`` and ``form`` are recorded in
-        the table. ``feedback_contrast`` K_f other-feedback contexts per example (0: none) add the
-        feedback-axis columns (``schema.FEEDBACK_COLUMNS``) with the same ``lam``, ``pool`` and ``form``.
-        Rows come sorted by ``example_id`` (numeric ids by value) and position, so the
-        table does not depend on the order of ``examples``.
+        ``spec`` (:class:`creditlens.credit.CreditSpec`): K = ``n_contrast`` contexts per example on its ``axis``
+        (other prompts, or other examples' feedback; 0: plain SD, contrast columns NaN; fewer where fewer distinct
+        ones exist, recorded per row in ``n_contrast``), and the ``lam``, ``form`` and ``pool`` of the credit columns
+        (recorded in the table). ``seed`` the contrast choice. ``feedback_contrast`` K_f other-feedback contexts per
+        example more (input-axis spec only) add the feedback-axis columns (``schema.FEEDBACK_COLUMNS``).
+        Rows come sorted by ``example_id`` (numeric ids by value) and position, so the table does not depend on
+        the order of ``examples``.
         """
-        if pool not in credit.POOLS:
-            raise InputError(f"pool: must be one of {credit.POOLS}, got {pool!r}")
-        if form not in credit.FORMS:
-            raise InputError(f"form: must be one of {credit.FORMS}, got {form!r}")
-        if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not 0.0 <= lam <= 1.0:
-            raise InputError(f"lam: must be a number in [0, 1], got {lam!r}")
         normalised = self.examples(examples)
-        built = self.plan(normalised, contrast, seed, feedback_contrast)
+        built = self.plan(normalised, spec, seed, feedback_contrast)
+        contrast, feedback_contrast = len(built[0].contrast), len(built[0].feedback_contrast)
         order = sorted(range(len(built)), key=lambda i: _id_key(built[i].example_id))
         normalised, built = [normalised[i] for i in order], [built[i] for i in order]
         sequences: list[tuple[list[int], int]] = []
@@ -387,9 +349,7 @@ class Scorer:
             student_lp=student,
             contrast_lp=contrast_lp if contrast else None,
             lengths=[len(b.response) for b in built],
-            lam=lam,
-            pool=pool,
-            form=form,
+            spec=spec,
             example_columns=texts,
             feedback_contrast_lp=feedback_lp if feedback_contrast else None,
         )

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from creditlens import choices, runs, schema
+from creditlens import credit, runs, schema
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import appdata  # noqa: E402
@@ -303,7 +303,7 @@ def test_live_scoring_with_tiny_model_matches_plain_forward(tmp_path, monkeypatc
     assert "Press **Score**" in at.info[0].value
     at.text_input(key="model").set_value("tiny")
     at.text_area(key="contrasts").set_value("What is the capital of France?")
-    assert at.radio(key="form").value == choices.DEFAULT_FORM  # the library's default form is preselected
+    assert at.radio(key="form").value == credit.DEFAULT_FORM  # the library's default form is preselected
     at.radio(key="form").set_value("shortcut")
     at.button[0].click().run()
     no_exception(at)
@@ -378,7 +378,7 @@ def test_token_page_robust_scale_chat_prompt_and_settings(tmp_path, monkeypatch)
     chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "input 3?"}]
     table["prompt"] = json.dumps(chat)
     table["advantage"] = np.nan  # all NaN: listed as having no values, not as absent
-    table["form"] = next(form for form in choices.FORMS if form != choices.DEFAULT_FORM)  # read from the table
+    table["form"] = next(form for form in credit.FORMS if form != credit.DEFAULT_FORM)  # read from the table
     table.to_parquet(scored / "tokens.parquet")
     at = run_page("tokens", tmp_path, monkeypatch)
     no_exception(at)

@@ -12,6 +12,7 @@ import torch
 from scipy import stats
 
 from creditlens import cli, compare, runs, schema
+from creditlens.credit import CreditSpec
 from creditlens.stats import auroc
 
 TOKENS = ["ok", "answer", ":", "c", "a", "h", "e", ".", "<|im_end|>"]  # labels: 3 generic, 4 specific, 2 generic
@@ -39,10 +40,10 @@ def _write_run(root, name, algo, seed, lam, scores, rng, with_tokens=True, feedb
         table = schema.build_token_table(
             example_ids=[f"e{i}" for i in range(b)], prompt_ids=[f"p{i // 3}" for i in range(b)],
             token_ids=torch.arange(t).repeat(b, 1), tokens=[TOKENS] * b, teacher_lp=teacher, student_lp=student,
-            contrast_lp=contrast, mask=mask, lam=lam or 0.0,
+            contrast_lp=contrast, mask=mask,
             example_columns={"step": [step] * b, "sample": list(range(b))},
             token_columns={"advantage": torch.randn(b, t, dtype=torch.float64)},
-            feedback_contrast_lp=-torch.rand(b, k, t, dtype=torch.float64) * 3 if feedback_axis else None,
+            feedback_contrast_lp=-torch.rand(b, k, t, dtype=torch.float64) * 3 if feedback_axis else None, spec=CreditSpec(lam=lam or 0.0)
         )
         runs.write_step_tokens(run_dir, step, table)
     return run_dir

@@ -88,7 +88,8 @@ def cli_error(capsys, tmp_path):
 @pytest.fixture
 def examples(tmp_path) -> Path:
     path = tmp_path / "ex.jsonl"
-    path.write_text(json.dumps(EXAMPLE) + "\n" + json.dumps({**EXAMPLE, "response": "Answer: 8"}) + "\n")
+    other = {**EXAMPLE, "prompt": EXAMPLE["prompt"] + " Twice.", "response": "Answer: 8"}  # 2 prompts: K = 1 fits
+    path.write_text(json.dumps(EXAMPLE) + "\n" + json.dumps(other) + "\n")
     return path
 
 
@@ -142,7 +143,7 @@ def test_argparse_errors_are_one_line(cli_error, tmp_path, examples):
     cli_error(["train", "--algo", "sd", "--env", "shortcut", "--out", tmp_path / "r", "--max-steps", "0"], "--max-steps")
     for option, value, why in [("--lam", "2", "must be in [0, 1]"), ("--lam", "nan", "finite"),
                                ("--contrast", "-1", "must be >= 0"), ("--batch-size", "0", "must be >= 1"),
-                               ("--gap-samples", "1.5", "whole number"), ("--pool", "max", "invalid choice")]:
+                               ("--gap-samples", "1.5", "whole number"), ("--pool", "max", "must be one of")]:
         cli_error(["score", examples, "--out", tmp_path / "o", option, value], option, why)
 
 

@@ -17,7 +17,8 @@ from train_support import WORDS, EchoEnv
 from transformers import TrainerCallback
 
 from creditlens import cli, compare, credit, errors, models, schema, stats, theory
-from creditlens.contexts import SDPO_TEMPLATE
+from creditlens.contexts import Templates, teacher_prompt
+from creditlens.credit import CreditSpec
 from creditlens.envs.base import Environment, Outcome
 from creditlens.envs.shortcut import ShortcutEnv
 from creditlens.scoring import Scorer
@@ -97,7 +98,7 @@ def test_feedback_split_and_forms_against_enumeration(n_feedback, k):
     batch = theory.sample_feedback_batch(model, batch_size=4, k=k, seed=k)
     brute = Enumerated(model)
     lam = 0.43
-    rewards = {form: credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=lam, form=form)
+    rewards = {form: credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, spec=credit.CreditSpec(lam=lam, form=form))
                for form in credit.FORMS}
     parts = credit.decompose(batch.teacher_lp, batch.contrast_lp, batch.student_lp)
     for i in range(4):
@@ -135,11 +136,10 @@ def test_rlcsd_reward_is_the_shortcut_form_at_lam_1_with_a_wrong_hint():
     for x, f, wrong in [(0, 1, 3), (1, 0, 2), (1, 3, 1)]:
         y = model.sample_response(x, rng)
         batch = theory.feedback_batch(model, [x], [f], [y], [[wrong]])
-        rlcsd = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=1.0, form="shortcut")
+        rlcsd = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, spec=credit.CreditSpec(lam=1.0, form="shortcut"))
         np.testing.assert_allclose(rlcsd[0].numpy(), brute.teacher(x, f, y) - brute.teacher(x, wrong, y),
                                    rtol=0, atol=1e-12)
-        other_student = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp - 0.7,
-                                              lam=1.0, form="shortcut")
+        other_student = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp - 0.7, spec=credit.CreditSpec(lam=1.0, form="shortcut"))
         np.testing.assert_allclose(other_student.numpy(), rlcsd.numpy(), rtol=0, atol=1e-12)
         index = brute._index(y)
         log_odds_given_y = math.log(model.feedback[x, index, f]) - math.log(model.feedback[x, index, wrong])
@@ -208,7 +208,8 @@ def plain_logprobs(model, ids: list[int], n: int) -> torch.Tensor:
 def test_feedback_contrast_matches_plain_forwards_on_rebuilt_contexts(tiny, examples, share_prefixes):
     model, tok = tiny
     scorer = Scorer(model, tok, batch_size=3, share_prefixes=share_prefixes, chunk_tokens=9, progress=False)
-    table = scorer.score(examples, contrast=1, feedback_contrast=2, lam=1.0, form="shortcut", seed=3)
+    templates = Templates()  # TRL SDPO's defaults
+    table = scorer.score(examples, feedback_contrast=2, seed=3, spec=CreditSpec(n_contrast=1, lam=1.0, form="shortcut"))
     by_id = {e["example_id"]: e for e in examples}
     for example_id, rows in table.groupby("example_id"):
         own = by_id[example_id]
@@ -221,8 +222,8 @@ def test_feedback_contrast_matches_plain_forwards_on_rebuilt_contexts(tiny, exam
         for source in sources:
             # rebuilt here: this prompt and response, the other example's feedback, through the plain teacher path
             rebuilt = scorer.build({**own, "response": response, "feedback": by_id[source]["feedback"]})
-            chat = [{"role": "user", "content": SDPO_TEMPLATE.format(
-                prompt=own["prompt"], feedback=by_id[source]["feedback"], solution="")}]
+            chat = [{"role": "user", "content": teacher_prompt(own["prompt"], "", templates.feedback_text(
+                by_id[source]["feedback"]), templates)}]
             assert tok.decode(rebuilt.teacher) == tok.apply_chat_template(chat, add_generation_prompt=True,
                                                                           tokenize=False)
             contrast.append(plain_logprobs(model, rebuilt.teacher_ids, n))
@@ -242,9 +243,9 @@ def test_feedback_contrast_matches_plain_forwards_on_rebuilt_contexts(tiny, exam
 def test_feedback_contrast_leaves_the_input_axis_alone_and_ignores_order(tiny, examples):
     model, tok = tiny
     scorer = Scorer(model, tok, progress=False)
-    plain = scorer.score(examples, contrast=2, seed=1)
-    both = scorer.score(examples, contrast=2, seed=1, feedback_contrast=3)
-    reversed_both = scorer.score(examples[::-1], contrast=2, seed=1, feedback_contrast=3)
+    plain = scorer.score(examples, seed=1, spec=CreditSpec(n_contrast=2))
+    both = scorer.score(examples, seed=1, feedback_contrast=3, spec=CreditSpec(n_contrast=2))
+    reversed_both = scorer.score(examples[::-1], seed=1, feedback_contrast=3, spec=CreditSpec(n_contrast=2))
     assert not set(schema.FEEDBACK_COLUMNS) & set(plain.columns)
     for name in ("teacher_logprob", "specific", "shortcut", "credit_reward"):
         np.testing.assert_allclose(both[name], plain[name], atol=TOL)
@@ -254,7 +255,7 @@ def test_feedback_contrast_leaves_the_input_axis_alone_and_ignores_order(tiny, e
 
 def test_summary_and_both_generic_shares(tiny, examples, tmp_path):
     model, tok = tiny
-    table = Scorer(model, tok, progress=False).score(examples, contrast=2, feedback_contrast=2)
+    table = Scorer(model, tok, progress=False).score(examples, feedback_contrast=2, spec=CreditSpec(n_contrast=2))
     path = schema.write_token_table(table, tmp_path / "tokens.parquet")
     table = schema.read_token_table(path)
     summary = schema.example_summary(table)
@@ -272,7 +273,7 @@ def test_summary_and_both_generic_shares(tiny, examples, tmp_path):
 
 def test_tampered_feedback_columns_are_refused_on_read(tiny, examples, tmp_path):
     model, tok = tiny
-    table = Scorer(model, tok, progress=False).score(examples, contrast=0, feedback_contrast=1)
+    table = Scorer(model, tok, progress=False).score(examples, feedback_contrast=1, spec=CreditSpec(n_contrast=0))
     broken = table.assign(feedback_shortcut=table["feedback_shortcut"] + 0.5)
     broken.to_parquet(tmp_path / "broken.parquet", index=False)
     with pytest.raises(errors.SchemaError, match=r"broken.parquet: row 0: feedback_specific \+ feedback_shortcut"):
@@ -285,16 +286,19 @@ def test_tampered_feedback_columns_are_refused_on_read(tiny, examples, tmp_path)
 def test_bad_feedback_contrast_input(tiny, examples):
     model, tok = tiny
     scorer = Scorer(model, tok, progress=False)
-    with pytest.raises(errors.InputError, match=r"feedback_contrast=6 is more than the 5 distinct feedback texts"):
-        scorer.score(examples, contrast=0, feedback_contrast=6)
     same = [{**e, "feedback": "wrong"} if i < 4 else e for i, e in enumerate(examples)]  # 3 distinct texts
-    with pytest.raises(errors.InputError, match=r"feedback_contrast=3 is more than the 2 distinct"):
-        scorer.score(same, contrast=0, feedback_contrast=3)
+    for rows, asked, used in ((examples, 6, 5), (same, 3, 2)):  # fewer distinct texts than asked: all of them
+        table = scorer.score(rows, feedback_contrast=asked, spec=CreditSpec(n_contrast=0))
+        assert (table["n_feedback_contrast"] == used).all()
+        feedback = {str(r.get("example_id", i)): r["feedback"] for i, r in enumerate(rows)}
+        for row in table.drop_duplicates("example_id").itertuples():
+            texts = [feedback[e] for e in json.loads(row.feedback_contrast_examples)]
+            assert len(set(texts)) == used and row.feedback not in texts
     with pytest.raises(errors.InputError, match="feedback_contrast: must be an integer >= 0"):
         scorer.score(examples, feedback_contrast=-1)
     empty = [{**e, "feedback": "  "} if i == 2 else e for i, e in enumerate(examples)]
     with pytest.raises(errors.InputError, match="example 2: field 'feedback' must be a non-empty string"):
-        scorer.score(empty, contrast=0, feedback_contrast=1)
+        scorer.score(empty, feedback_contrast=1, spec=CreditSpec(n_contrast=0))
 
 
 def test_cli_feedback_contrast_writes_both_generic_shares(examples, tmp_path, capsys):
@@ -313,7 +317,8 @@ def test_cli_feedback_contrast_writes_both_generic_shares(examples, tmp_path, ca
     refused = tmp_path / "refused"
     assert cli.main(argv[:-1] + [str(refused)] + ["--feedback-contrast", "7"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "feedback_contrast=7 is more than the 5 distinct feedback texts" in err
+    assert len(err.splitlines()) == 1 and "--feedback-contrast: n_contrast=7 needs 8 distinct feedback texts" in err
+    assert "holds 6" in err
     assert not refused.exists()
 
 
@@ -326,7 +331,7 @@ APP_PAGES = Path(__file__).resolve().parents[1] / "app" / "pages"
 def scored_both_axes(tiny, examples, tmp_path_factory) -> Path:
     model, tok = tiny
     root = tmp_path_factory.mktemp("scored")
-    table = Scorer(model, tok, progress=False).score(examples, contrast=1, feedback_contrast=2, seed=2)
+    table = Scorer(model, tok, progress=False).score(examples, feedback_contrast=2, seed=2, spec=CreditSpec(n_contrast=1))
     schema.write_token_table(table, root / "both" / "tokens.parquet")
     return root
 
@@ -515,8 +520,10 @@ def test_run_log_table_puts_contrasts_on_their_axis(tiny, axis):
     contrast = -torch.rand(2, 2, 4, generator=g) * 3
     ones = torch.ones(2, 4)
     rollouts = [Rollout(f"p{i}", f"p{i}", 0.0, False, f"f{i}") for i in range(2)]
-    record = make_record(rollouts, ids, ones, student, teacher, teacher - student, ones, ones * 0, ones * 0, contrast)
-    table = records_table([record], tok, 3, 0, {"run": "r", "algo": "credit"}, 1.0, "mean", "shortcut", axis)
+    spec = credit.CreditSpec(lam=1.0, form="shortcut", axis=axis, n_contrast=2)
+    record = make_record(rollouts, ids, ones, student, teacher, teacher - student, ones, ones * 0, ones * 0, contrast,
+                         spec)
+    table = records_table([record], tok, 3, 0, {"run": "r", "algo": "credit"})
     schema.validate_token_table(table)
     prefix, other = ("", "feedback_") if axis == "input" else ("feedback_", "")
     expected = (teacher - contrast.mean(1)).flatten().numpy()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from creditlens import models
+from creditlens.credit import CreditSpec
 from creditlens.gap import GapConfig, compatibility_gap, log_mean_exp, sample_responses, summary_with_gap
 from creditlens.scoring import Scorer
 
@@ -86,7 +87,7 @@ def test_log_mean_exp_and_delta_method_standard_error():
 
 def test_summary_with_gap_merges_per_example(setup):
     _, _, scorer, examples = setup
-    table = scorer.score(examples, contrast=1)
+    table = scorer.score(examples, spec=CreditSpec(n_contrast=1))
     gap = compatibility_gap(scorer, examples, table, GapConfig(samples=2, max_new_tokens=4))
     summary = summary_with_gap(table, gap)
     assert len(summary) == 3 and {"gap", "log_pf_x_se", "credit_sum", "sd_sum"} <= set(summary.columns)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from creditlens import cli, headroom, models
+from creditlens.contexts import Templates
 from creditlens.envs.base import Environment, Outcome, Problem
 from creditlens.errors import CreditlensError
 
@@ -160,8 +161,7 @@ def test_trl_templates_shape_the_teacher_as_in_training(tiny):
     templates = {"reprompt_template": "Q: {prompt}{solution}{feedback}\nFix it.",
                  "solution_template": "\nGood: {successful_previous_attempt}", "feedback_template": "\nFB: {feedback_raw}"}
     train = trl_args(TrainConfig(trl=templates), "sd", "unused")
-    assert headroom.sdpo_templates(templates) == (train.reprompt_template, train.solution_template,
-                                                  train.feedback_template)
+    assert Templates.of(templates) == Templates.of(train)
     problem = CoinEnv().problems(n=1)[0]
     messages = headroom.reprompt(problem, "odd", "a fine text", templates)
     assert messages[-1]["content"] == "Q: Say something about 0 cats.\nGood: a fine text\nFB: odd\nFix it."
@@ -178,7 +178,7 @@ def test_trl_templates_shape_the_teacher_as_in_training(tiny):
     expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(response).unsqueeze(-1)).squeeze(-1)
     mine = tokens[tokens["example_id"] == f"{row['problem_id']}#{row['attempt']}"].sort_values("position")
     torch.testing.assert_close(torch.tensor(mine["teacher_logprob"].to_numpy()), expected, atol=1e-4, rtol=0)
-    with pytest.raises(CreditlensError, match="trl: must be a mapping"):
+    with pytest.raises(CreditlensError, match="reprompt_template: must be a string"):
         headroom.load_headroom_config(None, {"trl": {"reprompt_template": 3}})
 
 

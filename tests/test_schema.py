@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from creditlens import credit, schema, theory
+from creditlens.credit import CreditSpec
 
 
 def _table(lengths=(4, 2, 3), k=2, mask=None, seed=0):
@@ -22,8 +23,7 @@ def _table(lengths=(4, 2, 3), k=2, mask=None, seed=0):
         contrast_lp=batch.contrast_lp,
         mask=mask,
         lengths=list(lengths),
-        lam=0.25,
-        example_columns={"feedback": ["f0", "f1", "f2"], "outcome_reward": [1.0, 0.0, 0.5]},
+        example_columns={"feedback": ["f0", "f1", "f2"], "outcome_reward": [1.0, 0.0, 0.5]}, spec=CreditSpec(lam=0.25)
     )
     return table, batch
 
@@ -75,9 +75,14 @@ def test_no_contrast_gives_nan_contrast_columns():
     model = theory.ExactModel.random(n_inputs=3, vocab_size=3, length=2, seed=0)
     batch = model.sample_batch(2, 1, seed=0)
     table = schema.build_token_table(
-        ["a", "b"], ["p", "q"], batch.responses, [["x", "y"]] * 2, batch.teacher_lp, batch.student_lp
+        ["a", "b"], ["p", "q"], batch.responses, [["x", "y"]] * 2, batch.teacher_lp, batch.student_lp,
+        spec=CreditSpec(n_contrast=0),
     )
     assert table["credit_reward"].isna().all() and table["n_contrast"].eq(0).all()
+    unlabelled = schema.build_token_table(  # no spec (a GRPO run): no CREDIT labels at all
+        ["a", "b"], ["p", "q"], batch.responses, [["x", "y"]] * 2, batch.teacher_lp, batch.student_lp
+    )
+    assert not {"lam", "pool", "form", "n_contrast"} & set(unlabelled.columns)
     summary = schema.example_summary(table)
     assert summary["credit_sum"].isna().all()
     assert summary["sd_sum"].tolist() == pytest.approx(
@@ -107,9 +112,7 @@ def test_example_summary_gives_pmi_and_contrastive_pmi():
         [["t"] * 3] * 4,
         batch.teacher_lp,
         batch.student_lp,
-        batch.contrast_lp,
-        lam=0.5,
-        form="teacher",
+        batch.contrast_lp, spec=CreditSpec(lam=0.5, form="teacher")
     )
     summary = schema.example_summary(table).set_index("example_id")
     for i in range(4):
@@ -184,8 +187,7 @@ def test_build_rejects_mismatched_lengths():
             [["x", "y"]] * 2,
             batch.teacher_lp,
             batch.student_lp,
-            batch.contrast_lp,
-            lam=2.0,
+            batch.contrast_lp, spec=CreditSpec(lam=2.0)
         )
 
 
@@ -193,7 +195,7 @@ def test_table_rewards_agree_with_credit_module_in_float32():
     table, batch = _table()
     for name in ("teacher_lp", "student_lp", "contrast_lp"):
         assert getattr(batch, name).dtype == torch.float64
-    reference = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, lam=0.25)
+    reference = credit.credit_rewards(batch.teacher_lp, batch.contrast_lp, batch.student_lp, spec=credit.CreditSpec(lam=0.25))
     for row in table.itertuples():
         assert row.credit_reward == pytest.approx(
             reference[int(row.example_id[1:]), row.position].item(), abs=1e-12
@@ -213,7 +215,7 @@ def test_build_names_the_argument_that_does_not_fit():
     with pytest.raises(schema.SchemaError, match=r"lengths\[0\] = 2: .*tokens\[0\] \(got 1\)"):
         schema.build_token_table(*args[:3], [["x"], ["x", "y"]], *args[4:])
     with pytest.raises(ValueError, match="form"):
-        schema.build_token_table(*args, form="nope")
+        schema.build_token_table(*args, spec=CreditSpec(form="nope"))
 
 
 @pytest.mark.parametrize("axis", ["input", "feedback"])
@@ -232,7 +234,7 @@ def test_a_sample_without_contrasts_gets_nan_credit_columns_and_the_others_are_u
         return schema.build_token_table(
             [f"e{i}" for i in rows], [str(int(batch.inputs[i])) for i in rows], batch.responses[rows],
             [["t"] * 3] * len(rows), batch.teacher_lp[rows], batch.student_lp[rows],
-            **{key: contrast[rows]}, lam=0.5, form="contrastive",
+            **{key: contrast[rows]}, spec=CreditSpec(lam=0.5, form="contrastive")
         ).set_index(["example_id", "position"])
 
     table, without = build([0, 1, 2, 3]), build([0, 2, 3])

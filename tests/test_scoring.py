@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from creditlens import credit, errors, models, schema
-from creditlens.contexts import SDPO_TEMPLATE, ContextConfig
+from creditlens.contexts import ContextConfig
+from creditlens.credit import CreditSpec
 from creditlens.scoring import Scorer
 
 TOL = 1e-4
@@ -65,9 +66,9 @@ def form_reward(form, teacher, student, baseline, k, lam):
 def test_table_matches_plain_forward_pass(tiny, examples, share_prefixes):
     model, tok = tiny
     scorer = Scorer(model, tok, batch_size=3, share_prefixes=share_prefixes, chunk_tokens=7, progress=False)
-    table = scorer.score(examples, contrast=2, lam=0.5, seed=1)
+    table = scorer.score(examples, seed=1, spec=CreditSpec(n_contrast=2, lam=0.5))
     schema.validate_token_table(table)
-    plan = {b.example_id: b for b in scorer.plan(examples, contrast=2, seed=1)}
+    plan = {b.example_id: b for b in scorer.plan(examples, seed=1, spec=CreditSpec(n_contrast=2))}
     for example_id, rows in table.groupby("example_id"):
         b = plan[example_id]
         n = len(b.response)
@@ -96,10 +97,10 @@ def test_table_matches_plain_forward_pass(tiny, examples, share_prefixes):
 )
 def test_independent_of_batch_size_order_and_padding(tiny, examples, batch_size, padding_side, reverse, share_prefixes):
     model, tok = tiny
-    reference = by_key(Scorer(model, tok, batch_size=8, share_prefixes=False, progress=False).score(examples, contrast=2))
+    reference = by_key(Scorer(model, tok, batch_size=8, share_prefixes=False, progress=False).score(examples, spec=CreditSpec(n_contrast=2)))
     scorer = Scorer(model, tok, batch_size=batch_size, padding_side=padding_side, share_prefixes=share_prefixes,
                     progress=False)
-    raw = scorer.score(examples[::-1] if reverse else examples, contrast=2)
+    raw = scorer.score(examples[::-1] if reverse else examples, spec=CreditSpec(n_contrast=2))
     assert raw["example_id"].unique().tolist() == reference["example_id"].unique().tolist()
     table = by_key(raw)
     assert table["contrast_examples"].tolist() == reference["contrast_examples"].tolist()
@@ -113,7 +114,7 @@ def test_response_ids_are_appended_unchanged(tiny, examples):
     # byte-level ids of a text that the tokenizer would merge differently
     odd = [tok.convert_tokens_to_ids(c) for c in ["d", "e", "f", "Ġ", "r", "e", "t"]]
     example = dict(examples[0], response=odd)
-    b = scorer.plan([example] + examples[2:], contrast=2)[0]
+    b = scorer.plan([example] + examples[2:], spec=CreditSpec(n_contrast=2))[0]
     assert b.response == odd
     for ids in [b.student_ids, b.teacher_ids, *b.contrast_ids]:
         assert ids[-len(odd) :] == odd
@@ -121,23 +122,28 @@ def test_response_ids_are_appended_unchanged(tiny, examples):
     assert text.response == tok(examples[0]["response"], add_special_tokens=False)["input_ids"]
 
 
-def test_contexts_render_the_reprompt_template(tiny, examples):
+def trl_reprompt(prompt: str, feedback: str, solution: str = "") -> str:
+    """TRL SDPO's default teacher reprompt (SDPOConfig's three templates), written out here."""
+    solution = f"\nCorrect solution:\n\n{solution}\n\n" if solution else ""
+    feedback = f"\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback}\n\n"
+    return f"{prompt}{solution}{feedback}\n\nCorrectly solve the original question.\n"
+
+
+def test_contexts_render_trl_sdpo_reprompt(tiny, examples):
     model, tok = tiny
     ex = examples[0]
     b = Scorer(model, tok, progress=False).build(ex, contrast_with=[examples[3]])
-    user = SDPO_TEMPLATE.format(prompt=ex["prompt"], feedback=ex["feedback"], solution="")
+    user = trl_reprompt(ex["prompt"], ex["feedback"])
     chat = [{"role": "user", "content": user}]
     assert tok.decode(b.teacher) == tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-    contrast_user = SDPO_TEMPLATE.format(prompt=examples[3]["prompt"], feedback=ex["feedback"], solution="")
+    contrast_user = trl_reprompt(examples[3]["prompt"], ex["feedback"])
     contrast_chat = [{"role": "user", "content": contrast_user}]
     assert tok.decode(b.contrast[0]) == tok.apply_chat_template(contrast_chat, add_generation_prompt=True, tokenize=False)
     student_chat = [{"role": "user", "content": ex["prompt"]}]
     assert tok.decode(b.student) == tok.apply_chat_template(student_chat, add_generation_prompt=True, tokenize=False)
 
     plain = Scorer(model, tok, context=ContextConfig(chat=False), progress=False).build(dict(ex, solution="x = 1"))
-    solution = "Correct solution:\n\nx = 1\n\n"
-    assert plain.teacher[0] == tok.bos_token_id
-    assert tok.decode(plain.teacher[1:]) == SDPO_TEMPLATE.format(prompt=ex["prompt"], feedback=ex["feedback"], solution=solution)
+    assert plain.teacher == tok(trl_reprompt(ex["prompt"], ex["feedback"], "x = 1"))["input_ids"]  # TRL's text path
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": ex["prompt"]}]
     b = Scorer(model, tok, progress=False).build(dict(ex, prompt=messages))
     assert tok.decode(b.teacher).startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n" + ex["prompt"])
@@ -150,7 +156,7 @@ def test_only_response_positions_reach_the_vocabulary(tiny, examples, share_pref
     hook = model.lm_head.register_forward_hook(lambda _m, _i, out: rows.append(out.reshape(-1, out.shape[-1]).shape[0]))
     scorer = Scorer(model, tok, batch_size=3, share_prefixes=share_prefixes, progress=False)
     try:
-        table = scorer.score(examples, contrast=1)
+        table = scorer.score(examples, spec=CreditSpec(n_contrast=1))
     finally:
         hook.remove()
     if not share_prefixes:
@@ -158,7 +164,7 @@ def test_only_response_positions_reach_the_vocabulary(tiny, examples, share_pref
         return
     # with shared prefixes, each distinct prefix that predicts a response token is projected once
     distinct = set()
-    for b in scorer.plan(examples, contrast=1):
+    for b in scorer.plan(examples, spec=CreditSpec(n_contrast=1)):
         for ids in [b.student_ids, b.teacher_ids, *b.contrast_ids]:
             distinct.update(tuple(ids[: p + 1]) for p in range(len(ids) - len(b.response) - 1, len(ids) - 1))
     assert sum(rows) == len(distinct) < len(table) * 3
@@ -167,7 +173,7 @@ def test_only_response_positions_reach_the_vocabulary(tiny, examples, share_pref
 def test_contrast_choice(tiny, examples):
     model, tok = tiny
     scorer = Scorer(model, tok, progress=False)
-    plans = [scorer.plan(examples, contrast=3, seed=s) for s in (0, 0, 1)]
+    plans = [scorer.plan(examples, seed=s, spec=CreditSpec(n_contrast=3)) for s in (0, 0, 1)]
     choice = [[b.contrast_example_ids for b in plan] for plan in plans]
     assert choice[0] == choice[1] and choice[0] != choice[2]
     pid = {e["example_id"]: e["prompt_id"] for e in examples}
@@ -179,10 +185,10 @@ def test_contrast_choice(tiny, examples):
 def test_plain_sd_and_logmeanexp_pool(tiny, examples):
     model, tok = tiny
     scorer = Scorer(model, tok, progress=False)
-    table = scorer.score(examples, contrast=0)
+    table = scorer.score(examples, spec=CreditSpec(n_contrast=0))
     assert table["contrast_baseline"].isna().all() and table["credit_reward"].isna().all()
     assert np.isfinite(table["sd_reward"]).all()
-    table = scorer.score(examples, contrast=2, pool="logmeanexp", lam=1.0)
+    table = scorer.score(examples, spec=CreditSpec(n_contrast=2, pool="logmeanexp", lam=1.0))
     lps = np.stack(table["contrast_logprobs"].to_list())
     baseline = np.logaddexp.reduce(lps, axis=1) - math.log(2)
     np.testing.assert_allclose(table["contrast_baseline"], baseline, atol=1e-5)
@@ -196,8 +202,8 @@ def test_long_feedback_is_truncated_never_the_response(tiny, examples):
     scorer = Scorer(model, tok, max_length=120, progress=False)
     long = [dict(e, feedback=e["feedback"] + " Traceback line." * 60) for e in examples]
     with pytest.warns(UserWarning, match="feedback truncated"):
-        table = scorer.score(long, contrast=1)
-        plan = scorer.plan(long, contrast=1)
+        table = scorer.score(long, spec=CreditSpec(n_contrast=1))
+        plan = scorer.plan(long, spec=CreditSpec(n_contrast=1))
     for b in plan:
         assert b.feedback_dropped > 0
         assert all(len(ids) <= 120 for ids in [b.teacher_ids, *b.contrast_ids])
@@ -225,18 +231,20 @@ def test_bad_examples_raise(tiny, examples, change, match):
     model, tok = tiny
     bad = [dict(examples[0], **change)] + examples[1:]
     with pytest.raises(ValueError, match=match):
-        Scorer(model, tok, progress=False).score(bad, contrast=1)
+        Scorer(model, tok, progress=False).score(bad, spec=CreditSpec(n_contrast=1))
 
 
 def test_too_few_prompts_and_duplicate_ids(tiny, examples):
     model, tok = tiny
     scorer = Scorer(model, tok, progress=False)
-    with pytest.raises(ValueError, match="distinct prompt ids"):
-        scorer.score(examples[:4], contrast=2)
+    few = scorer.score(examples[:4], spec=CreditSpec(n_contrast=2))  # 2 distinct prompts: 1 contrast each
+    assert (few["n_contrast"] == 1).all()
+    for row in few.drop_duplicates("example_id").itertuples():
+        assert json.loads(row.contrast_examples)[0].split("-")[0] != row.prompt_id  # never its own prompt
     with pytest.raises(ValueError, match="repeats"):
-        scorer.score([examples[0], examples[0], examples[3]], contrast=1)
+        scorer.score([examples[0], examples[0], examples[3]], spec=CreditSpec(n_contrast=1))
     with pytest.raises(ValueError, match="pool"):
-        scorer.score(examples, pool="max")
+        scorer.score(examples, spec=CreditSpec(pool="max"))
     with pytest.raises(ValueError, match="unknown option"):
         Scorer(model, tok, batchsize=3)
 
@@ -248,10 +256,8 @@ def test_too_few_prompts_and_duplicate_ids(tiny, examples):
         (lambda s, ex: s.score(ex[0]), "examples: expected a list .* got dict \\(wrap a single example in a list\\)"),
         (lambda s, ex: s.score("text"), "examples: expected a list .* got str"),
         (lambda s, ex: s.score(ex, seed="abc"), "seed: must be an integer, got 'abc'"),
-        (lambda s, ex: s.score(ex, contrast=-1), "contrast: must be an integer >= 0"),
-        (lambda s, ex: s.score(ex, lam=1.5), "lam: must be a number in \\[0, 1\\]"),
-        (lambda s, ex: s.score(ex, form="bogus"), "form: must be one of"),
-        (lambda s, ex: s.score([dict(ex[0], response=[10**9])], contrast=0), "example p0-s0: response has .* out of range"),
+        (lambda s, ex: s.score(ex, feedback_contrast=-1), "feedback_contrast: must be an integer >= 0"),
+        (lambda s, ex: s.score([dict(ex[0], response=[10**9])], spec=CreditSpec(n_contrast=0)), "example p0-s0: response has .* out of range"),
     ],
 )
 def test_bad_arguments_name_the_argument(tiny, examples, call, match):
@@ -274,7 +280,7 @@ def test_bad_options_name_the_option(tiny, option, value):
 @pytest.mark.parametrize("form", ["teacher", "shortcut", "contrastive"])
 def test_reward_form_and_lam_are_applied_and_recorded(tiny, examples, form):
     model, tok = tiny
-    table = Scorer(model, tok, progress=False).score(examples, contrast=2, lam=0.3, form=form)
+    table = Scorer(model, tok, progress=False).score(examples, spec=CreditSpec(n_contrast=2, lam=0.3, form=form))
     assert (table["form"] == form).all() and (table["lam"] == 0.3).all()
     teacher, student = table["teacher_logprob"].to_numpy(), table["student_logprob"].to_numpy()
     baseline = np.stack(table["contrast_logprobs"].to_list()).mean(1)
@@ -287,7 +293,7 @@ def test_reward_form_and_lam_are_applied_and_recorded(tiny, examples, form):
 def test_padded_batches_stay_within_max_padding(tiny, examples):
     model, tok = tiny
     scorer = Scorer(model, tok, batch_size=8, max_padding=0.05, progress=False)
-    sequences = [(ids, len(b.response)) for b in scorer.plan(examples, contrast=2)
+    sequences = [(ids, len(b.response)) for b in scorer.plan(examples, spec=CreditSpec(n_contrast=2))
                  for ids in [b.student_ids, b.teacher_ids, *b.contrast_ids]]
     batches = scorer.padded_batches(sequences)
     assert sorted(i for batch, _ in batches for i in batch) == list(range(len(sequences)))

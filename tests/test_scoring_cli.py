@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from creditlens import cli, models, schema
+from creditlens.credit import CreditSpec
 from creditlens.scoring import Scorer
 
 
@@ -37,7 +38,7 @@ def test_score_writes_tables_equal_to_the_api(tmp_path):
     assert (summary["kind"] == "science").all() and summary["gap"].notna().all()
     assert len(pd.read_csv(out / "summary.csv")) == len(rows)
     model, tok = models.load("tiny")
-    expected = Scorer(model, tok, progress=False).score(rows, contrast=2, lam=0.3)
+    expected = Scorer(model, tok, progress=False).score(rows, spec=CreditSpec(n_contrast=2, lam=0.3))
     np.testing.assert_allclose(table["credit_reward"], expected["credit_reward"], atol=1e-6)
 
 

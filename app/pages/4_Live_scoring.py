@@ -46,10 +46,12 @@ with form_column, st.form("live"):
                                  key="contrasts", height=80,
                                  value="Write a Python function that reverses a string.\nWhat is the capital of France?")
     lam_col, pool_col, form_col = st.columns(3)
-    lam = lam_col.slider("lambda (CREDIT)", 0.0, 1.0, 0.5, 0.05, key="lam")
-    pool = pool_col.radio("Contrast pooling", ["mean", "logmeanexp"], horizontal=True, key="pool")
-    forms = importlib.import_module("creditlens.credit")
-    form = form_col.radio("CREDIT form", forms.FORMS, index=forms.FORMS.index(forms.DEFAULT_FORM), key="form",
+    credit = importlib.import_module("creditlens.credit")
+    lam = lam_col.slider("lambda (CREDIT)", 0.0, 1.0, credit.DEFAULT_SPEC.lam, 0.05, key="lam")
+    pools, forms = list(credit.POOLS), list(credit.FORMS)
+    pool = pool_col.radio("Contrast pooling", pools, index=pools.index(credit.DEFAULT_SPEC.pool), horizontal=True,
+                          key="pool")
+    form = form_col.radio("CREDIT form", forms, index=forms.index(credit.DEFAULT_SPEC.form), key="form",
                           help="How credit_reward uses the contrasts (docs/dashboard.md, docs/CREDIT-MATH.md)")
     submitted = st.form_submit_button("Score", type="primary")
 
@@ -63,8 +65,8 @@ with result_column:
                           prompt_id=f"contrast-{j}") for j, text in enumerate(contrasts)]
         try:
             with st.spinner("Scoring..."):
-                table = load_scorer(model_name).score(examples, contrast=len(contrasts), lam=lam, pool=pool,
-                                                      form=form)
+                spec = credit.CreditSpec(lam=lam, form=form, pool=pool, n_contrast=len(contrasts))
+                table = load_scorer(model_name).score(examples, spec)
         except ImportError as error:
             unavailable(error)
         except Exception as error:  # a model path, a download or a tokenizer can fail many ways: show it

@@ -76,13 +76,14 @@ def score(examples: Path, out: Path, options: dict) -> None:
 
     from creditlens import models, schema
     from creditlens.contexts import read_examples
+    from creditlens.credit import CreditSpec
     from creditlens.gap import GapConfig, compatibility_gap, summary_with_gap
     from creditlens.scoring import Scorer
 
     rows = read_examples(examples)
     model, tokenizer = models.load(options["model"])
     scorer = Scorer(model, tokenizer, batch_size=16)
-    table = scorer.score(rows, contrast=2, lam=0.5, pool="mean", seed=0)
+    table = scorer.score(rows, seed=0, spec=CreditSpec(n_contrast=2))
     subset = gap_subset(rows, options["gap_examples"])
     if subset:
         config = GapConfig(samples=options["gap_samples"], max_new_tokens=options["gap_max_new_tokens"], seed=0)

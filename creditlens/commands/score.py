@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from creditlens.choices import DEFAULT_FORM, FORMS, POOLS
 from creditlens.commands import non_negative_int, positive_int, unit_float
-from creditlens.errors import InputError
+from creditlens.errors import ConfigError, InputError
 from creditlens.models import DEFAULT_MODEL, TINY_MODEL
 
 OUTPUTS = ("tokens.parquet", "summary.parquet", "summary.csv")  # what `creditlens score --out DIR` writes
@@ -19,15 +18,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"{DEFAULT_MODEL!r} (embedded), {TINY_MODEL!r} or a local model directory; never "
                              f"downloaded (default {DEFAULT_MODEL})")
-    parser.add_argument("--contrast", type=non_negative_int, default=2,
-                        help="K contrast inputs per example (0: plain SD)")
+    parser.add_argument("--contrast", type=non_negative_int, default=None,
+                        help="K contrast inputs per example, n_contrast of creditlens.credit.CreditSpec (0: plain SD; "
+                             "default: CreditSpec's)")
     parser.add_argument("--feedback-contrast", type=non_negative_int, default=0,
                         help="K other examples' feedback texts per example: the feedback axis (x, f_j, y), "
                              "docs/CREDIT-MATH.md section 8 (0: none)")
-    parser.add_argument("--lam", type=unit_float, default=0.5, help="CREDIT lambda in [0, 1]")
-    parser.add_argument("--pool", default="mean", choices=POOLS, help="contrast pooling")
-    parser.add_argument("--form", default=DEFAULT_FORM, choices=FORMS,
-                        help=f"CREDIT reward form (docs/CREDIT-MATH.md, section 4; default {DEFAULT_FORM})")
+    parser.add_argument("--lam", type=unit_float, default=None, help="CREDIT lambda in [0, 1] (default: CreditSpec's)")
+    parser.add_argument("--pool", default=None, help="contrast pooling, mean or logmeanexp (default: CreditSpec's)")
+    parser.add_argument("--form", default=None,
+                        help="CREDIT reward form, one of creditlens.credit.FORMS (docs/CREDIT-MATH.md, section 4; "
+                             "default: CreditSpec's)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the contrast choice and gap sampling")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass")
     parser.add_argument("--gap-samples", type=non_negative_int, default=0,
@@ -49,6 +50,7 @@ def score_file(args: argparse.Namespace) -> tuple[Path, Path]:
     from creditlens import models, runs, schema, stats
     from creditlens.cache import staged_dir
     from creditlens.contexts import as_example, read_examples
+    from creditlens.credit import CreditSpec
     from creditlens.gap import GapConfig, compatibility_gap, summary_with_gap
     from creditlens.scoring import Scorer
 
@@ -58,21 +60,32 @@ def score_file(args: argparse.Namespace) -> tuple[Path, Path]:
         raise InputError(f"--out {args.out}: holds {foreign[0]!r}, not a `creditlens score` output; choose a new or "
                          f"empty directory (an earlier score result there is replaced whole)")
     models.check_device(args.device)
+    options = {"n_contrast": "--contrast", "lam": "--lam", "pool": "--pool", "form": "--form"}
+    given = {name: getattr(args, option[2:]) for name, option in options.items()}
+    try:
+        spec = CreditSpec(**{name: value for name, value in given.items() if value is not None})
+    except ConfigError as error:  # CreditSpec names its field; the user typed the option
+        field, _, why = str(error).partition(": ")
+        raise InputError(f"{options[field]}: {why}") from None
     rows = read_examples(args.examples)
-    if args.feedback_contrast:  # K over the distinct feedbacks is refused before the model loads
-        Scorer.feedback_partners([as_example(r, i) for i, r in enumerate(rows)], args.feedback_contrast, args.seed)
+    examples = [as_example(r, i) for i, r in enumerate(rows)]
+    for option, k, distinct in (("--contrast", spec.n_contrast, {e.prompt_id for e in examples}),
+                                ("--feedback-contrast", args.feedback_contrast, {e.feedback for e in examples})):
+        if k > len(distinct) - 1:  # refused before the model loads
+            what = "prompt ids" if option == "--contrast" else "feedback texts"
+            raise InputError(f"{option}: n_contrast={k} needs {k + 1} distinct {what} (an example's own is never its "
+                             f"contrast), {args.examples} holds {len(distinct)}; lower {option} or add examples")
     model, tokenizer = models.load(args.model, device=args.device)
     scorer = Scorer(model, tokenizer, batch_size=args.batch_size)
-    table = scorer.score(rows, contrast=args.contrast, lam=args.lam, pool=args.pool, seed=args.seed, form=args.form,
-                         feedback_contrast=args.feedback_contrast)
+    table = scorer.score(rows, spec, seed=args.seed, feedback_contrast=args.feedback_contrast)
     if args.gap_samples:
         gap = compatibility_gap(scorer, rows, table, GapConfig(samples=args.gap_samples, seed=args.seed))
         summary = summary_with_gap(table, gap)
     else:
         summary = schema.example_summary(table)
-    summary = summary.assign(form=args.form, lam=args.lam, pool=args.pool, n_contrast=args.contrast,
+    summary = summary.assign(form=spec.form, lam=spec.lam, pool=spec.pool, n_contrast=spec.n_contrast,
                              n_feedback_contrast=args.feedback_contrast)
-    shares = (("input", args.contrast, "generic_share"), ("feedback", args.feedback_contrast, "feedback_generic_share"))
+    shares = (("input", spec.n_contrast, "generic_share"), ("feedback", args.feedback_contrast, "feedback_generic_share"))
     for axis, k, column in shares:
         if k:  # the generic share of each response along each scored axis
             share = stats.generic_share_by_example(table, axis).rename(column)

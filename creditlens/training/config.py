@@ -195,7 +195,7 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"config: {message}")
         try:
-            self.spec
+            _ = self.spec
         except ConfigError as error:
             raise ConfigError(f"config: {error}") from None
 
@@ -327,6 +327,7 @@ def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size:
         vllm_mode=config.vllm_mode,
         disable_tqdm=True,
     )
+    _refuse_managed_trl(config, common)
     if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("config: tensorboard: true needs the tensorboard package (pip install 'tensorboard>=2.15')")
     if config.gradient_checkpointing:
@@ -360,6 +361,31 @@ def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size:
         success_reward_threshold=config.success_reward_threshold,
         diagnostics_warning_interval=0,
     ) | config.trl)
+
+
+# TRL arguments creditlens sets itself, with where their value comes from (``trl:`` may not override them)
+MANAGED_TRL = {
+    "output_dir": "--out", "seed": "seed", "data_seed": "seed",
+    "per_device_train_batch_size": "num_prompts * num_generations / gradient_accumulation_steps",
+    "save_strategy": "save_every", "save_steps": "save_every", "report_to": "tensorboard",
+    "activation_checkpointing": "gradient_checkpointing", "teacher_model_kind": "teacher",
+    "include_environment_feedback": "include_feedback", "lam": "lam",
+}
+MANAGED_INTERNAL = ("logging_steps", "remove_unused_columns", "disable_tqdm", "dataloader_pin_memory", "use_cpu",
+                    "diagnostics_warning_interval")  # what the run log and the device choice rely on
+
+
+def _refuse_managed_trl(config: TrainConfig, common: dict[str, Any]) -> None:
+    """``ConfigError`` when ``trl:`` sets an argument creditlens sets itself (two owners of one setting)."""
+    own = {f.name for f in dataclasses.fields(TrainConfig)} - {"trl"}
+    for key in sorted(config.trl):
+        if key in MANAGED_TRL or key in common and key in own:
+            source = MANAGED_TRL.get(key, key)
+            raise ConfigError(f"config: trl.{key} is set by creditlens from {source!r}; remove it from trl: "
+                              f"(set {source} instead)")
+        if key in MANAGED_INTERNAL or key in common:
+            raise ConfigError(f"config: trl.{key} is set by creditlens itself (its run log and device choice rely "
+                              "on it); remove it from trl:")
 
 
 def _build(config_class: type, values: dict[str, Any]) -> Any:

@@ -24,9 +24,9 @@ from collections import OrderedDict
 from typing import Any
 
 import torch
-from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder, _extract_last_user_text
+from trl.experimental.sdpo.sdpo_trainer import SuccessfulRolloutTeacherContextBuilder
 
-Prompt = str | list[dict[str, Any]]
+from creditlens.contexts import Prompt, Templates, teacher_prompt
 
 
 def prompt_key(example: dict[str, Any]) -> str:
@@ -84,8 +84,9 @@ class ContextRecorder(SuccessfulRolloutTeacherContextBuilder):
     """TRL's teacher-context builder that remembers, per local sample, the solution and feedback it used.
 
     After :meth:`build`, ``used[i]`` is the (solution text, feedback text) put into local sample i's
-    teacher reprompt, or None when the sample got no reprompt. :meth:`contrast_prompt` rebuilds that
-    reprompt around another prompt, with the same templates.
+    teacher reprompt, or None when the sample got no reprompt. Every reprompt, the sample's own and the
+    contrasts' (:meth:`contrast_prompt`, :meth:`feedback_contrast_prompt`), is written by
+    :func:`creditlens.contexts.teacher_prompt` with the templates of the trainer's args: the scorer's builder.
     """
 
     def __init__(self, trainer: Any):
@@ -104,7 +105,7 @@ class ContextRecorder(SuccessfulRolloutTeacherContextBuilder):
 
     def _build_reprompt_text(self, prompt_text: str, solution_text: str, feedback_text: str) -> str:
         self._calls.append((solution_text, feedback_text))
-        return super()._build_reprompt_text(prompt_text, solution_text, feedback_text)
+        return teacher_prompt(prompt_text, solution_text, feedback_text, Templates.of(self.trainer.args))
 
     def context_text(self, row: int) -> str:
         """The solution and feedback text of local sample ``row``'s teacher context ("" when none)."""
@@ -116,12 +117,7 @@ class ContextRecorder(SuccessfulRolloutTeacherContextBuilder):
         parts = self.used[row]
         if parts is None:
             return other
-        if isinstance(other, list):
-            text = SuccessfulRolloutTeacherContextBuilder._build_reprompt_text(
-                self, _extract_last_user_text(other), *parts
-            )
-            return other[:-1] + [{"role": "user", "content": text}]
-        return SuccessfulRolloutTeacherContextBuilder._build_reprompt_text(self, other, *parts)
+        return teacher_prompt(other, *parts, Templates.of(self.trainer.args))
 
     def feedback_text(self, row: int) -> str:
         """The formatted feedback text of local sample ``row``'s teacher context ("" when it holds none)."""
@@ -137,9 +133,4 @@ class ContextRecorder(SuccessfulRolloutTeacherContextBuilder):
         """Teacher prompt of local sample ``row`` (its ``prompt``, its solution) with ``feedback_text`` in place of
         its feedback: the feedback-axis context (x, f_j, .)."""
         solution = "" if self.used[row] is None else self.used[row][0]
-        if isinstance(prompt, list):
-            text = SuccessfulRolloutTeacherContextBuilder._build_reprompt_text(
-                self, _extract_last_user_text(prompt), solution, feedback_text
-            )
-            return prompt[:-1] + [{"role": "user", "content": text}]
-        return SuccessfulRolloutTeacherContextBuilder._build_reprompt_text(self, prompt, solution, feedback_text)
+        return teacher_prompt(prompt, solution, feedback_text, Templates.of(self.trainer.args))

@@ -169,7 +169,7 @@ class CreditTrainer(SDPOTrainer):
             )
         offset = self.accelerator.process_index * len(inputs)
         messages, has_contrast = [], []
-        for row, example in enumerate(inputs):
+        for row in range(len(inputs)):
             mine = picks[offset + row]
             has_contrast.append(bool(mine))
             messages += [builder.contrast_prompt(row, lookup[key]) for key in mine]
@@ -430,6 +430,7 @@ class CreditTrainer(SDPOTrainer):
                 parts = credit.decompose(teacher_lp, contrast_lp, student_lp, logits.loss_mask, spec)
                 if reward is None:
                     reward = credit.credit_rewards(teacher_lp, contrast_lp, student_lp, logits.loss_mask, spec)
+            sd_reward = parts.sd if parts is not None else credit.sd_rewards(teacher_lp, student_lp, logits.loss_mask)
             self._dispatch_self_distillation_callback(
                 "on_tokens_scored",
                 inputs=inputs,
@@ -439,6 +440,7 @@ class CreditTrainer(SDPOTrainer):
                 loss_mask=logits.loss_mask,
                 student_logits=logits.student_logits.detach(),
                 spec=spec,
+                sd_reward=sd_reward,
                 contrast_lp=contrast_lp,
                 has_contrast=getattr(logits, "has_contrast", None),
                 decomposition=parts,

@@ -13,15 +13,11 @@ from typing import Any
 
 from datasets import Dataset
 
+from creditlens.contexts import Templates, messages_to_text
 from creditlens.envs.base import Environment, Outcome, Problem
 from creditlens.training.contrasts import ContextRecorder
 
 Prompt = str | list[dict[str, str]]
-
-
-def messages_to_text(messages: list[dict[str, str]]) -> str:
-    """Plain-text prompt for tokenizers without a chat template: the message contents, one per line."""
-    return "".join(f"{m['content']}\n" for m in messages)
 
 
 def prompt_text(prompt: Prompt) -> str:
@@ -87,4 +83,4 @@ class FeedbackContextBuilder(ContextRecorder):
         hint = self.reward.last_wrong[row]
         if hint is None or not self.feedback_text(row):
             return None
-        return self.trainer.args.feedback_template.format(feedback_raw=hint)
+        return Templates.of(self.trainer.args).feedback_text(hint)

@@ -1,11 +1,13 @@
 """One training run: check every input, write the manifest, build the TRL trainer, attach the run log, train.
 
 Nothing is written to ``--out`` before every input has been checked (config, environment, model, the
-TRL arguments, ``--resume``'s checkpoint): a refused start leaves the directory as it was.
+TRL arguments, ``--resume``'s checkpoint and logs): a refused start leaves the directory as it was. The
+main process holds the run's lock (``creditlens.training.lock``) from before those checks to the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -95,9 +97,11 @@ def _versions() -> dict[str, str | None]:
 
 
 def manifest_for(
-    name: str, algo: str, env: str, model: str | None, model_path: str, config: TrainConfig
+    name: str, algo: str, env: str, model: str | None, model_path: str, config: TrainConfig, args: Any = None
 ) -> dict:
-    """The ``manifest.json`` content: everything needed to run this again."""
+    """The ``manifest.json`` content: everything needed to run this again, and under ``credit`` the CREDIT
+    settings the trainer runs with (its ``args.spec``: lam 0 for sd; None for grpo, which has none)."""
+    spec = getattr(args, "spec", None)
     return {
         "name": name,
         "algo": algo,
@@ -106,6 +110,7 @@ def manifest_for(
         "model_path": model_path,
         "seed": config.seed,
         "config": config.to_dict(),
+        "credit": None if spec is None else spec.labels(),
         "versions": _versions(),
         "git_commit": _git_commit(),
         "world_size": world_size(),
@@ -185,8 +190,8 @@ def train(
     """
     from accelerate import PartialState
 
-    from creditlens.training.checkpoints import resume_point, truncate_run
-    from creditlens.training.runlog import RunContext, attach_run_log
+    from creditlens.training.checkpoints import resume_point
+    from creditlens.training.lock import run_lock
 
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
@@ -196,6 +201,19 @@ def train(
         raise RunError(f"--out {run_dir}: {existing} is not writable; choose another --out")
     env = env if env is not None else resolve_env(env_name, config.env_args)
     args = trl_args(config, algo, run_dir / runs.CHECKPOINTS_DIR, world_size())
+    if resume:
+        resume_point(run_dir)  # nothing to resume from: refused before the lock creates the directory
+    state = PartialState()
+    with run_lock(run_dir) if state.is_main_process else contextlib.nullcontext():  # one writer per run
+        return _train_locked(algo, env_name, model, config, run_dir, resume, env, args, state)
+
+
+def _train_locked(algo: str, env_name: str, model: str | None, config: TrainConfig, run_dir: Path, resume: bool,
+                  env: Environment, args: Any, state: Any) -> Path:
+    """:func:`train` once the main process holds the run's lock: check the resume point, write, train."""
+    from creditlens.training.checkpoints import check_resume, resume_point, truncate_run
+    from creditlens.training.runlog import RunContext, attach_run_log
+
     has_manifest = (run_dir / runs.MANIFEST).exists()
     if has_manifest and not resume:
         raise RunError(f"--out {run_dir}: a run already exists there; pass --resume or choose another --out")
@@ -205,19 +223,19 @@ def train(
         step, checkpoint = resume_point(run_dir)
         if has_manifest:
             _check_resume(run_dir, wanted)
+        check_resume(run_dir, checkpoint, step, algo != "grpo" and config.teacher == "ema", world_size())
     where = check_model(model, env)
     train_problems = env.problems("train", config.n_train_problems, config.seed)
     if not train_problems:
         raise ConfigError(f"env {env_name!r}: the train split has no problems; raise n_train_problems")
     check_contrasts(algo, config, len({p.id for p in train_problems}))
-    state = PartialState()
     state.wait_for_everyone()  # every process has read the directory before the main one changes it
     if state.is_main_process:
         if resume:
             truncate_run(run_dir, step)
         if not has_manifest:
             recorded = str(run_dir / runs.START_MODEL_DIR) if where == models.TINY_MODEL else where
-            runs.write_manifest(run_dir, manifest_for(run_dir.name, algo, env_name, model, recorded, config))
+            runs.write_manifest(run_dir, manifest_for(run_dir.name, algo, env_name, model, recorded, config, args))
     with state.main_process_first():
         model_path = materialize_model(where, run_dir)
     state.wait_for_everyone()

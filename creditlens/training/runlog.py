@@ -24,7 +24,8 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl.trainer.utils import selective_log_softmax
 
-from creditlens import runs
+from creditlens import runs, schema
+from creditlens.credit import CreditSpec, Decomposition
 from creditlens.envs.base import Environment, Problem
 from creditlens.training.checkpoints import CheckpointCallback
 from creditlens.training.config import TrainConfig
@@ -77,14 +78,26 @@ class RunLog(TrainerCallback):
         entropy: torch.Tensor | None = None,
         contrast_lp: torch.Tensor | None = None,
         has_contrast: torch.Tensor | None = None,
+        spec: CreditSpec | None = None,
+        sd_reward: torch.Tensor | None = None,
+        decomposition: Decomposition | None = None,
+        credit_reward: torch.Tensor | None = None,
         **_: Any,
     ) -> None:
-        """Keep one micro-batch's values (``[B, T]``; ``contrast_lp [B, K, T]``, NaN rows without contrast)."""
+        """Keep one micro-batch's values as the trainer computed them (``[B, T]``; ``contrast_lp [B, K, T]``);
+        samples without contrast get NaN contrasts and split columns."""
         with torch.no_grad(), self.trainer.timer("logging"):
             if entropy is None:
                 entropy = token_entropy(student_logits)
+            columns = {} if sd_reward is None else {"sd_reward": sd_reward}
+            if decomposition is not None:
+                names = schema.CONTRAST_COLUMNS if spec.axis == "input" else schema.FEEDBACK_COLUMNS
+                parts = (decomposition.baseline, decomposition.specific, decomposition.shortcut, credit_reward)
+                columns.update(zip(names, parts, strict=True))
             if contrast_lp is not None and has_contrast is not None:
                 contrast_lp = torch.where(has_contrast[:, None, None], contrast_lp, float("nan"))
+                for name in set(columns) - {"sd_reward"}:
+                    columns[name] = torch.where(has_contrast[:, None], columns[name], float("nan"))
             self.records.append(
                 make_record(
                     rollouts=[self.rollouts[i] for i in inputs["rollout_id"].tolist()],
@@ -97,6 +110,8 @@ class RunLog(TrainerCallback):
                     entropy=entropy,
                     kl=self._kl_to_start(inputs, student_lp),
                     contrast_lp=contrast_lp,
+                    spec=spec,
+                    credit_columns=columns,
                 )
             )
 
@@ -124,11 +139,9 @@ class RunLog(TrainerCallback):
             table = None
             if write_tokens:
                 tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
-                config = self.run.config
                 columns = {"run": self.run.name, "algo": self.run.algo}
                 table = records_table(
-                    self.records, tokenizer, step, first, columns, config.lam, config.pool, config.form,
-                    config.contrast_axis, getattr(self.run.env, "token_labels", None),
+                    self.records, tokenizer, step, first, columns, getattr(self.run.env, "token_labels", None),
                 )
             local = {
                 "table": table,
@@ -152,6 +165,7 @@ class RunLog(TrainerCallback):
                     "response_length": mean([n for g in gathered for n in g["lengths"]]),
                     "entropy": entropy / n_tokens if n_tokens else math.nan,
                     "kl": kl / n_tokens if n_tokens and self.start_model is not None else math.nan,
+                    "no_signal": float(getattr(trainer, "no_signal", False)),  # every reward identical
                 }
         phases["logging"] += trainer.timer.pop()["logging"]
         if self.step_metrics is not None:

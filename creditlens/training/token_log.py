@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from creditlens import schema
+from creditlens.credit import CreditSpec
 
 
 @dataclass
@@ -32,7 +33,9 @@ class Rollout:
 @dataclass
 class TokenRecord:
     """One micro-batch: ``rollouts`` (B), ``completion_ids``/``student_lp``/``teacher_lp``/``advantage``/
-    ``mask`` ``[B, T]``, ``contrast_lp [B, K, T]`` or None, ``lengths [B]``, sums over counted tokens."""
+    ``mask`` ``[B, T]``, ``contrast_lp [B, K, T]`` or None, ``lengths [B]``, sums over counted tokens, and what
+    the trainer computed as it computed it: ``spec`` (None: no CREDIT settings, GRPO) and ``credit_columns``
+    (table column -> ``[B, T]``, ``schema.build_token_table``'s ``credit_columns``)."""
 
     rollouts: list[Rollout]
     completion_ids: torch.Tensor
@@ -45,6 +48,8 @@ class TokenRecord:
     entropy_sum: float
     kl_sum: float
     n_tokens: int
+    spec: CreditSpec | None = None
+    credit_columns: dict[str, torch.Tensor] | None = None
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -72,6 +77,8 @@ def make_record(
     entropy: torch.Tensor,
     kl: torch.Tensor,
     contrast_lp: torch.Tensor | None = None,
+    spec: CreditSpec | None = None,
+    credit_columns: dict[str, torch.Tensor] | None = None,
 ) -> TokenRecord:
     """A :class:`TokenRecord` on the CPU; ``mask`` = loss mask and completion mask (all ``[B, T]``)."""
     counted = completion_mask.bool()
@@ -87,6 +94,8 @@ def make_record(
         entropy_sum=float((entropy.detach().float() * counted).sum()),
         kl_sum=float((kl.detach().float() * counted).sum()),
         n_tokens=int(counted.sum()),
+        spec=spec,
+        credit_columns={name: value.detach().float().cpu() for name, value in (credit_columns or {}).items()},
     )
 
 
@@ -96,17 +105,13 @@ def records_table(
     step: int,
     first_sample: int,
     columns: dict[str, Any],
-    lam: float,
-    pool: str,
-    form: str,
-    contrast_axis: str = "input",
     token_labels: Callable[[Any, list[str]], list[str]] | None = None,
 ) -> pd.DataFrame | None:
     """The token table of ``records``: rows numbered ``first_sample, first_sample + 1, ...`` in order.
 
-    ``columns`` are constant example columns (run, algo); ``lam``/``pool``/``form`` set the credit columns;
-    ``contrast_axis="feedback"`` writes the contrasts into the feedback-axis columns (``schema.FEEDBACK_COLUMNS``);
-    ``token_labels`` (an environment's ``token_labels(problem, tokens)``, e.g. the shortcut testbed's) fills the
+    ``columns`` are constant example columns (run, algo). Each record's spec labels its rows and its credit
+    columns are written as the trainer computed them; a feedback-axis spec writes the contrasts into the
+    feedback-axis columns (``schema.FEEDBACK_COLUMNS``). ``token_labels`` (an environment's ``token_labels(problem, tokens)``, e.g. the shortcut testbed's) fills the
     ground-truth ``label`` column of every response token.
     """
     frames, sample = [], first_sample
@@ -122,6 +127,7 @@ def records_table(
             tokenizer.decode(row[:n].tolist(), skip_special_tokens=True) for row, n in zip(ids, lengths, strict=True)
         ]
         info = record.rollouts
+        feedback_axis = record.spec is not None and record.spec.axis == "feedback"
         extra = {"advantage": record.advantage}
         if token_labels is not None:
             labels = np.full(ids.shape, "", dtype=object)
@@ -136,15 +142,13 @@ def records_table(
                 tokens=tokens,
                 teacher_lp=record.teacher_lp.double(),
                 student_lp=record.student_lp.double(),
-                contrast_lp=None if record.contrast_lp is None or contrast_axis == "feedback"
-                else record.contrast_lp.double(),
-                feedback_contrast_lp=None if record.contrast_lp is None or contrast_axis == "input"
-                else record.contrast_lp.double(),
+                contrast_lp=None if record.contrast_lp is None or feedback_axis else record.contrast_lp.double(),
+                feedback_contrast_lp=record.contrast_lp.double() if record.contrast_lp is not None and feedback_axis
+                else None,
                 mask=record.mask,
                 lengths=lengths,
-                lam=lam,
-                pool=pool,
-                form=form,
+                spec=record.spec,
+                credit_columns=record.credit_columns,
                 example_columns={
                     **{name: [value] * len(samples) for name, value in columns.items()},
                     "step": [step] * len(samples),
