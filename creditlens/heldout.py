@@ -171,3 +171,36 @@ def write_report(run_dirs: Sequence[str | os.PathLike], report: str | os.PathLik
     pd.concat(curves, ignore_index=True).to_csv(report / "heldout_curves.csv", index=False)
     (report / "heldout.md").write_text(markdown(table, families) + "\n")
     return report
+
+
+def figure(table: pd.DataFrame, curves: pd.DataFrame, families: dict[str, Sequence[Sequence[str]]], title: str = ""):
+    """A matplotlib Figure: the mean test curve per method (``curves``: ``heldout_curves.csv``), and per
+    comparison of ``families`` the per-seed difference of the early-stopping score (one dot per seed, the mean
+    and its 95% t-interval as a bar)."""
+    from matplotlib.figure import Figure
+
+    comparisons = [pair for pairs in families.values() for pair in pairs]
+    figure = Figure(figsize=(13, 3.8))
+    left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
+    method_of = dict(zip(table["run"], table["method"], strict=True))
+    merged = curves.assign(method=curves["run"].map(method_of)).dropna(subset=["method"])
+    for method, part in merged.groupby("method", sort=False):
+        mean = part.groupby("step")["score_test"].mean()
+        left.plot(mean.index, mean.values, marker=".", label=method)
+    left.set(xlabel="step", ylabel="test score (mean over seeds)")
+    left.legend(fontsize=7)
+    for i, (a, b) in enumerate(comparisons):
+        result = paired(table, a, b)
+        wide = table.pivot(index="seed", columns="method", values="es_score")
+        diffs = (wide[a] - wide[b]).dropna() if {a, b} <= set(wide.columns) else pd.Series(dtype=float)
+        right.scatter([i] * len(diffs), diffs, s=10, alpha=0.6)
+        if not math.isnan(result["low"]):
+            right.errorbar([i + 0.2], [result["mean"]], yerr=[[result["mean"] - result["low"]], [result["high"] - result["mean"]]],
+                           fmt="o", color="black", capsize=3)
+    right.axhline(0, color="grey", lw=0.8)
+    right.set_xticks(range(len(comparisons)), [f"{a}\n- {b}" for a, b in comparisons], fontsize=6)
+    right.set_ylabel("early-stopping score, paired difference")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure
