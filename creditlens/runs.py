@@ -10,8 +10,8 @@
 
 Every file is written atomically (temp file then rename) or appended one whole line at a time, so a
 run killed at any moment stays readable: a partial last line of a ``.jsonl`` file is ignored.
-:func:`atomic_write` is creditlens' one way to write a file whole (the token tables use it too), and
-:func:`read_jsonl` its one JSONL reader (examples files too): a bad line raises an error naming
+:func:`creditlens.atomic.atomic_write` is creditlens' one way to write a file whole (the token tables use it
+too), and :func:`read_jsonl` its one JSONL reader (examples files too): a bad line raises an error naming
 ``file:line``. JSON has no NaN, so non-finite numbers are written as ``null``.
 """
 
@@ -21,8 +21,6 @@ import json
 import math
 import os
 import re
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from creditlens import schema
+from creditlens.atomic import atomic_write_text
 from creditlens.errors import CreditlensError, InputError, RunError
 
 MANIFEST = "manifest.json"
@@ -41,35 +40,6 @@ START_MODEL_DIR = "start_model"
 
 
 TOKEN_FILE = re.compile(r"step_(\d+)\.parquet")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Write ``path`` whole: ``write(tmp)`` fills a temp file beside it, which is fsynced and renamed over
-    ``path`` (mode 0666 minus the umask, like any new file). On error nothing is left behind and an
-    existing ``path`` is unchanged."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as file:
-            os.fsync(file.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` with :func:`atomic_write`."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
 def check_out_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     """Check, without creating anything, that ``path`` can be (or already is) a directory this process
     writes into; raises :class:`InputError` naming ``option`` and the path otherwise."""

@@ -29,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from creditlens.atomic import atomic_write
 from creditlens.errors import SchemaError
 
 if TYPE_CHECKING:
@@ -290,9 +291,7 @@ def build_token_table(
 
 
 def write_token_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Validate and write a table to Parquet atomically (:func:`creditlens.runs.atomic_write`)."""
-    from creditlens.runs import atomic_write  # runs imports this module: import at call time
-
+    """Validate and write a table to Parquet atomically (:func:`creditlens.atomic.atomic_write`)."""
     validate_token_table(table, str(path))
     arrow = pa.Table.from_pandas(table, preserve_index=False)
     return atomic_write(path, lambda tmp: pq.write_table(arrow, tmp))

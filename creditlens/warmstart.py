@@ -9,7 +9,8 @@ while the teacher repairs most flagged errors; ``evaluate`` measures both. ``sho
 caches the result under ``$CREDITLENS_CACHE`` (default ``~/.cache/creditlens``).
 
 This module reads the task only through the ``ShortcutEnv`` instance it is given (it never imports
-``creditlens.envs.shortcut``), so ``ShortcutEnv.default_model`` can call it without an import circle.
+``creditlens.envs.shortcut``, not even for type hints), so the import graph has no circle;
+``ShortcutEnv.default_model`` imports it when first asked, only because it is heavy (transformers).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import random
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from tokenizers import Tokenizer, pre_tokenizers
@@ -30,9 +30,7 @@ from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from creditlens.cache import cache_dir, staged_dir
-
-if TYPE_CHECKING:
-    from creditlens.envs.shortcut import ShortcutEnv
+from creditlens.envs.base import Environment  # the shortcut testbed's ShortcutEnv, read by its attributes
 
 INFO_FILE = "warmstart.json"
 SPECIALS = ["<|pad|>", "<|unk|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -63,7 +61,7 @@ class WarmStartConfig:
     seed: int = 0
 
 
-def build_tokenizer(env: ShortcutEnv) -> PreTrainedTokenizerFast:
+def build_tokenizer(env: Environment) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over ``env.vocabulary()`` with a ChatML chat template (eos ``<|im_end|>``)."""
     vocab = {word: i for i, word in enumerate(SPECIALS + env.vocabulary())}
     backend = Tokenizer(tok_models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
@@ -84,12 +82,12 @@ def _response(answer: list[str], filler: bool = False) -> str:
     return ("ok " if filler else "") + "answer : " + " ".join(answer) + " ."
 
 
-def teaching_envs(env: ShortcutEnv, config: WarmStartConfig) -> dict[str, ShortcutEnv]:
+def teaching_envs(env: Environment, config: WarmStartConfig) -> dict[str, Environment]:
     """The task of ``env`` once per cue kind (``filler``, ``letter``), with the warm start's cue rate."""
     return {kind: type(env)(**env.task_config(), cue=config.cue, cue_kind=kind) for kind in ("filler", "letter")}
 
 
-def _flawed_attempt(env: ShortcutEnv, answer: list[str], rng: random.Random, config: WarmStartConfig) -> str:
+def _flawed_attempt(env: Environment, answer: list[str], rng: random.Random, config: WarmStartConfig) -> str:
     if rng.random() < config.format_error_fraction:
         return " ".join(rng.choice(env.letters) for _ in range(rng.randint(1, env.length + 2)))
     wrong = [i for i in range(env.length) if rng.random() < config.attempt_error] or [rng.randrange(env.length)]
@@ -98,7 +96,7 @@ def _flawed_attempt(env: ShortcutEnv, answer: list[str], rng: random.Random, con
 
 
 def training_example(
-    envs: dict[str, ShortcutEnv], config: WarmStartConfig, rng: random.Random
+    envs: dict[str, Environment], config: WarmStartConfig, rng: random.Random
 ) -> tuple[list[dict], str]:
     """One ``(chat messages, target response)`` pair from ``envs = teaching_envs(...)``: a student example
     (on the first ``student_ops`` share of the operations only) or a teacher example (any operation; its
@@ -157,7 +155,7 @@ def new_model(tokenizer: PreTrainedTokenizerFast, config: WarmStartConfig) -> Ll
     return LlamaForCausalLM(model_config)
 
 
-def train(env: ShortcutEnv, config: WarmStartConfig) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+def train(env: Environment, config: WarmStartConfig) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """Train the tiny model from scratch on one CPU thread (a 2-layer model gains nothing from more, and
     loses much on a shared machine); deterministic given ``config.seed`` (on one machine)."""
     threads = torch.get_num_threads()
@@ -168,7 +166,7 @@ def train(env: ShortcutEnv, config: WarmStartConfig) -> tuple[LlamaForCausalLM, 
         torch.set_num_threads(threads)
 
 
-def _train(env: ShortcutEnv, config: WarmStartConfig) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+def _train(env: Environment, config: WarmStartConfig) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     tokenizer = build_tokenizer(env)
     model = new_model(tokenizer, config)
     envs = teaching_envs(env, config)
@@ -215,7 +213,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], sample: bool = False, 
     return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def _follows_cue(env: ShortcutEnv, response: str, wanted: list[str]) -> bool:
+def _follows_cue(env: Environment, response: str, wanted: list[str]) -> bool:
     """Filler cue: the response starts with the filler; letter cue: the cue position holds the cue letter."""
     if env.cue_kind == "filler":
         return response.split()[:1] == [env.filler]
@@ -223,7 +221,7 @@ def _follows_cue(env: ShortcutEnv, response: str, wanted: list[str]) -> bool:
     return letters is not None and letters[env.cue_position] == wanted[env.cue_position]
 
 
-def evaluate(model, tokenizer, env: ShortcutEnv, n: int = 256, seed: int = 0) -> dict[str, float]:
+def evaluate(model, tokenizer, env: Environment, n: int = 256, seed: int = 0) -> dict[str, float]:
     """Student vs teacher on ``n`` held-out problems, greedy decoding.
 
     ``student_pass``/``student_reward``: the prompt alone. The teacher sees the verifier's feedback on
@@ -254,12 +252,12 @@ def evaluate(model, tokenizer, env: ShortcutEnv, n: int = 256, seed: int = 0) ->
     }
 
 
-def _key(env: ShortcutEnv, config: WarmStartConfig) -> str:
+def _key(env: Environment, config: WarmStartConfig) -> str:
     blob = json.dumps({"task": env.task_config(), "config": asdict(config), "version": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def build(env: ShortcutEnv, config: WarmStartConfig, out_dir: str | os.PathLike) -> dict:
+def build(env: Environment, config: WarmStartConfig, out_dir: str | os.PathLike) -> dict:
     """Train, evaluate and save model + tokenizer + ``warmstart.json`` to ``out_dir`` atomically."""
     with staged_dir(Path(out_dir), INFO_FILE) as staging:
         model, tokenizer = train(env, config)
@@ -276,7 +274,7 @@ def build(env: ShortcutEnv, config: WarmStartConfig, out_dir: str | os.PathLike)
 
 
 def shortcut_model_dir(
-    env: ShortcutEnv, config: WarmStartConfig | None = None, root: str | os.PathLike | None = None
+    env: Environment, config: WarmStartConfig | None = None, root: str | os.PathLike | None = None
 ) -> Path:
     """Directory of the warm-started model for ``env``'s task; trains it (2-4 min on CPU) when missing.
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from creditlens import runs, schema
+from creditlens import atomic, runs, schema
 from creditlens.errors import InputError
 
 
@@ -96,7 +96,7 @@ def test_non_finite_numbers_are_written_as_null_and_read_as_nan(tmp_path):
 
 def test_atomic_write_keeps_the_old_file_on_failure_and_uses_normal_permissions(tmp_path):
     path = tmp_path / "out.txt"
-    runs.atomic_write_text(path, "old")
+    atomic.atomic_write_text(path, "old")
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
@@ -106,7 +106,7 @@ def test_atomic_write_keeps_the_old_file_on_failure_and_uses_normal_permissions(
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        runs.atomic_write(path, fail_halfway)
+        atomic.atomic_write(path, fail_halfway)
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
 
