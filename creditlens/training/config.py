@@ -327,7 +327,7 @@ def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size:
         vllm_mode=config.vllm_mode,
         disable_tqdm=True,
     )
-    _refuse_managed_trl(config, common)
+    _refuse_managed_trl(config)
     if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("config: tensorboard: true needs the tensorboard package (pip install 'tensorboard>=2.15')")
     if config.gradient_checkpointing:
@@ -363,29 +363,28 @@ def trl_args(config: TrainConfig, algo: str, output_dir: str | Path, world_size:
     ) | config.trl)
 
 
-# TRL arguments creditlens sets itself, with where their value comes from (``trl:`` may not override them)
+# TRL arguments creditlens sets from elsewhere (``trl:`` may not override them), with where they come from
 MANAGED_TRL = {
-    "output_dir": "--out", "seed": "seed", "data_seed": "seed",
+    "output_dir": "--out", "seed": "the config's seed", "data_seed": "the config's seed",
     "per_device_train_batch_size": "num_prompts * num_generations / gradient_accumulation_steps",
     "save_strategy": "save_every", "save_steps": "save_every", "report_to": "tensorboard",
     "activation_checkpointing": "gradient_checkpointing", "teacher_model_kind": "teacher",
-    "include_environment_feedback": "include_feedback", "lam": "lam",
+    "include_environment_feedback": "include_feedback",
+    **dict.fromkeys(("logging_steps", "remove_unused_columns", "disable_tqdm", "diagnostics_warning_interval"),
+                    "creditlens's run log"),
+    **dict.fromkeys(("dataloader_pin_memory", "use_cpu"), "the device creditlens trains on"),
 }
-MANAGED_INTERNAL = ("logging_steps", "remove_unused_columns", "disable_tqdm", "dataloader_pin_memory", "use_cpu",
-                    "diagnostics_warning_interval")  # what the run log and the device choice rely on
 
 
-def _refuse_managed_trl(config: TrainConfig, common: dict[str, Any]) -> None:
+def _refuse_managed_trl(config: TrainConfig) -> None:
     """``ConfigError`` when ``trl:`` sets an argument creditlens sets itself (two owners of one setting)."""
     own = {f.name for f in dataclasses.fields(TrainConfig)} - {"trl"}
     for key in sorted(config.trl):
-        if key in MANAGED_TRL or key in common and key in own:
-            source = MANAGED_TRL.get(key, key)
-            raise ConfigError(f"config: trl.{key} is set by creditlens from {source!r}; remove it from trl: "
-                              f"(set {source} instead)")
-        if key in MANAGED_INTERNAL or key in common:
-            raise ConfigError(f"config: trl.{key} is set by creditlens itself (its run log and device choice rely "
-                              "on it); remove it from trl:")
+        if key in own:
+            raise ConfigError(f"config: trl.{key} duplicates the config field {key}; set `{key}:` at the top "
+                              "level of the config, not under trl:")
+        if key in MANAGED_TRL:
+            raise ConfigError(f"config: trl.{key} is set by creditlens (from {MANAGED_TRL[key]}); remove it from trl:")
 
 
 def _build(config_class: type, values: dict[str, Any]) -> Any:

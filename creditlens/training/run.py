@@ -201,8 +201,8 @@ def train(
         raise RunError(f"--out {run_dir}: {existing} is not writable; choose another --out")
     env = env if env is not None else resolve_env(env_name, config.env_args)
     args = trl_args(config, algo, run_dir / runs.CHECKPOINTS_DIR, world_size())
-    if resume:
-        resume_point(run_dir)  # nothing to resume from: refused before the lock creates the directory
+    if resume and not run_dir.is_dir():
+        resume_point(run_dir)  # no such run: refused before the lock creates the directory
     state = PartialState()
     with run_lock(run_dir) if state.is_main_process else contextlib.nullcontext():  # one writer per run
         return _train_locked(algo, env_name, model, config, run_dir, resume, env, args, state)
