@@ -443,6 +443,38 @@ def test_yaml_configs_are_read_one_way(cli_error, tmp_path):
     cli_error(["headroom", "--env", "science", "--model", "tiny", "--config", tmp_path / "none.yaml"], "none.yaml: no such file")
 
 
+def test_yaml_bombs_duplicates_and_huge_files_are_refused_in_one_line(cli_error, tmp_path):
+    import time
+
+    from creditlens.yamlfiles import MAX_BYTES, parse_yaml, read_yaml
+
+    levels = [f"l0: &l0 [{', '.join(['lol'] * 9)}]"]
+    levels += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]  # 9**9 values expanded
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(levels) + "\n")
+    assert bomb.stat().st_size < 500
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=rf"^--config {bomb}: line 6: aliases expand it to more than 100,000 values"):
+        read_yaml(bomb)
+    assert time.monotonic() - start < 1.0
+    small = "base: &b {x: 1, y: [1, 2]}\nfirst: *b\nsecond:\n  <<: *b\n  x: 5\n"
+    assert parse_yaml(small, "x") == {"base": {"x": 1, "y": [1, 2]}, "first": {"x": 1, "y": [1, 2]},
+                                      "second": {"x": 5, "y": [1, 2]}}  # aliases and merge keys still work
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("lam: 0.5\nseed: 1\ntrl:\n  beta: 0.1\n  beta: 0.2\n")
+    with pytest.raises(ConfigError, match=rf"^--config {twice}: line 5: key 'beta' appears twice in one mapping "
+                                          r"\(first at line 4\)"):
+        read_yaml(twice)
+    twice.write_text("lam: 0.5\nseed: 1\nlam: 0.9\n")
+    cli_error(["train", "--algo", "sd", "--env", "science", "--config", twice, "--out", tmp_path / "out"],
+              "twice.yaml: line 3: key 'lam' appears twice in one mapping (first at line 1)")
+    assert not (tmp_path / "out").exists()
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# " + "x" * MAX_BYTES + "\n")
+    with pytest.raises(ConfigError, match=r"huge.yaml: 1,048,579 bytes, more than a config may hold"):
+        read_yaml(huge)
+
+
 def test_python_dash_m_creditlens_is_the_cli():
     done = subprocess.run([sys.executable, "-m", "creditlens", "envs", "sample", "science", "--n", "-1"],
                           capture_output=True, text=True)

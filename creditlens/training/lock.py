@@ -1,7 +1,8 @@
 """One writer per run directory: an ``fcntl.flock`` on ``RUN_DIR/.lock``, held for the whole run.
 
 The kernel drops the lock when its holder exits, however it exits (SIGKILL, OOM kill, a crash), so a
-stale ``.lock`` left by a killed process is simply taken over; the file only says who holds it. A second
+stale ``.lock`` left by a killed process is simply taken over; the file only says who holds it, and a
+holder that ends normally removes it. A second
 ``train`` (or ``--resume``) on a live run is refused with one line naming the holder's PID. A start that
 fails before its first logged step removes what it created (a directory it made, the manifest, the
 start model, checkpoints), so the rerun is not refused as "a run already exists".
@@ -75,10 +76,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             _remove_new(run_dir, before | {LOCK})
         raise
     finally:
-        with contextlib.suppress(OSError):
-            if made and {p.name for p in run_dir.iterdir()} == {LOCK}:
-                (run_dir / LOCK).unlink()
-                run_dir.rmdir()
+        with contextlib.suppress(OSError):  # unlinked while held: a waiter that opened it retries (_acquire)
+            (run_dir / LOCK).unlink()
+            if made:
+                run_dir.rmdir()  # only when empty
         os.close(fd)
 
 
