@@ -29,10 +29,13 @@ import numpy as np
 import pandas as pd
 
 from creditlens import envs, runs, viz
+from creditlens.cache import staged_dir
 from creditlens.errors import InputError
 from creditlens.runs import Run
 from creditlens.stats import auroc, generic_share, generic_share_validation, has_axis, t_interval, wilson_interval
 
+REPORT_FILES = frozenset({"comparison.csv", "comparison.parquet", "comparison.md", "runs.csv", "curves.csv",
+                          "learning_curves.png", "credit_histograms.png", "credit_auroc.png"})  # what save writes
 CREDIT_COLUMNS = ("advantage", "sd_reward", "credit_reward", "specific", "shortcut")
 """Per-token columns whose AUROC is reported (``advantage``: what the trainer actually used)."""
 OWN_CREDIT = {"grpo": "advantage", "sd": "sd_reward", "credit": "credit_reward"}
@@ -270,11 +273,11 @@ class Comparison:
     def save(self, out: str | os.PathLike) -> list[Path]:
         """Write comparison.{csv,parquet,md}, runs.csv, curves.csv and the PNG figures into ``out``.
 
-        Files are written in place with plain ``open`` (mode 0644 under the usual umask 022): a report
-        is regenerated from the runs, so it needs no crash-safe write.
+        The report is built in a staging folder beside ``out`` and swapped in whole
+        (:func:`creditlens.cache.staged_dir`): a kill or a full disk leaves the complete old report; other
+        files the user keeps in ``out`` are carried into the new one.
         """
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
         writers: dict[str, Callable[[Path], object]] = {
             "comparison.csv": lambda p: self.table.to_csv(p, index=False),
             "comparison.parquet": lambda p: self.table.to_parquet(p, index=False),
@@ -288,14 +291,15 @@ class Comparison:
         for name, figure in figures.items():
             if figure is not None:
                 writers[name] = lambda p, figure=figure: figure.savefig(p, format="png", dpi=100)
-        written = []
-        for name, write in writers.items():
-            write(out / name)
-            written.append(out / name)
-        for figure in figures.values():
-            if figure is not None:
-                _close(figure)
-        return written
+        try:
+            with staged_dir(out, "comparison.csv", replace=True, owned=REPORT_FILES) as staging:
+                for name, write in writers.items():
+                    write(staging / name)
+        finally:
+            for figure in figures.values():
+                if figure is not None:
+                    _close(figure)
+        return [out / name for name in writers]
 
 
 def score_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:

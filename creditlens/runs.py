@@ -44,6 +44,9 @@ def check_out_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     """Check, without creating anything, that ``path`` can be (or already is) a directory this process
     writes into; raises :class:`InputError` naming ``option`` and the path otherwise."""
     path = Path(path).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{option} {path}: a symbolic link to {os.readlink(path)}, which does not exist; create "
+                         "that directory or give another path")
     if path.exists() and not path.is_dir():
         raise InputError(f"{option} {path}: an existing file, not a directory; give a directory path")
     existing = path

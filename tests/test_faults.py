@@ -14,6 +14,7 @@ import pytest
 from train_support import EchoEnv, tiny_fields
 
 from creditlens import runs
+from creditlens.cache import clean_stale_staging, staged_dir
 from creditlens.errors import RunError
 from creditlens.training import run as run_module
 from creditlens.training.checkpoints import TEACHER_STATE, last_complete_checkpoint
@@ -130,3 +131,104 @@ def test_live_run_is_locked_and_a_damaged_checkpoint_is_refused_before_any_chang
     metrics.write_text(metrics.read_text().replace("\n", "\n{oops\n", 1))
     with pytest.raises(RunError, match=rf"{metrics}:2: not valid JSON"):
         train("credit", "echo", "tiny", config, out, resume=True, env=EchoEnv())
+
+
+# --- replacing an output folder: the complete old or the complete new one at every instant ----------
+
+REPLACER = """
+import sys
+from pathlib import Path
+from creditlens import cache
+out, mode = Path(sys.argv[1]), sys.argv[2]
+if mode == "no-exchange":  # a file system without RENAME_EXCHANGE, killed between its two renames
+    import os
+    cache._exchange = lambda a, b: False
+    rename = Path.rename
+    def rename_then_die(self, target):
+        rename(self, target)
+        if ".old." in str(target):
+            os._exit(9)
+    Path.rename = rename_then_die
+generation = 0
+while True:
+    generation += 1
+    with cache.staged_dir(out, "a", replace=True) as staging:
+        for name in ("a", "b", "c"):
+            (staging / name).write_text(str(generation) * 1000)
+    print(generation, flush=True)
+"""
+
+
+def complete(out: Path) -> str:
+    """The generation ``out`` holds; fails when it is missing or mixes generations."""
+    texts = {(out / name).read_text() for name in ("a", "b", "c")}
+    assert len(texts) == 1 and len(next(iter(texts))) >= 1000, texts
+    return next(iter(texts))
+
+
+def test_an_output_folder_is_never_missing_or_mixed_while_replaced_or_killed(tmp_path):
+    out = tmp_path / "out"
+    with staged_dir(out, "a") as staging:
+        for name in ("a", "b", "c"):
+            (staging / name).write_text("0" * 1000)
+    writer = subprocess.Popen([sys.executable, "-c", REPLACER, str(out), "exchange"], env=ENV,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline()
+        seen = set()
+        while len(seen) < 20:  # look while the other process swaps the folder over and over
+            folder = os.open(out, os.O_RDONLY | os.O_DIRECTORY)  # out itself: never missing
+            try:
+                texts = set()
+                for name in ("a", "b", "c"):
+                    with open(os.open(name, os.O_RDONLY, dir_fd=folder)) as handle:
+                        texts.add(handle.read())
+                assert len(texts) == 1  # the folder as it was when opened: one generation, never a mix
+                seen |= texts
+            except FileNotFoundError:
+                pass  # that old folder was being deleted after the swap
+            finally:
+                os.close(folder)
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    complete(out)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "out"]
+    with staged_dir(out, "a", replace=True) as staging:  # a later run removes the killed one's staging
+        for name in ("a", "b", "c"):
+            (staging / name).write_text("new" * 1000)
+    assert complete(out) == "new" * 1000 and [p.name for p in tmp_path.iterdir()] == ["out"], leftovers
+
+
+def test_without_rename_exchange_a_crash_between_renames_is_repaired_by_the_next_run(tmp_path):
+    out = tmp_path / "out"
+    with staged_dir(out, "a") as staging:
+        for name in ("a", "b", "c"):
+            (staging / name).write_text("0" * 1000)
+    crashed = subprocess.run([sys.executable, "-c", REPLACER, str(out), "no-exchange"], env=ENV, timeout=60)
+    assert crashed.returncode == 9 and not out.exists()  # the window this fallback has
+    assert clean_stale_staging(out) and complete(out) == "0" * 1000
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_owned_replacement_keeps_the_users_files_and_drops_stale_outputs(tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    for name, text in (("comparison.csv", "old"), ("credit_auroc.png", "old figure"), ("notes.md", "mine")):
+        (out / name).write_text(text)
+    (out / "drafts").mkdir()
+    (out / "drafts" / "d.txt").write_text("draft")
+    with staged_dir(out, "comparison.csv", replace=True, owned={"comparison.csv", "credit_auroc.png"}) as staging:
+        (staging / "comparison.csv").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["comparison.csv", "drafts", "notes.md"]
+    assert (out / "comparison.csv").read_text() == "new" and (out / "drafts" / "d.txt").read_text() == "draft"
+
+
+def test_a_dangling_symlink_out_is_named(tmp_path):
+    from creditlens.errors import InputError
+    from creditlens.runs import check_out_dir
+
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(InputError, match=rf"^--out {link}: a symbolic link to {tmp_path / 'gone'}, which does not exist"):
+        check_out_dir(link)
