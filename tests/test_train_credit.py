@@ -145,7 +145,9 @@ def contrast_lp(trainer, batch, env):
 @pytest.mark.parametrize("form", ["teacher", "shortcut", "contrastive"])
 def test_sampled_token_advantage_matches_plain_forwards(model_dir, tmp_path, form):
     lam = 0.7
-    trainer = make("credit", model_dir, tmp_path, lam=lam, n_contrast=2, form=form, use_successful_as_teacher=False)
+    trainer = make(
+        "credit", model_dir, tmp_path, lam=lam, n_contrast=2, form=form, use_successful_as_teacher=False
+    )
     batch = rollout_batch(trainer)
     trainer.compute_loss(trainer.model, batch)
     tokens = trainer.capture.tokens
@@ -237,7 +239,9 @@ def test_topk_loss_uses_credit_target_on_the_student_support(model_dir, tmp_path
     support = student.topk(k, dim=-1).indices
 
     def on(lp):  # [..., V] -> [..., k]: the student's top-k ids
-        return lp.gather(-1, support if lp.dim() == 3 else support.unsqueeze(1).expand(-1, lp.shape[1], -1, -1))
+        return lp.gather(
+            -1, support if lp.dim() == 3 else support.unsqueeze(1).expand(-1, lp.shape[1], -1, -1)
+        )
 
     def bucket(lp):  # one more entry: log(1 - mass of the support)
         return torch.cat([lp, torch.log1p(-lp.exp().sum(-1, keepdim=True))], -1)
@@ -251,3 +255,23 @@ def test_topk_loss_uses_credit_target_on_the_student_support(model_dir, tmp_path
     mask = batch["completion_mask"] * batch["self_distillation_mask"].unsqueeze(1)
     expected = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_contrast_rows_without_loss_tokens_are_not_forwarded_and_change_nothing(model_dir, tmp_path):
+    trainer = make("credit", model_dir, tmp_path, lam=0.5, n_contrast=2, use_successful_as_teacher=False)
+    batch = rollout_batch(trainer)
+    batch["self_distillation_mask"][0] = 0.0  # sample 0 has contrasts but no loss token
+    assert bool(batch["has_contrast"].all())
+    rows = []
+    hook = trainer.teacher_model.register_forward_pre_hook(
+        lambda _, args, kw: rows.append(kw["input_ids"].size(0)), with_kwargs=True
+    )
+    listened = trainer.compute_loss(trainer.model, batch).detach()
+    forwarded_listening, rows[:] = sum(rows), []
+    trainer.remove_callback(trainer.capture)
+    quiet = trainer.compute_loss(trainer.model, batch).detach()
+    hook.remove()
+    b, k = batch["contrast_prompt_ids"].shape[:2]
+    assert forwarded_listening == b + b * k  # the teacher forward, then every contrast row for the listener
+    assert sum(rows) == b + (b - 1) * k  # without a listener, sample 0's contrasts are skipped
+    assert torch.equal(listened, quiet)

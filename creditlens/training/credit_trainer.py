@@ -217,40 +217,53 @@ class CreditTrainer(SDPOTrainer):
         if "contrast_prompt_ids" not in inputs:
             return base
         with self.timer("contrast"):
-            contrast = self._contrast_logprobs(teacher_model, inputs, base.student_logits)
+            contrast = self._contrast_logprobs(teacher_model, inputs, base.student_logits, base.loss_mask)
         return CreditLogits(**vars(base), has_contrast=inputs["has_contrast"], **contrast)
 
-    def _contrast_logprobs(self, teacher_model, inputs, student_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Contrast log-probs of the sampled tokens ``[B, K, T]`` and what the distillation mode needs."""
+    def _contrast_logprobs(
+        self, teacher_model, inputs, student_logits: torch.Tensor, loss_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Contrast log-probs of the sampled tokens ``[B, K, T]`` and what the distillation mode needs.
+
+        Only the rows the step reads are forwarded: samples with contrasts and a loss token (all samples with
+        contrasts when a callback listens to ``on_tokens_scored``); the others hold 0, which nothing reads.
+        ``contrast_chunk_rows`` of them go through the teacher at a time, each chunk cut to its longest context
+        (the left padding its rows share is not computed).
+        """
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        mode, k_total = self.args.distillation_mode, inputs["contrast_prompt_ids"].size(1)
+        prompt_ids, prompt_mask = inputs["contrast_prompt_ids"], inputs["contrast_prompt_mask"]
+        mode, (batch, k_total), t = self.args.distillation_mode, prompt_ids.shape[:2], completion_ids.size(1)
+        needed = inputs["has_contrast"] & (loss_mask.bool().any(dim=1) | self._listening())
+        rows = needed.nonzero().flatten()
+        chunks = rows.split(self.args.contrast_chunk_rows or len(rows)) if len(rows) else ()
         out: dict[str, torch.Tensor] = {}
         support = None
         if mode == "topk_logits":
             support = student_logits.detach().topk(self.args.distillation_topk, dim=-1).indices
             out["support"] = support
-        batch, rows = completion_ids.size(0), self.args.contrast_chunk_rows or completion_ids.size(0)
-        token_lps, support_lps, pooled = [], [], None
+            out["contrast_support_lp"] = student_logits.new_zeros((batch, k_total, *support.shape[1:]))
+        elif mode == "full_logits":
+            out["pooled_contrast_lp"] = student_logits.new_zeros((batch, t, student_logits.size(-1)))
+        token_lp = student_logits.new_zeros((batch, k_total, t))
         with torch.no_grad(), self._get_teacher_context_for_self_distillation():
             for k in range(k_total):
-                token_k, support_k = [], []
-                for start in range(0, batch, rows):
-                    chunk = slice(start, start + rows)
+                for chunk in chunks:
+                    mask = prompt_mask[chunk, k]
+                    start = int(mask.any(dim=0).int().argmax()) if bool(mask.any()) else mask.size(1)
                     logits = SDPOTrainer._forward_logits(
                         self,
                         teacher_model,
-                        torch.cat([inputs["contrast_prompt_ids"][chunk, k], completion_ids[chunk]], dim=1),
-                        torch.cat([inputs["contrast_prompt_mask"][chunk, k], completion_mask[chunk]], dim=1),
-                        completion_ids.size(1),
+                        torch.cat([prompt_ids[chunk, k, start:], completion_ids[chunk]], dim=1),
+                        torch.cat([mask[:, start:], completion_mask[chunk]], dim=1),
+                        t,
                     )
-                    token_k.append(selective_log_softmax(logits, completion_ids[chunk]))
+                    token_lp[chunk, k] = selective_log_softmax(logits, completion_ids[chunk])
                     if support is not None:
-                        support_k.append(selective_log_softmax(logits, support[chunk]))
+                        out["contrast_support_lp"][chunk, k] = selective_log_softmax(logits, support[chunk])
                     elif mode == "full_logits":
                         log_probs = torch.log_softmax(logits, dim=-1)
                         del logits
-                        if pooled is None:
-                            pooled = log_probs.new_empty((batch, *log_probs.shape[1:]))
+                        pooled = out["pooled_contrast_lp"]
                         if k == 0:
                             pooled[chunk] = log_probs
                         elif self.args.pool == "mean":
@@ -258,13 +271,9 @@ class CreditTrainer(SDPOTrainer):
                         else:
                             pooled[chunk] = torch.logaddexp(pooled[chunk], log_probs)
                         del log_probs
-                token_lps.append(torch.cat(token_k))
-                if support is not None:
-                    support_lps.append(torch.cat(support_k))
-        out["contrast_token_lp"] = torch.stack(token_lps, dim=1)
-        if support is not None:
-            out["contrast_support_lp"] = torch.stack(support_lps, dim=1)
-        if pooled is not None:
+        out["contrast_token_lp"] = token_lp
+        if mode == "full_logits":
+            pooled = out["pooled_contrast_lp"]
             out["pooled_contrast_lp"] = pooled.div_(k_total) if self.args.pool == "mean" else pooled.sub_(math.log(k_total))
         return out
 
@@ -402,6 +411,10 @@ class CreditTrainer(SDPOTrainer):
                 self._metrics[mode][f"credit/{name}"].append(num / den)
 
     # ---- per-token values for callbacks (creditlens' run logs) ---------------------------------------
+    def _listening(self) -> bool:
+        """Whether a callback defines ``on_tokens_scored``."""
+        return any(hasattr(c, "on_tokens_scored") for c in self.callback_handler.callbacks)
+
     def _offer_tokens(self, inputs, logits: DistillationLogits, advantage: torch.Tensor | float | None) -> None:
         """Dispatch ``on_tokens_scored`` (training only, and only when a callback listens).
 
@@ -412,8 +425,7 @@ class CreditTrainer(SDPOTrainer):
         the advantage itself in ``sampled_token`` mode), else None. ``advantage`` None means SDPO's
         ``teacher_lp - student_lp``; a float fills the tensor (NaN: none).
         """
-        listening = any(hasattr(c, "on_tokens_scored") for c in self.callback_handler.callbacks)
-        if not listening or not self.model.training:
+        if not self._listening() or not self.model.training:
             return
         with torch.no_grad(), self.timer("logging"):
             ids = logits.completion_ids
