@@ -9,17 +9,23 @@ validation and a test part also gets :mod:`creditlens.heldout`'s report (early s
 preset's families of paired tests with Holm's correction). Every grid of docs/results.md is a preset file
 ``configs/study/NAME.yaml`` (``creditlens study --preset NAME``, :func:`load_preset`; fields in
 ``configs/study/README.md``); the plans and their pruning rules are written in docs/results.md.
+SIGINT and SIGTERM are forwarded to the running runs, which the study waits for before it ends; a run
+whose study dies (even by SIGKILL) gets SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,13 +206,14 @@ def run_study(preset: str | Preset, out: str | os.PathLike, jobs: int = 1, keep_
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
     running: list[tuple[StudyRun, subprocess.Popen, float, object]] = []
     failed: list[str] = []
-    with tqdm(total=len(todo), desc="study runs", disable=None) as bar:
+    with tqdm(total=len(todo), desc="study runs", disable=None) as bar, _forwarding_signals(running):
         while todo or running:
             while todo and len(running) < max(1, jobs):
                 run = todo.pop(0)
                 shutil.rmtree(out / run.name, ignore_errors=True)
                 log = open(out / f"{run.name}.log", "w")
-                process = subprocess.Popen(train_command(run, preset, out), stdout=log, stderr=subprocess.STDOUT, env=env)
+                process = subprocess.Popen(train_command(run, preset, out), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                           start_new_session=True, preexec_fn=_die_with_parent)
                 running.append((run, process, time.time(), log))
             time.sleep(0.5)
             for item in list(running):
@@ -222,11 +229,57 @@ def run_study(preset: str | Preset, out: str | os.PathLike, jobs: int = 1, keep_
                     prune(out / run.name)
                 bar.set_postfix_str(f"{run.name} {time.time() - start:.0f}s")
     if failed:
-        raise RuntimeError("study runs failed: " + "; ".join(failed))
+        from creditlens.errors import RunError  # one line through the CLI, not a traceback
+
+        raise RunError("study runs failed: " + "; ".join(failed) + "; fix the cause and rerun (finished runs are kept)")
     for log in out.glob("*.log"):
         log.unlink()
     report(preset, out)
     return out
+
+
+STOP_WAIT_S = 60.0  # how long a stopped study waits for its runs to exit before it kills them
+
+
+def _die_with_parent() -> None:
+    """In a run's process, before exec: SIGTERM when the study dies, even by SIGKILL (Linux prctl)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def _forwarding_signals(running: list) -> Iterator[None]:
+    """SIGINT and SIGTERM stop the study: each is sent on to every running run (each in its own session, so
+    a terminal's Ctrl+C reaches it once), the study waits for them (killing any still alive after
+    ``STOP_WAIT_S``), then ends (KeyboardInterrupt for SIGINT, exit status 143 for SIGTERM)."""
+    main = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+
+    def stop(signum, frame):
+        for sig in old:
+            signal.signal(sig, signal.SIG_IGN)  # one stop at a time
+        for _, process, _, _ in running:
+            with contextlib.suppress(OSError):
+                process.send_signal(signum)
+        raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+
+    for sig in old:
+        signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig in old:
+            signal.signal(sig, signal.SIG_IGN)
+        deadline = time.monotonic() + STOP_WAIT_S
+        for _, process, _, log in running:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def report(preset: str | Preset, out: str | os.PathLike) -> Path:

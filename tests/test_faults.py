@@ -232,3 +232,39 @@ def test_a_dangling_symlink_out_is_named(tmp_path):
     link.symlink_to(tmp_path / "gone")
     with pytest.raises(InputError, match=rf"^--out {link}: a symbolic link to {tmp_path / 'gone'}, which does not exist"):
         check_out_dir(link)
+
+
+STUDY = """
+import sys, types
+from pathlib import Path
+from creditlens import envs, study
+marks = Path(sys.argv[1])
+child = ("import signal, sys, time\\nfrom pathlib import Path\\n"
+         "def stop(signum, frame):\\n    time.sleep(0.5)\\n"  # a run that takes a moment to save and exit
+         "    Path(sys.argv[1], signal.Signals(signum).name).write_text('stopped')\\n    sys.exit(0)\\n"
+         "signal.signal(signal.SIGTERM, stop)\\nsignal.signal(signal.SIGINT, stop)\\n"
+         "Path(sys.argv[1], 'started').write_text('')\\ntime.sleep(120)\\n")
+def fake_command(run, preset, out):
+    (marks / run.name).mkdir(parents=True, exist_ok=True)
+    return [sys.executable, "-c", child, str(marks / run.name)]
+study.train_command = fake_command
+envs.get = lambda name, **kw: types.SimpleNamespace(default_model=lambda: None)
+study.run_study(next(iter(study.PRESETS.values())), Path(sys.argv[2]), jobs=2)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_study_forwards_its_signal_to_the_runs_and_waits_for_them(tmp_path, sig):
+    marks = tmp_path / "marks"
+    process = subprocess.Popen([sys.executable, "-c", STUDY, str(marks), str(tmp_path / "study")], env=ENV,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while len(list(marks.glob("*/started"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    runs_started = sorted(p.parent.name for p in marks.glob("*/started"))
+    assert len(runs_started) == 2
+    process.send_signal(sig)
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == (143 if sig == signal.SIGTERM else -signal.SIGINT), stderr  # the CLI: 130
+    for name in runs_started:  # each run got the same signal, and the study ended only after they had
+        assert (marks / name / sig.name).read_text() == "stopped"
