@@ -335,6 +335,7 @@ def test_local_model_instance_args_none_and_plain_sdpo_config(model_dir, tmp_pat
         ({"form": "nope"}, "form"),
         ({"contrast_bank_size": -1}, "contrast_bank_size"),
         ({"contrast_chunk_rows": 0}, "contrast_chunk_rows"),
+        ({"sd_loss": "fast"}, "sd_loss"),
         ({"use_teacher_server": True}, "use_teacher_server"),
         ({"distillation_weight": 0.0}, "distillation_weight"),
         ({"distillation_mode": "topk_logits", "distillation_alpha": 0.5}, "distillation_topk"),

@@ -7,7 +7,7 @@ import pytest
 import torch
 from train_support import EchoEnv
 from transformers import TrainerCallback
-from trl.experimental.sdpo import SDPOTrainer
+from trl.experimental.sdpo import SDPOTrainer, sdpo_trainer
 
 from creditlens import models
 from creditlens.training.config import TrainConfig, trl_args
@@ -275,3 +275,21 @@ def test_contrast_rows_without_loss_tokens_are_not_forwarded_and_change_nothing(
     assert forwarded_listening == b + b * k  # the teacher forward, then every contrast row for the listener
     assert sum(rows) == b + (b - 1) * k  # without a listener, sample 0's contrasts are skipped
     assert torch.equal(listened, quiet)
+
+
+def test_rowwise_sd_loss_equals_trls_within_1e_6(model_dir, tmp_path, monkeypatch):
+    topk = dict(lam=0.0, distillation_mode="topk_logits", distillation_topk=4, distillation_alpha=0.5)
+    trl_path = make("credit", model_dir, tmp_path, **topk, distillation_add_tail=True)
+    batch = rollout_batch(trl_path)
+    assert batch["self_distillation_mask"].sum() > 0
+    for tail in (True, False):
+        trl_path.args.distillation_add_tail = tail
+        rowwise = make("credit", model_dir, tmp_path / f"rowwise{tail}", **topk, distillation_add_tail=tail)
+        rowwise.args.sd_loss = "rowwise"
+        loss_trl, grads_trl = loss_and_grads(trl_path, batch)
+        with monkeypatch.context() as patch:  # the row-wise path never calls TRL's top-k loss
+            patch.setattr(sdpo_trainer, "compute_topk_self_distillation_loss", None)
+            loss_rowwise, grads_rowwise = loss_and_grads(rowwise, batch)
+        torch.testing.assert_close(loss_rowwise, loss_trl, atol=1e-6, rtol=0)
+        for a, b in zip(grads_rowwise, grads_trl, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -12,7 +12,10 @@ from trl.experimental.sdpo import SDPOConfig
 from creditlens.credit import AXES, DEFAULT_SPEC, FORMS, POOLS, CreditSpec
 from creditlens.errors import ConfigError
 
-CREDIT_FIELDS = ("lam", "n_contrast", "pool", "form", "contrast_axis", "contrast_bank_size", "contrast_chunk_rows")
+CREDIT_FIELDS = (
+    "lam", "n_contrast", "pool", "form", "contrast_axis", "contrast_bank_size", "contrast_chunk_rows", "sd_loss"
+)
+SD_LOSSES = ("trl", "rowwise")
 
 
 @dataclass
@@ -42,6 +45,11 @@ class CreditConfig(SDPOConfig):
         contrast_chunk_rows (`int` or `None`, *optional*, defaults to `1`):
             Rows per contrast forward: the contrast forwards add at most this many rows of logits to the step's
             peak memory (docs/training.md, "Memory"). `None`: the whole micro-batch in one forward.
+        sd_loss (`str`, *optional*, defaults to `"trl"`):
+            SDPO's loss in `topk_logits` mode, wherever it runs (`lam=0`, or a micro-batch without contrasts):
+            `"trl"`, SDPOTrainer's own code, bit for bit; `"rowwise"`, CREDIT's row-wise top-k code, equal within 1e-6
+            and without TRL's full-vocabulary `logsumexp` temporaries (docs/training.md, "Memory"). The other
+            modes already share SDPOTrainer's code.
 
     Unlike ``SDPOConfig``, an unset ``bf16`` becomes ``False`` on a machine without a bf16 accelerator (and
     without ``use_cpu=True``), so the same script also runs on CPU, in float32.
@@ -68,6 +76,10 @@ class CreditConfig(SDPOConfig):
     )
     contrast_chunk_rows: int | None = field(
         default=1, metadata={"help": "Rows per contrast forward (bounds its extra memory); None: all at once."}
+    )
+    sd_loss: str = field(
+        default="trl",
+        metadata={"help": f"lam=0 top-k SD loss, one of {SD_LOSSES}: TRL's (bit for bit) or row-wise (less memory)."},
     )
 
     def __post_init__(self) -> None:
@@ -99,6 +111,7 @@ def check_credit_fields(config: SDPOConfig) -> None:
     except ConfigError as error:
         raise ConfigError(f"CreditConfig {error}") from None
     checks = [
+        (config.sd_loss in SD_LOSSES, f"sd_loss: must be one of {SD_LOSSES}, got {config.sd_loss!r}"),
         (spec.n_contrast >= 1, f"n_contrast: CreditTrainer needs K >= 1 contrasts per sample, got {spec.n_contrast}"),
         (
             _is_int(config.contrast_bank_size) and config.contrast_bank_size >= 0,

@@ -283,6 +283,9 @@ class CreditTrainer(SDPOTrainer):
         if isinstance(logits, CreditLogits):
             self._log_credit_metrics("train" if model.training else "eval", logits)
         if not isinstance(logits, CreditLogits) or spec.lam == 0 or logits.loss_mask.sum() == 0:
+            if self.args.sd_loss == "rowwise" and self.args.distillation_mode == "topk_logits" and logits.loss_mask.any():
+                self._offer_tokens(inputs, logits, advantage=float("nan"))
+                return self._aggregate(model, inputs, logits, self._rowwise_topk_sd_loss(logits))
             loss = super()._compute_self_distillation_loss(model, inputs, logits)
             self._offer_tokens(inputs, logits, None if self.args.distillation_mode == "sampled_token" else float("nan"))
             return loss
@@ -328,6 +331,20 @@ class CreditTrainer(SDPOTrainer):
         if not self.args.distillation_add_tail:
             student = student - student.logsumexp(-1, keepdim=True)
         return compute_divergence(student, target, self.args.distillation_alpha)
+
+    def _rowwise_topk_sd_loss(self, logits: DistillationLogits) -> torch.Tensor:
+        """SDPO's top-k divergence ``[B, T]`` computed row by row (``sd_loss="rowwise"``): TRL's
+        ``compute_topk_self_distillation_loss`` within 1e-6, without its ``[B, T, V]`` ``logsumexp`` temporaries."""
+        support = logits.student_logits.detach().topk(self.args.distillation_topk, dim=-1).indices
+        student = selective_log_softmax(logits.student_logits, support)
+        with torch.no_grad():
+            teacher = selective_log_softmax(logits.teacher_logits, support)
+        if self.args.distillation_add_tail:
+            student, teacher = add_tail_bucket(student), add_tail_bucket(teacher)
+        else:
+            student = student - student.logsumexp(-1, keepdim=True)
+            teacher = teacher - teacher.logsumexp(-1, keepdim=True)
+        return compute_divergence(student, teacher, self.args.distillation_alpha)
 
     def _full_target(self, logits: CreditLogits) -> DistillationLogits:
         """SDPO's inputs with the teacher logits replaced by the CREDIT target log-probs ``[B, T, V]``.
