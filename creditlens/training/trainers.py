@@ -12,6 +12,7 @@ and, per micro-batch, the per-token values their loss used (``on_tokens_scored``
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -42,6 +43,21 @@ def env_reward(trainer: Any) -> EnvReward:
         if isinstance(reward, EnvReward):
             return reward
     raise ValueError("reward_funcs: the environment trainers need a creditlens.training.feedback.EnvReward")
+
+
+def check_signal(trainer: Any, rewards: torch.Tensor) -> torch.Tensor:
+    """Set ``trainer.no_signal`` when every rollout of a generation batch got the same total reward
+    (``rewards [B, F]``, gathered over processes): GRPO's advantages are then 0 and SD's successful-sibling
+    teacher has nothing to copy. Warns once per run; the run log records it per step as ``no_signal``."""
+    total = rewards.nansum(dim=1)
+    trainer.no_signal = bool(total.numel()) and bool((total == total[0]).all())
+    if trainer.no_signal and not getattr(trainer, "warned_no_signal", False):
+        trainer.warned_no_signal = True
+        warnings.warn(f"creditlens: no learning signal: all {total.numel()} rollouts of a generation batch got "
+                      f"reward {float(total[0]):g}, so GRPO's group advantages are 0 and no outcome tells rollouts "
+                      "apart; choose an environment, model or config where some rollouts pass and some fail "
+                      "(metrics.jsonl logs no_signal = 1 for such steps)", RuntimeWarning, stacklevel=2)
+    return rewards
 
 
 def announce_rollouts(trainer: Any, inputs: list[dict], contexts: list[str]) -> torch.Tensor:
@@ -82,7 +98,7 @@ class SDPOEnvTrainer(CreditTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         with self.timer("scoring"):
-            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            return check_signal(self, super()._calculate_rewards(inputs, prompts, completions, completion_ids_list))
 
     def _forward_logits(self, model, input_ids, attention_mask, logits_to_keep):
         if torch.is_grad_enabled():
@@ -120,7 +136,7 @@ class GRPOEnvTrainer(GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         with self.timer("scoring"):
-            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            return check_signal(self, super()._calculate_rewards(inputs, prompts, completions, completion_ids_list))
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
         if not torch.is_grad_enabled():
