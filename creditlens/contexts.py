@@ -360,10 +360,10 @@ class ContextBuilder:
 def read_examples(path: str | Path) -> list[dict]:
     """Read a JSONL file of examples (one JSON object per line); errors name the file and line."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir() or not path.exists():  # a pipe (process substitution, /dev/stdin) is read like a file
         raise InputError(f"{path}: {'a directory' if path.is_dir() else 'no such file'}; give a JSONL file of examples")
     rows = []
-    for lineno, row in read_jsonl_lines(path, partial_last_line=False, error=InputError):
+    for lineno, row in read_jsonl_lines(path, partial_last_line=False, error=InputError, progress="reading examples"):
         try:
             as_example(row, len(rows))
         except ValueError as error:

@@ -100,45 +100,60 @@ def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
         os.fsync(file.fileno())
 
 
+BAR_BYTES = 16 << 20  # a JSONL file this large is read with a progress bar when the caller names one
+
+
 def read_jsonl_lines(
-    path: str | os.PathLike, partial_last_line: bool = True, error: type[CreditlensError] = RunError
+    path: str | os.PathLike, partial_last_line: bool = True, error: type[CreditlensError] = RunError,
+    progress: str | None = None,
 ) -> list[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` of every non-blank line of a ``.jsonl`` file ([] when it does not exist).
 
     A line that is not UTF-8, not JSON, nested too deeply to parse or not a JSON object raises ``error``
     naming ``file:line``; with ``partial_last_line`` an unreadable last line without a newline (a killed
-    append) is dropped instead.
+    append) is dropped instead. The file is read line by line (a pipe such as ``<(zcat x.gz)`` works too);
+    ``progress`` names a tqdm bar shown for files of ``BAR_BYTES`` or more.
     """
     path = Path(path)
     if not path.exists():
         return []
     if path.is_dir():
         raise error(f"{path}: a directory, expected a JSONL file")
-    lines = path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n")  # a UTF-8 byte-order mark is not content
     records = []
-    for number, raw in enumerate(lines, start=1):
-        cut_short = partial_last_line and number == len(lines)
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as why:
-            if cut_short:
-                break
-            raise error(f"{path}:{number}: not UTF-8 text (byte {raw[why.start]:#04x} at column {why.start + 1}); "
-                        "save the file as UTF-8") from None
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as why:
-            if cut_short:
-                break
-            raise error(f"{path}:{number}: not valid JSON ({why.msg} at column {why.colno})") from None
-        except RecursionError:
-            raise error(f"{path}:{number}: JSON nested too deeply to read") from None
-        if not isinstance(record, dict):
-            raise error(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        records.append((number, record))
+    size = path.stat().st_size if path.is_file() else 0
+    with open(path, "rb") as handle, _bar(progress, size) as bar:
+        for number, raw in enumerate(handle, start=1):
+            bar.update(len(raw))
+            cut_short = partial_last_line and not raw.endswith(b"\n")
+            raw = raw.removesuffix(b"\n") if number > 1 else raw.removesuffix(b"\n").removeprefix(b"\xef\xbb\xbf")
+            try:  # (a UTF-8 byte-order mark is not content)
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as why:
+                if cut_short:
+                    break
+                raise error(f"{path}:{number}: not UTF-8 text (byte {raw[why.start]:#04x} at column {why.start + 1}); "
+                            "save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as why:
+                if cut_short:
+                    break
+                raise error(f"{path}:{number}: not valid JSON ({why.msg} at column {why.colno})") from None
+            except RecursionError:
+                raise error(f"{path}:{number}: JSON nested too deeply to read") from None
+            if not isinstance(record, dict):
+                raise error(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            records.append((number, record))
     return records
+
+
+def _bar(desc: str | None, size: int):
+    """A tqdm bar over ``size`` bytes named ``desc``, or a no-op one (no name, or a small file)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=size, desc=desc, unit="B", unit_scale=True, leave=False, disable=desc is None or size < BAR_BYTES)
 
 
 def read_jsonl(

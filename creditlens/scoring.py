@@ -30,6 +30,7 @@ from creditlens.credit import DEFAULT_SPEC, CreditSpec
 from creditlens.errors import ConfigError, InputError
 
 CPU_CALL_TOKENS = 50  # per torch thread: a forward call of SmolLM2-135M on 1 CPU thread costs ~50 tokens (docs/scoring.md)
+PLAN_BAR_MIN = 1000  # examples from which plan() shows a progress bar (building contexts takes ~6 ms each)
 
 
 @dataclass
@@ -187,7 +188,9 @@ class Scorer:
         by_feedback = {e.feedback: e for e in reversed(order)}
         picks = credit.draw_contrasts([e.feedback for e in order], k_feedback, torch.Generator().manual_seed(seed))
         feedbacks = {e.example_id: [by_feedback[f] for f in pick] for e, pick in zip(order, picks, strict=True)}
-        return [self.build(e, partners[e.example_id], feedbacks[e.example_id]) for e in examples]
+        bar = tqdm(examples, desc="contexts", unit="ex", leave=False,  # minutes for 100k examples, not silent
+                   disable=not self.config.progress or len(examples) < PLAN_BAR_MIN)
+        return [self.build(e, partners[e.example_id], feedbacks[e.example_id]) for e in bar]
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         """Length-sorted buckets of sequence indices with the fewest padded tokens plus ``self.call_tokens`` each.

@@ -475,6 +475,30 @@ def test_yaml_bombs_duplicates_and_huge_files_are_refused_in_one_line(cli_error,
         read_yaml(huge)
 
 
+def test_examples_come_through_a_pipe_and_large_files_show_a_bar(tmp_path, capsys, monkeypatch):
+    import threading
+
+    from creditlens.contexts import read_examples
+
+    lines = [json.dumps({"prompt": f"p{i}", "feedback": "f", "response": "r"}) for i in range(3)]
+    read_end, write_end = os.pipe()  # what `creditlens score <(zcat examples.jsonl.gz)` hands over
+
+    def feed():
+        with os.fdopen(write_end, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+
+    threading.Thread(target=feed).start()
+    with os.fdopen(read_end):
+        assert [row["prompt"] for row in read_examples(f"/proc/self/fd/{read_end}")] == ["p0", "p1", "p2"]
+    path = tmp_path / "big.jsonl"
+    path.write_text("\ufeff" + "\n".join(lines))  # a byte-order mark and no final newline
+    monkeypatch.setattr(runs, "BAR_BYTES", 10)
+    assert [row["prompt"] for row in read_examples(path)] == ["p0", "p1", "p2"]
+    assert "reading examples" in capsys.readouterr().err
+    with pytest.raises(InputError, match=r"no such file"):
+        read_examples(tmp_path / "missing.jsonl")
+
+
 def test_python_dash_m_creditlens_is_the_cli():
     done = subprocess.run([sys.executable, "-m", "creditlens", "envs", "sample", "science", "--n", "-1"],
                           capture_output=True, text=True)
