@@ -112,7 +112,7 @@ def check_credit_fields(config: SDPOConfig) -> None:
         raise ConfigError(f"CreditConfig {error}") from None
     checks = [
         (config.sd_loss in SD_LOSSES, f"sd_loss: must be one of {SD_LOSSES}, got {config.sd_loss!r}"),
-        (spec.n_contrast >= 1, f"n_contrast: CreditTrainer needs K >= 1 contrasts per sample, got {spec.n_contrast}"),
+        (spec.n_contrast >= 1, f"n_contrast: must be >= 1 for CreditTrainer (K contrasts per sample), got {spec.n_contrast}"),
         (
             _is_int(config.contrast_bank_size) and config.contrast_bank_size >= 0,
             f"contrast_bank_size: must be an int >= 0, got {config.contrast_bank_size!r}",
