@@ -181,8 +181,13 @@ def as_example(obj: Example | Mapping | object, index: int) -> Example:
     response = data["response"]
     if isinstance(response, str):
         _text(response, "response", where)
-    elif not isinstance(response, Sequence) or not response or not all(isinstance(t, int) for t in response):
+    elif not isinstance(response, Sequence) or not response:
         raise InputError(f"{where}: field 'response' must be non-empty text or a non-empty list of token ids")
+    else:
+        bad = next(((i, t) for i, t in enumerate(response) if isinstance(t, bool) or not isinstance(t, int) or t < 0), None)
+        if bad is not None:
+            raise InputError(f"{where}: field 'response' item {bad[0]} is {bad[1]!r}, not a token id (a whole number "
+                             ">= 0); give the response as text or as the ids the tokenizer produced")
     example_id = data.get("example_id")
     prompt_id = data.get("prompt_id")
     return Example(
@@ -210,6 +215,7 @@ class ContextBuilder:
         if self.chat and not tokenizer.chat_template:
             raise ConfigError("chat=True but the tokenizer has no chat template; set chat=False for plain text")
         self.specials = [] if self.chat else list(tokenizer("", add_special_tokens=True)["input_ids"])
+        self._warned_plain = config.chat is not None  # an explicit chat=False is the caller's choice
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``: no special tokens are added, special-token strings are kept as such."""
@@ -234,6 +240,10 @@ class ContextBuilder:
         """What the trainer feeds the model for ``prompt``: chat messages in chat mode, else one text."""
         if self.chat:
             return self._messages(prompt)
+        if not isinstance(prompt, str) and not self._warned_plain:
+            self._warned_plain = True
+            warnings.warn("creditlens: the tokenizer has no chat template, so chat-message prompts are scored as plain "
+                          "'role: content' text; use a chat model, or give the prompts as text", UserWarning, stacklevel=2)
         return prompt if isinstance(prompt, str) else messages_to_text(prompt)
 
     def tokenize(self, prompt: Prompt) -> list[int]:

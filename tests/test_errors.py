@@ -499,6 +499,54 @@ def test_examples_come_through_a_pipe_and_large_files_show_a_bar(tmp_path, capsy
         read_examples(tmp_path / "missing.jsonl")
 
 
+def test_model_folders_whose_parts_do_not_fit_name_the_part(tmp_path, tiny_dir, monkeypatch):
+    def variant(name, change) -> Path:
+        target = tmp_path / name
+        shutil.copytree(tiny_dir, target)
+        change(target)
+        return target
+
+    def wider(folder):
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": config["intermediate_size"] + 8}))
+
+    shape = variant("shape", wider)
+    with pytest.raises(ModelError, match=r"model\.safetensors holds model\.layers\.0\.mlp\.down_proj\.weight of shape "
+                                         r"\[64, 128\], but config\.json builds \[64, 136\]"):
+        models.load(str(shape))
+    cut = variant("cut", lambda f: (f / "tokenizer.json").write_text((f / "tokenizer.json").read_text()[:500]))
+    with pytest.raises(ModelError, match=rf"^{cut / 'tokenizer.json'}: truncated or damaged JSON"):
+        models.load(str(cut))
+    big = models.tiny_tokenizer()
+    big.add_tokens([f"extra{i}" for i in range(600)])
+    other = variant("other", big.save_pretrained)
+    with pytest.raises(ModelError, match=r"its tokenizer has 1\d\d\d tokens but the weights embed only 512"):
+        models.load(str(other))
+    monkeypatch.setenv("CREDITLENS_CACHE", str(tmp_path / "cache"))  # a damaged embedded model in the cache
+    embedded = tmp_path / "cache" / models.EMBEDDED_DIR
+    shutil.copytree(cut, embedded)
+    with pytest.raises(ModelError, match=rf"{embedded / 'tokenizer.json'}: .*delete that folder and creditlens "
+                                         "converts the model again"):
+        models.embedded_model_dir()
+
+
+def test_token_ids_and_chat_prompts_that_cannot_be_scored_as_given_say_so():
+    from creditlens.contexts import ContextBuilder, ContextConfig, as_example
+
+    row = {"prompt": "p", "feedback": "f"}
+    for response, shown in (([1, float("nan"), 3], "item 1 is nan"), ([1, -2], "item 1 is -2"), ([True], "item 0 is True")):
+        with pytest.raises(InputError, match=f"field 'response' {shown}, not a token id"):
+            as_example({**row, "response": response}, 0)
+    tokenizer = models.tiny_tokenizer()
+    tokenizer.chat_template = None  # a base model's tokenizer
+    builder = ContextBuilder(tokenizer, ContextConfig(), 64)
+    with pytest.warns(UserWarning, match="no chat template, so chat-message prompts are scored as plain"):
+        builder.model_prompt([{"role": "user", "content": "hi"}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        builder.model_prompt([{"role": "user", "content": "again"}])  # said once per builder
+
+
 def test_python_dash_m_creditlens_is_the_cli():
     done = subprocess.run([sys.executable, "-m", "creditlens", "envs", "sample", "science", "--n", "-1"],
                           capture_output=True, text=True)
