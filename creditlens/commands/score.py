@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from creditlens.commands import non_negative_int, positive_int, unit_float
+from creditlens.commands import device_name, existing_file, non_negative_int, positive_int, unit_float
 from creditlens.errors import ConfigError, InputError
 from creditlens.models import DEFAULT_MODEL, TINY_MODEL
 
 OUTPUTS = ("tokens.parquet", "summary.parquet", "summary.csv")  # what `creditlens score --out DIR` writes
+SUMS = ("n_tokens", "sd_sum", "specific_sum", "shortcut_sum", "credit_sum", "generic_share", "feedback_generic_share",
+        "pmi", "gap", "gap_se")
+"""Columns of the per-example table printed at the end (those the summary has)."""
+SHOWN_ROWS = 20  # examples printed; the rest are in summary.csv
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("score", help="score (prompt, feedback, response) triples with a causal LM")
-    parser.add_argument("examples", type=Path, help="JSONL file, one {prompt, feedback, response, ...} per line")
+    parser.add_argument("examples", type=existing_file, help="JSONL file, one {prompt, feedback, response, ...} per line")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"{DEFAULT_MODEL!r} (embedded), {TINY_MODEL!r} or a local model directory; never "
                              f"downloaded (default {DEFAULT_MODEL})")
@@ -33,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per forward pass")
     parser.add_argument("--gap-samples", type=non_negative_int, default=0,
                         help="M samples for the compatibility gap (0: skip)")
-    parser.add_argument("--device", default="cpu",
+    parser.add_argument("--device", type=device_name, default="cpu",
                         help="torch device to score on: 'cpu' (default), 'cuda', 'cuda:N' or 'mps'")
     parser.add_argument("--out", type=Path, required=True,
                         help="output directory; an earlier score result there is replaced whole")
@@ -43,22 +48,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def score_file(args: argparse.Namespace) -> tuple[Path, Path]:
     """Score ``args.examples`` into ``args.out``; returns the token-table and summary paths.
 
-    ``--out``, ``--device`` and the examples file are checked before the model loads or anything is written.
+    ``--out``, the examples file and a ``--contrast`` / ``--feedback-contrast`` larger than the file allows are
+    refused before torch is imported; the CREDIT settings and ``--device`` before the model loads.
     """
-    import pandas as pd
-
-    from creditlens import models, runs, schema, stats
-    from creditlens.cache import staged_dir
-    from creditlens.contexts import as_example, read_examples
-    from creditlens.credit import CreditSpec
-    from creditlens.gap import GapConfig, compatibility_gap, summary_with_gap
-    from creditlens.scoring import Scorer
+    from creditlens import runs
 
     runs.check_out_dir(args.out)
     foreign = sorted(p.name for p in args.out.iterdir() if p.name not in OUTPUTS) if args.out.is_dir() else []
     if foreign:
         raise InputError(f"--out {args.out}: holds {foreign[0]!r}, not a `creditlens score` output; choose a new or "
                          f"empty directory (an earlier score result there is replaced whole)")
+    numbered = runs.read_jsonl_lines(args.examples, partial_last_line=False, error=InputError,
+                                     progress="reading examples")  # read once: the file may be a pipe
+    if not numbered:
+        raise InputError(f"{args.examples}: holds no examples")
+    rows = [row for _, row in numbered]
+    _check_contrasts(args.examples, rows, args.contrast, args.feedback_contrast)
+
+    import pandas as pd
+
+    from creditlens import models, schema, stats
+    from creditlens.cache import staged_dir
+    from creditlens.contexts import as_example
+    from creditlens.credit import CreditSpec
+    from creditlens.gap import GapConfig, compatibility_gap, summary_with_gap
+    from creditlens.scoring import Scorer
+
     models.check_device(args.device)
     options = {"n_contrast": "--contrast", "lam": "--lam", "pool": "--pool", "form": "--form"}
     given = {name: getattr(args, option[2:]) for name, option in options.items()}
@@ -67,14 +82,13 @@ def score_file(args: argparse.Namespace) -> tuple[Path, Path]:
     except ConfigError as error:  # CreditSpec names its field; the user typed the option
         field, _, why = str(error).partition(": ")
         raise InputError(f"{options[field]}: {why}") from None
-    rows = read_examples(args.examples)
-    examples = [as_example(r, i) for i, r in enumerate(rows)]
-    for option, k, distinct in (("--contrast", spec.n_contrast, {e.prompt_id for e in examples}),
-                                ("--feedback-contrast", args.feedback_contrast, {e.feedback for e in examples})):
-        if k > len(distinct) - 1:  # refused before the model loads
-            what = "prompt ids" if option == "--contrast" else "feedback texts"
-            raise InputError(f"{option}: n_contrast={k} needs {k + 1} distinct {what} (an example's own is never its "
-                             f"contrast), {args.examples} holds {len(distinct)}; lower {option} or add examples")
+    examples = []
+    for index, (line, row) in enumerate(numbered):
+        try:
+            examples.append(as_example(row, index))
+        except ValueError as error:
+            raise InputError(f"{args.examples}:{line}: {error}") from error
+    _check_contrasts(args.examples, examples, spec.n_contrast, args.feedback_contrast)  # CreditSpec's default K
     model, tokenizer = models.load(args.model, device=args.device)
     scorer = Scorer(model, tokenizer, batch_size=args.batch_size)
     table = scorer.score(rows, spec, seed=args.seed, feedback_contrast=args.feedback_contrast)
@@ -101,7 +115,34 @@ def score_file(args: argparse.Namespace) -> tuple[Path, Path]:
     return args.out / OUTPUTS[0], args.out / OUTPUTS[1]
 
 
+def _check_contrasts(path: Path, rows: list, contrast: int | None, feedback_contrast: int) -> None:
+    """Refuse K contrasts along an axis with fewer than K + 1 distinct prompts (feedback texts) in the file: an
+    example's own is never its contrast. ``rows``: raw JSON rows or :class:`Example` s; ``contrast`` None: unset."""
+    def field(row, name):
+        value = row.get(name) if isinstance(row, dict) else getattr(row, name)
+        return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else str(value)
+
+    prompts = {field(r, "prompt_id") if field(r, "prompt_id") != "None" else field(r, "prompt") for r in rows}
+    for option, k, distinct, what in (("--contrast", contrast, prompts, "prompt ids"),
+                                      ("--feedback-contrast", feedback_contrast, {field(r, "feedback") for r in rows},
+                                       "feedback texts")):
+        if k is not None and k > len(distinct) - 1:
+            raise InputError(f"{option}: n_contrast={k} needs {k + 1} distinct {what} (an example's own is never its "
+                             f"contrast), {path} holds {len(distinct)}; lower {option} or add examples")
+
+
+def sums_table(summary) -> str:
+    """The per-example sums of a summary as aligned text: the first :data:`SHOWN_ROWS` examples, then a count."""
+    shown = summary.set_index("example_id")[[c for c in SUMS if c in summary.columns]].head(SHOWN_ROWS)
+    text = shown.to_string(float_format=lambda v: f"{v:+.3f}", na_rep="-")
+    more = len(summary) - len(shown)
+    return text + (f"\n... {more} more examples in summary.csv" if more > 0 else "")
+
+
 def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     tokens, summary = score_file(args)
     print(f"per-token table: {tokens}\nper-example summary: {summary} (+ summary.csv)")
+    print(f"\nper-example sums (nats; sd_sum = specific_sum + shortcut_sum):\n{sums_table(pd.read_parquet(summary))}")
     return 0

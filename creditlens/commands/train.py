@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from creditlens.choices import ALGOS
-from creditlens.commands import non_negative_int, positive_int
+from creditlens.commands import check_model, existing_file, non_negative_int, positive_int
 from creditlens.envs.registry import names as env_names
 
 
@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Hugging Face cache; never downloaded (default: the environment's model: the warm-started model "
         "for shortcut, SmolLM2 otherwise)",
     )
-    parser.add_argument("--config", default=None, help="YAML file of TrainConfig fields (configs/*.yaml)")
+    parser.add_argument("--config", type=existing_file, default=None,
+                        help="YAML file of TrainConfig fields (configs/*.yaml)")
     parser.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
@@ -47,12 +48,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check ``--out`` and the config, then train (the path to the reward: :func:`creditlens.training.run.train`)."""
+    """Check ``--out``, the config file and the model, then train (the path to the reward:
+    :func:`creditlens.training.run.train`); only then are torch and TRL imported."""
     from creditlens.runs import check_out_dir
+    from creditlens.yamlfiles import read_yaml
+
+    check_out_dir(args.out)
+    if args.config is not None:
+        read_yaml(args.config)  # a bad file is refused here, before torch is imported
+    check_model(args.model)
+
     from creditlens.training.config import load_config, parse_overrides
     from creditlens.training.run import train
 
-    check_out_dir(args.out)
     overrides = parse_overrides(args.set)
     overrides.update({k: v for k, v in (("seed", args.seed), ("max_steps", args.max_steps)) if v is not None})
     config = load_config(args.config, overrides)
