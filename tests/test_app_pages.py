@@ -105,6 +105,28 @@ def test_runs_page_lists_runs_and_plots_curves(data, monkeypatch):
     assert count(at, "vega_lite_chart") == 1
 
 
+def test_runs_page_shows_one_environment_at_a_time_and_calls_out_collapses(tmp_path, monkeypatch):
+    root = appdata.make_runs_dir(tmp_path / "runs")
+    for name, best, final in (("science-sd-s0", 0.55, 0.12), ("science-sd-s1", 0.5, 0.45)):
+        runs.write_manifest(root / name, {"name": name, "algo": "sd", "env": "science", "model": "m",
+                                          "seed": int(name[-1]), "config": {"max_steps": 6}})
+        for step, score in ((0, 0.3), (2, best), (6, final)):
+            runs.append_jsonl(root / name / runs.EVAL, {"step": step, "score": score})
+    at = run_page("runs", tmp_path, monkeypatch)
+    no_exception(at)
+    assert at.radio(key="env").options == ["science", "shortcut"]
+    table = at.dataframe[0].value
+    assert sorted(table["run"]) == ["science-sd-s0", "science-sd-s1"]
+    assert table["group"].nunique() == 1  # two seeds of one method, as creditlens compare groups them
+    assert len(at.warning) == 1 and "science-sd-s0" in at.warning[0].value and "0.55 → 0.12" in at.warning[0].value
+    at.radio(key="env").set_value("shortcut").run()
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert sorted(table["algo"]) == ["credit", "grpo", "sd"] and len(at.warning) == 0
+    assert table.loc[table["algo"] != "credit", "form"].eq("").all()  # blanks, not "None"
+    assert table.loc[table["algo"] != "credit", "lam"].isna().all()
+
+
 def test_token_page_heatmap_matches_exact_model(data, monkeypatch):
     at = run_page("tokens", data, monkeypatch)
     no_exception(at)
