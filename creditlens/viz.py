@@ -51,6 +51,9 @@ POSITIVE_RGB = (5, 113, 176)  # colour of +vmax
 MISSING_RGB = (224, 224, 224)  # NaN (no contrasts) and masked tokens
 CLIP_PERCENTILE = 95.0
 """Default colour-scale half-width: this percentile of the counted tokens' absolute values."""
+MIN_CLIPPED = 20
+"""Fewer finite values than this are never clipped: in a short response the percentile is the largest or
+second-largest value, so clipping would give tokens of very different credit one saturated colour."""
 
 
 def _figure_axes(ax, figsize: tuple[float, float]):
@@ -103,13 +106,15 @@ def diverging_rgb(values: np.ndarray, vmax: float) -> np.ndarray:
 
 def symmetric_vmax(values: np.ndarray, percentile: float | None = None) -> float:
     """Half-width of a centred scale: the largest absolute finite value, or its ``percentile``
-    (e.g. 95: robust to a few outliers; an observed value, never interpolated towards an outlier);
+    (e.g. 95: robust to a few outliers; an observed value, never interpolated towards an outlier) when there
+    are at least :data:`MIN_CLIPPED` finite values, so that a short response keeps its order of colours;
     1.0 when there is no non-zero finite value."""
     values = np.asarray(values, dtype=np.float64)
     finite = np.abs(values[np.isfinite(values)])
     if not finite.size or finite.max() <= 0:
         return 1.0
-    vmax = float(finite.max() if percentile is None else np.percentile(finite, percentile, method="lower"))
+    robust = percentile is not None and finite.size >= MIN_CLIPPED
+    vmax = float(np.percentile(finite, percentile, method="lower") if robust else finite.max())
     return vmax if vmax > 0 else float(finite.max())
 
 

@@ -41,6 +41,18 @@ def test_diverging_scale_is_centred_and_symmetric():
     assert viz.symmetric_vmax(np.array([np.nan])) == 1.0
 
 
+def test_short_response_keeps_the_order_of_its_colours():
+    values = np.array([0.2, 0.91, 5.38])  # a 3-token answer: "S" (+0.91) and "yd" (+5.38) must differ
+    rows = pd.DataFrame({"token": ["a", "S", "yd"], "position": range(3), "mask": True, "sd_reward": values})
+    body = viz.token_heatmap_html(rows, "sd_reward")
+    blue = [int(b) for *_, b in re.findall(r"background:rgb\((\d+),(\d+),(\d+)\)", body)]
+    red = [int(r) for r, *_ in re.findall(r"background:rgb\((\d+),(\d+),(\d+)\)", body)]
+    assert red[0] > red[1] > red[2] and "beyond" not in body  # stronger credit, stronger blue; nothing clipped
+    assert viz.symmetric_vmax(values, 95) == 5.38
+    many = np.linspace(0.1, 1.0, viz.MIN_CLIPPED)
+    assert viz.symmetric_vmax(many, 95) < 1.0 and len(blue) == 3
+
+
 def test_robust_scale_ignores_one_outlier_and_keeps_true_values():
     values = np.concatenate([np.linspace(-1.0, 1.0, 39), [80.0]])  # 40 counted tokens, one outlier
     assert viz.symmetric_vmax(values) == 80.0

@@ -23,7 +23,9 @@ shared = st.sidebar.checkbox("Same colour scale for both", value=False, key="sha
 robust = st.sidebar.checkbox(
     f"Robust colour scale ({viz.CLIP_PERCENTILE:g}th percentile)", value=True, key="robust",
     help=f"The scale ends at the {viz.CLIP_PERCENTILE:g}th percentile of |value| over counted tokens, so that one "
-         "outlier does not wash out the rest; tokens beyond it saturate. Hover a token for its true values.")
+         f"outlier does not wash out the rest; tokens beyond it saturate. Responses of fewer than {viz.MIN_CLIPPED} "
+         "counted tokens always use the full range, so their colours keep the order of their values. Hover a token "
+         "for its true values.")
 if empty:
     st.sidebar.caption("No values here (all NaN): " + ", ".join(empty)
                        + (" (scored without contrasts, K = 0)" if "specific" in empty else ""))
