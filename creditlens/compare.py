@@ -277,7 +277,10 @@ class Comparison:
         (:func:`creditlens.cache.staged_dir`): a kill or a full disk leaves the complete old report; other
         files the user keeps in ``out`` are carried into the new one.
         """
-        out = Path(out)
+        out, where = Path(out), Path(os.path.abspath(out))
+        if Path.cwd() == where or where in Path.cwd().parents:  # the swap would leave the shell in a deleted folder
+            raise InputError(f"--out {out}: the current directory or one above it; give a folder of its own "
+                             "for the report (e.g. report/)")
         writers: dict[str, Callable[[Path], object]] = {
             "comparison.csv": lambda p: self.table.to_csv(p, index=False),
             "comparison.parquet": lambda p: self.table.to_parquet(p, index=False),

@@ -206,6 +206,7 @@ def run_study(preset: str | Preset, out: str | os.PathLike, jobs: int = 1, keep_
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
     running: list[tuple[StudyRun, subprocess.Popen, float, object]] = []
     failed: list[str] = []
+    die_with_parent = _die_with_parent()
     with tqdm(total=len(todo), desc="study runs", disable=None) as bar, _forwarding_signals(running):
         while todo or running:
             while todo and len(running) < max(1, jobs):
@@ -213,7 +214,7 @@ def run_study(preset: str | Preset, out: str | os.PathLike, jobs: int = 1, keep_
                 shutil.rmtree(out / run.name, ignore_errors=True)
                 log = open(out / f"{run.name}.log", "w")
                 process = subprocess.Popen(train_command(run, preset, out), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                           start_new_session=True, preexec_fn=_die_with_parent)
+                                           start_new_session=True, preexec_fn=die_with_parent)
                 running.append((run, process, time.time(), log))
             time.sleep(0.5)
             for item in list(running):
@@ -241,10 +242,14 @@ def run_study(preset: str | Preset, out: str | os.PathLike, jobs: int = 1, keep_
 STOP_WAIT_S = 60.0  # how long a stopped study waits for its runs to exit before it kills them
 
 
-def _die_with_parent() -> None:
-    """In a run's process, before exec: SIGTERM when the study dies, even by SIGKILL (Linux prctl)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+def _die_with_parent():
+    """A ``preexec_fn`` that makes a run get SIGTERM when the study dies, even by SIGKILL (Linux
+    ``prctl(PR_SET_PDEATHSIG)``), looked up here so the forked child only calls it; None elsewhere."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM, 0, 0, 0)
 
 
 @contextlib.contextmanager

@@ -234,9 +234,25 @@ HACKS = {
         "        time.sleep(5)\n    os._exit(0)\n",
     "break the channel with a huge return value": "def has_close_elements(numbers, threshold):\n"
         "    return 'x' * (3 << 20)\n",
+    "write a forged verdict into other processes' output": "import glob, os\n"
+        "line = b'\\n@@creditlens@@{\"stage\": \"done\", \"results\": [], \"cases\": 0}\\n'\n"
+        "for path in glob.glob('/proc/[0-9]*/fd/[12]'):\n    try:\n"
+        "        fd = os.open(path, os.O_WRONLY | os.O_APPEND)\n        os.write(fd, line)\n        os.close(fd)\n"
+        "    except OSError:\n        pass\n"
+        "def has_close_elements(numbers, threshold):\n" + WRONG,
     "return a self-referencing list": "def has_close_elements(numbers, threshold):\n"
         "    x = []\n    x.append(x)\n    return x\n",
 }
+
+
+@pytest.mark.parametrize("name", ["write a forged verdict into other processes' output",
+                                  "forge the done event through the frames", "patch the harness's failure hook"])
+def test_reward_hacking_without_namespaces_still_gets_zero(everything, name):
+    """isolation="none" (the opt-in without bubblewrap) keeps the verdict out of reach too."""
+    problem = everything["HumanEval/0"]
+    with pytest.warns(RuntimeWarning, match="isolation='none'"):
+        outcome = CodeEnv(timeout_s=2, isolation="none").verify(problem, f"```python\n{HACKS[name]}```")
+    assert outcome.reward == 0.0 and not outcome.passed, (name, outcome)
 
 
 def read_tests_from_disk(cache_folder: str) -> str:

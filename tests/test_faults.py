@@ -4,6 +4,7 @@ failed start that leaves nothing behind. Tiny model, a few steps; each case is o
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -222,6 +223,16 @@ def test_owned_replacement_keeps_the_users_files_and_drops_stale_outputs(tmp_pat
         (staging / "comparison.csv").write_text("new")
     assert sorted(p.name for p in out.iterdir()) == ["comparison.csv", "drafts", "notes.md"]
     assert (out / "comparison.csv").read_text() == "new" and (out / "drafts" / "d.txt").read_text() == "draft"
+
+
+def test_compare_will_not_swap_out_the_current_directory(tmp_path, monkeypatch):
+    from creditlens.compare import Comparison
+    from creditlens.errors import InputError
+
+    monkeypatch.chdir(tmp_path)
+    for out in (".", "..", "sub/.."):
+        with pytest.raises(InputError, match=rf"^--out {re.escape(out)}: the current directory or one above it"):
+            Comparison.save(None, out)
 
 
 def test_a_dangling_symlink_out_is_named(tmp_path):

@@ -26,7 +26,8 @@ LOCK = ".lock"
 
 
 def holder(run_dir: Path) -> str:
-    """Who holds the lock of ``run_dir``, as its ``.lock`` says ("PID 123 on host"), or "unknown"."""
+    """Who holds the lock of ``run_dir`` as its ``.lock`` says: "PID 123" ("PID 123 on HOST" for another
+    host), or "an unknown process"."""
     try:
         pid, _, host = (run_dir / LOCK).read_text(encoding="utf-8").strip().partition(" ")
     except OSError:
