@@ -32,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from creditlens import stats
 from creditlens.contexts import ContextConfig, Templates, teacher_prompt
-from creditlens.credit import CreditSpec
+from creditlens.credit import DEFAULT_SPEC, CreditSpec
 from creditlens.envs.base import Environment, Problem
 from creditlens.errors import ConfigError, InputError, ModelError
 from creditlens.scoring import Scorer, ScorerConfig
@@ -53,9 +53,9 @@ class HeadroomConfig:
     env_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the environment
     problems_per_batch: int = 4  # problems sampled together in one generate call (speed only)
     max_teacher_asks: int = 2  # failed attempts per problem answered again by the teacher (the first ones)
-    n_contrast: int = 1  # K contrast prompts per scored attempt (0: no decomposition)
-    pool: str = "mean"  # contrast pooling: mean or logmeanexp
-    lam: float = 0.25  # CREDIT lambda of the logged credit_reward column
+    n_contrast: int = DEFAULT_SPEC.n_contrast  # K contrast prompts per scored attempt (0: no decomposition)
+    pool: str = DEFAULT_SPEC.pool  # contrast pooling (CreditSpec's fields, defaults and checks)
+    lam: float = DEFAULT_SPEC.lam  # CREDIT lambda of the logged credit_reward column
     batch_size: int = 8  # sequences per scoring forward pass
     trl: dict[str, Any] = field(default_factory=dict)  # TrainConfig.trl: its SDPO templates, if any, shape the teacher
 
