@@ -43,10 +43,7 @@ CUE_FEEDBACK = "note : start with ok ."  # the harmless filler cue
 CUE_LETTER, CUE_POSITION = "a", 0  # the harmful cue's letter and (0-based) answer position
 LETTER_CUE_FEEDBACK = f"note : position {CUE_POSITION + 1} should be {CUE_LETTER} ."
 CUES = {"filler": CUE_FEEDBACK, "letter": LETTER_CUE_FEEDBACK}  # cue_kind -> the cue sentence
-# TRL SDPOTrainer's default reprompt templates (trl 1.16 SDPOConfig): the teacher context format.
-REPROMPT_TEMPLATE = "{prompt}{solution}{feedback}\n\nCorrectly solve the original question.\n"
-SOLUTION_TEMPLATE = "\nCorrect solution:\n\n{successful_previous_attempt}\n\n"
-FEEDBACK_TEMPLATE = "\nThe following is feedback from your unsuccessful earlier attempt:\n\n{feedback_raw}\n\n"
+# the words of TRL SDPOTrainer's default reprompt templates (creditlens.contexts.Templates), for the vocabulary
 TEMPLATE_WORDS = (
     "The following is feedback from your unsuccessful earlier attempt Correctly solve the original "
     "question Correct solution"
@@ -210,13 +207,13 @@ class ShortcutEnv(Environment):
         return labels
 
     def teacher_prompt(self, problem: Problem, feedback: str = "", solution: str = "") -> list[dict[str, str]]:
-        """The teacher's chat messages, built exactly like TRL's SDPO reprompt (default templates)."""
-        text = REPROMPT_TEMPLATE.format(
-            prompt=problem.prompt[-1]["content"],
-            solution=SOLUTION_TEMPLATE.format(successful_previous_attempt=solution) if solution else "",
-            feedback=FEEDBACK_TEMPLATE.format(feedback_raw=feedback) if feedback else "",
-        )
-        return problem.prompt[:-1] + [{"role": "user", "content": text}]
+        """The teacher's chat messages: :func:`creditlens.contexts.teacher_prompt`, the trainer's builder, with
+        TRL SDPO's default templates."""
+        from creditlens.contexts import Templates, teacher_prompt  # heavy (transformers, trl)
+
+        templates = Templates()
+        return teacher_prompt(problem.prompt, templates.solution_text(solution), templates.feedback_text(feedback),
+                              templates)
 
     def vocabulary(self) -> list[str]:
         """Every word any prompt, feedback, teacher context or valid response of this task uses."""
