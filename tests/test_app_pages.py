@@ -348,6 +348,9 @@ def test_live_scoring_with_tiny_model_matches_plain_forward(tmp_path, monkeypatc
     assert at.metric[0].value == f"{expected.sum():+.3f}"
     assert "form = shortcut" in at.caption[0].value and "lambda = 0.5" in at.caption[0].value
     values = at.dataframe[0].value  # Token values: shortcut form = specific + (1 - lam) * shortcut
+    assert [m.label for m in at.metric] == ["Σ sd_reward", "Σ credit_reward", "Σ specific", "Σ shortcut"]
+    for metric, column in zip(at.metric[1:], ("credit_reward", "specific", "shortcut"), strict=True):
+        assert metric.value == f"{values[column].sum():+.3f}"  # the same four sums as the Token credit page
     np.testing.assert_allclose(values["credit_reward"], values["specific"] + 0.5 * values["shortcut"], atol=1e-6)
     at.selectbox(key="live_component").set_value("specific").run()
     no_exception(at)

@@ -83,7 +83,7 @@ with result_column:
     st.caption(common.settings_caption(tokens) + " · hover a token for its exact values")
     st.html(viz.token_heatmap_html(tokens, component))
     counted = tokens[tokens["mask"]]
-    for column, name in zip(st.columns(3), ("sd_reward", "credit_reward", "shortcut"), strict=True):
+    for column, name in zip(st.columns(4), ("sd_reward", "credit_reward", "specific", "shortcut"), strict=True):
         value = counted[name].sum(min_count=1) if name in counted else float("nan")
         column.metric(f"Σ {name}", "n/a" if value != value else f"{value:+.3f}")
     with st.expander("Token values"):
