@@ -279,3 +279,24 @@ def test_study_forwards_its_signal_to_the_runs_and_waits_for_them(tmp_path, sig)
     assert process.returncode == (143 if sig == signal.SIGTERM else -signal.SIGINT), stderr  # the CLI: 130
     for name in runs_started:  # each run got the same signal, and the study ended only after they had
         assert (marks / name / sig.name).read_text() == "stopped"
+
+
+def test_a_full_disk_while_checkpointing_is_one_line(tmp_path, monkeypatch):
+    import transformers.modeling_utils
+    from safetensors import SafetensorError
+
+    saves = []
+    save = transformers.modeling_utils.safe_save_file
+
+    def full_from_the_third(*args, **kwargs):  # start model, checkpoint-1, then the disk is full
+        saves.append(1)
+        if len(saves) >= 3:  # what safetensors raised on a full 3 MB tmpfs:
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full_from_the_third)
+    out = tmp_path / "run"
+    with pytest.raises(RunError, match=rf"^--out {out}: the disk is full \(Error while serializing.*os error 28\)\); "
+                                       "free space, then --resume: it restarts from the last complete checkpoint$"):
+        train("sd", "echo", "tiny", TrainConfig(**tiny_fields(2)), out, env=EchoEnv())
+    assert last_complete_checkpoint(out / runs.CHECKPOINTS_DIR)[0] == 1

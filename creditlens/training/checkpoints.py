@@ -5,6 +5,7 @@ state, EMA teacher) and every log file before :func:`truncate_run` changes anyth
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import struct
@@ -98,6 +99,19 @@ def resume_point(run_dir: Path) -> tuple[int, Path]:
         f"{', '.join(held)}; checkpoints are pruned by 'creditlens study' or were deleted), so the run cannot "
         "continue; start it again with another --out (or delete this directory first)"
     )
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) is a full disk or quota, however the writing library
+    reports it (``OSError`` ENOSPC/EDQUOT, safetensors' "os error 28", torch's "file write failed")."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(error) for text in ("No space left on device", "os error 28", "Disk quota exceeded",
+                                                "file write failed")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "adapter_model.safetensors")

@@ -190,7 +190,7 @@ def train(
     """
     from accelerate import PartialState
 
-    from creditlens.training.checkpoints import resume_point
+    from creditlens.training.checkpoints import disk_full, last_complete_checkpoint, resume_point
     from creditlens.training.lock import run_lock
 
     run_dir = Path(out)
@@ -204,8 +204,16 @@ def train(
     if resume and not run_dir.is_dir():
         resume_point(run_dir)  # no such run: refused before the lock creates the directory
     state = PartialState()
-    with run_lock(run_dir) if state.is_main_process else contextlib.nullcontext():  # one writer per run
-        return _train_locked(algo, env_name, model, config, run_dir, resume, env, args, state)
+    try:
+        with run_lock(run_dir) if state.is_main_process else contextlib.nullcontext():  # one writer per run
+            return _train_locked(algo, env_name, model, config, run_dir, resume, env, args, state)
+    except Exception as error:
+        if not disk_full(error):  # libraries report a full disk in their own words (safetensors, torch.save)
+            raise
+        then = ("--resume: it restarts from the last complete checkpoint" if last_complete_checkpoint(
+            run_dir / runs.CHECKPOINTS_DIR)[1] else "start the run again (delete the directory if it holds a run)")
+        raise RunError(f"--out {run_dir}: the disk is full ({str(error).strip().splitlines()[0][:160]}); free "
+                       f"space, then {then}") from error
 
 
 def _train_locked(algo: str, env_name: str, model: str | None, config: TrainConfig, run_dir: Path, resume: bool,
