@@ -344,7 +344,7 @@ def curve_metrics(runs: Sequence[Run]) -> list[str]:
 
 
 def learning_curve_frame(runs: Sequence[Run], metric: str = "eval:score") -> pd.DataFrame:
-    """Long frame ``run, algo, step, value`` of ``metric`` (``eval:<col>`` or ``train:<col>``)."""
+    """Long frame ``run, algo, env, step, value`` of ``metric`` (``eval:<col>`` or ``train:<col>``)."""
     source, _, column = metric.partition(":")
     if source not in ("eval", "train") or not column:
         raise ValueError(f"metric {metric!r}: expected 'eval:<column>' or 'train:<column>'")
@@ -353,23 +353,38 @@ def learning_curve_frame(runs: Sequence[Run], metric: str = "eval:score") -> pd.
         frame = run.evals() if source == "eval" else run.metrics()
         if column in frame.columns and "step" in frame.columns:
             part = frame[["step", column]].dropna().rename(columns={column: "value"})
-            frames.append(part.assign(run=run.name, algo=run.algo))
+            frames.append(part.assign(run=run.name, algo=run.algo, env=run.env))
+    columns = ["run", "algo", "env", "step", "value"]
     if not frames:
-        return pd.DataFrame(columns=["run", "algo", "step", "value"])
-    return pd.concat(frames, ignore_index=True)[["run", "algo", "step", "value"]].sort_values(["run", "step"])
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns].sort_values(["run", "step"])
 
 
 def learning_curves(runs: Sequence[Run], metric: str = "eval:score", ax=None):
-    """Matplotlib figure with one line per run of ``metric`` against the training step."""
+    """Matplotlib figure with one line per run of ``metric`` against the training step, one panel per
+    environment (runs of different environments never share an axis; ``ax`` takes runs of one)."""
+    import matplotlib.pyplot as plt
+
     frame = learning_curve_frame(runs, metric)
-    fig, ax = _figure_axes(ax, (7, 4))
-    for name, part in frame.groupby("run", sort=False):
-        ax.plot(part["step"], part["value"], marker="o", markersize=3, label=f"{name} ({part['algo'].iloc[0]})")
-    ax.set_xlabel("training step")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    if len(frame):
-        ax.legend(fontsize=8)
+    environments = sorted({run.env for run in runs})
+    if ax is not None and len(environments) > 1:
+        raise ValueError(f"runs of {len(environments)} environments ({', '.join(environments)}) cannot share one "
+                         "axis; pass the runs of one environment, or no ax (one panel per environment)")
+    if ax is None:
+        fig, axes = plt.subplots(1, len(environments), figsize=(7 * len(environments), 4), squeeze=False)
+        axes = list(axes[0])
+    else:
+        fig, axes = ax.figure, [ax]
+    for ax, env in zip(axes, environments, strict=True):
+        part_env = frame[frame["env"] == env]
+        for name, part in part_env.groupby("run", sort=False):
+            ax.plot(part["step"], part["value"], marker="o", markersize=3, label=f"{name} ({part['algo'].iloc[0]})")
+        ax.set_title(f"{env}", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        if len(part_env):
+            ax.legend(fontsize=8)
     return fig
 
 

@@ -107,9 +107,11 @@ def test_03_shows_a_response_with_counted_tokens(monkeypatch, tmp_path):
 def test_02_token_credit_scores_examples_with_a_model(monkeypatch, tmp_path):
     examples = tmp_path / "examples.jsonl"
     rows = [dict(prompt=f"Question {i}: what is {i} + {i}?", feedback=f"Wrong: the answer is {2 * i}.",
-                 response=f"The answer is {3 * i}.", prompt_id=f"q{i}", kind="science") for i in range(4)]
+                 response=f"The answer is {3 * i}.", prompt_id=f"q{i}", kind="science", example_id=f"sci-{i:02d}")
+            for i in range(4)]
     examples.write_text("".join(json.dumps(row) + "\n" for row in rows))
     notebook = execute("02_token_credit", monkeypatch, CREDITLENS_NB_MODEL="tiny", CREDITLENS_EXAMPLES=str(examples),
                        CREDITLENS_NB_EXAMPLES="3")
-    assert "3 responses" in "".join(outputs(notebook, "stream"))
+    text = "".join(outputs(notebook, "stream"))
+    assert "3 responses" in text and re.search(r"example sci-0[0-2]: generic share", text)  # ids kept as given
     assert "Generic share of SD credit" in "".join(outputs(notebook, "text/html"))

@@ -192,6 +192,22 @@ def test_runs_frames_and_comparison(tmp_path):
     assert viz.learning_curve_frame(found, "eval:missing").empty
 
 
+def test_learning_curves_never_put_two_environments_on_one_axis(tmp_path):
+    import matplotlib.pyplot as plt
+
+    appdata.make_runs_dir(tmp_path)
+    runs.write_manifest(tmp_path / "science-s0", {"name": "science-s0", "algo": "sd", "env": "science", "seed": 0})
+    runs.append_jsonl(tmp_path / "science-s0" / runs.EVAL, {"step": 0, "score": 0.5})
+    found = runs.list_runs(tmp_path)
+    figure = viz.learning_curves(found)
+    assert [ax.get_title() for ax in figure.axes] == ["science", "shortcut"]
+    assert [len(ax.lines) for ax in figure.axes] == [1, 3]
+    _, ax = plt.subplots()
+    with pytest.raises(ValueError, match="2 environments .* cannot share one axis"):
+        viz.learning_curves(found, ax=ax)
+    plt.close("all")
+
+
 def test_examples_index_counts_masked_tokens_out(exact):
     _, table, _ = exact
     table = table.copy()
