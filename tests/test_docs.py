@@ -1,10 +1,48 @@
-"""The README documents the per-token table: every schema column appears in its tables."""
+"""The README documents the per-token table: every schema column appears in its tables; the Python blocks of
+README.md and docs/*.md run as written (a block marked ``<!-- not run: WHY -->`` on the line above is skipped)."""
 
 from pathlib import Path
+
+import pytest
 
 from creditlens import schema
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = README.parent / "docs"
+NOT_RUN = "<!-- not run:"
+
+
+def python_blocks(path: Path) -> list[tuple[str, str | None]]:
+    """``(code, reason)`` of every Python block of a Markdown file; ``reason`` is the text of a ``<!-- not run:
+    WHY -->`` line right above the block, else None."""
+    parts = path.read_text().split("```python\n")
+    blocks = []
+    for before, after in zip(parts[:-1], parts[1:], strict=True):
+        above = before.rstrip("\n").rsplit("\n", 1)[-1].strip()
+        reason = above[len(NOT_RUN):].removesuffix("-->").strip() if above.startswith(NOT_RUN) else None
+        blocks.append((after.split("```", 1)[0], reason))
+    return blocks
+
+
+DOC_FILES = sorted(p.name for p in DOCS.glob("*.md") if python_blocks(p))
+
+
+@pytest.mark.parametrize("name", DOC_FILES)
+def test_docs_python_blocks_run_as_written(name, monkeypatch):
+    """Each runnable block, in order, in one namespace per file, from the repository root."""
+    monkeypatch.chdir(README.parent)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    namespace: dict = {}
+    for i, (code, reason) in enumerate(python_blocks(DOCS / name)):
+        if reason is None:
+            exec(compile(code, f"docs/{name}, python block {i + 1}", "exec"), namespace)
+        else:
+            assert reason, f"docs/{name}, python block {i + 1}: a not-run marker must say why"
+
+
+def test_most_doc_blocks_run():
+    blocks = [b for name in DOC_FILES for b in python_blocks(DOCS / name)]
+    assert len(DOC_FILES) >= 5 and sum(reason is None for _, reason in blocks) >= 4
 
 
 def test_readme_documents_every_column():
