@@ -83,14 +83,21 @@ def group_label(run: Run) -> str:
 def group_names(run_list: Sequence[Run], pool: bool = False, fields: Sequence[str] = ("env", "model", "K", "config")
                 ) -> list[str]:
     """The group of each run: its :func:`group_label`, followed by ``[field=value, ...]`` for those of
-    ``fields`` that differ between the runs given, so that runs of different environments, models, K or
-    configs never share a name; ``pool`` leaves env, model and config out of the key."""
+    ``fields`` that differ between the runs given (K and config: between the runs of its environment and
+    model), so that runs of different environments, models, K or configs never share a name; ``pool``
+    leaves env, model and config out of the key."""
     key_fields = METHOD_FIELDS if pool else KEY_FIELDS
-    keys = [{f: group_key(r)[f] for f in key_fields} for r in run_list]
-    varying = [f for f in fields if f in key_fields and len({k[f] for k in keys if k[f] is not None}) > 1]
+    keys = [{f: group_key(r)[f] for f in KEY_FIELDS} for r in run_list]
+
+    def varies(field: str, key: dict) -> bool:
+        local = field in ("K", "config")
+        values = {k[field] for k in keys if k[field] is not None
+                  and (not local or pool or (k["env"], k["model"]) == (key["env"], key["model"]))}
+        return field in key_fields and len(values) > 1
+
     names = []
     for run, key in zip(run_list, keys, strict=True):
-        extra = ", ".join(f"{f}={key[f]}" for f in varying if key[f] is not None)
+        extra = ", ".join(f"{f}={key[f]}" for f in fields if key[f] is not None and varies(f, key))
         names.append(group_label(run) + (f" [{extra}]" if extra else ""))
     return names
 
