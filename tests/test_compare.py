@@ -124,6 +124,18 @@ def test_generic_share_and_auroc_by_hand(study):
     assert per_run.loc["sd-s0", "auroc_own"] == per_run.loc["sd-s0", "auroc_sd_reward"]
 
 
+def test_generic_share_checked_against_the_environment_labels(study):
+    root, _ = study
+    row = compare.compare_runs([root]).per_run.set_index("run").loc["credit-s0"]
+    counted = runs.load_run(root / "credit-s0").tokens().query("mask")
+    moved = counted[counted["sd_reward"] >= 0.05]
+    fraction = moved["shortcut"].clip(lower=0.0).clip(upper=moved["sd_reward"]) / moved["sd_reward"]
+    generic = ~moved["position"].isin(SPECIFIC_POSITIONS)
+    assert row["label_generic_share"] == pytest.approx(moved.loc[generic, "sd_reward"].sum() / moved["sd_reward"].sum())
+    pairs = list(itertools.product(fraction[generic], fraction[~generic]))
+    assert row["generic_auroc"] == pytest.approx(sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs))
+
+
 def test_auroc_edge_cases():
     assert auroc([1, 2, 3, 4], [False, False, True, True]) == 1.0
     assert auroc([1, 2, 3, 4], [True, True, False, False]) == 0.0
@@ -223,7 +235,7 @@ def test_a_run_that_starts_at_the_target_never_reaches_it_at_step_zero(tmp_path)
     assert row["reached_target"] == 0 and math.isnan(row["tokens_to_target"])
 
 
-@pytest.mark.parametrize("case", ["twice", "symlink twice", "dangling", "loop", "duplicate eval", "same seed"])
+@pytest.mark.parametrize("case", ["twice", "symlink twice", "dangling", "loop", "cycle", "duplicate eval", "same seed"])
 def test_refusals_are_one_line_errors(tmp_path, capsys, case):
     root = tmp_path / "runs"
     run = _tiny_run(root, "a-s0")
@@ -237,12 +249,15 @@ def test_refusals_are_one_line_errors(tmp_path, capsys, case):
         (root / "gone").symlink_to(tmp_path / "nowhere")
     elif case == "loop":
         (root / "up").symlink_to(root)
+    elif case == "cycle":
+        (root / "x").symlink_to(root / "y")
+        (root / "y").symlink_to(root / "x")
     elif case == "duplicate eval":
         runs.append_jsonl(run / runs.EVAL, {"step": 10, "score": 0.5})
     else:
         _tiny_run(root, "b-s0")
     expected = {"twice": "the same run as", "symlink twice": "the same run as", "dangling": "dangling symlink",
-                "loop": "loops back", "duplicate eval": "eval.jsonl:3: step 10 was already evaluated on line 2",
+                "loop": "loops back", "cycle": "a symlink loop", "duplicate eval": "eval.jsonl:3: step 10 was already evaluated on line 2",
                 "same seed": "share seed 0"}[case]
     assert cli.main(["compare", *map(str, given), "--out", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err
