@@ -179,11 +179,13 @@ def padded_batch_logprobs(
     model: PreTrainedModel,
     sequences: Sequence[ScoredSequence],
     batches: Sequence[tuple[list[int], dict[str, Tensor]]],
+    on_done: Callable[[int], None] | None = None,
 ) -> list[Tensor]:
     """Log-probs ``[n]`` (float32, CPU) of each ``(ids, n)`` from padded ``batches``.
 
     ``batches``: ``(indices, tensors)`` per forward pass, ``tensors`` holding ``input_ids``,
     ``attention_mask``, ``position_ids`` and ``keep`` ``[B, L]`` (True where a scored token is predicted).
+    ``on_done(k)`` is called after each forward pass with its k sequences.
     """
     device = next(model.parameters()).device
     out: list[Tensor] = [torch.empty(0)] * len(sequences)
@@ -199,4 +201,6 @@ def padded_batch_logprobs(
             n = sequences[i][1]
             out[i] = lp[offset : offset + n]
             offset += n
+        if on_done is not None:
+            on_done(len(batch))
     return out

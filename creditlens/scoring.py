@@ -280,10 +280,8 @@ class Scorer:
                 return logprobs.shared_prefix_logprobs(
                     self.model, sequences, config.min_shared_tokens, config.chunk_tokens, on_done=bar.update
                 )
-            batches = self.padded_batches(sequences)
-            out = logprobs.padded_batch_logprobs(self.model, sequences, batches)
-            bar.update(len(sequences))
-            return out
+            return logprobs.padded_batch_logprobs(self.model, sequences, self.padded_batches(sequences),
+                                                  on_done=bar.update)
 
     def score(
         self,

@@ -63,9 +63,36 @@ def test_padded_batches_match_plain_forwards(tiny_model, sequences):
     from creditlens.scoring import Scorer
 
     scorer = Scorer(tiny_model, models.load("tiny")[1], share_prefixes=False, batch_size=4, progress=False)
-    out = logprobs.padded_batch_logprobs(tiny_model, sequences, scorer.padded_batches(sequences))
+    batches, done = scorer.padded_batches(sequences), []
+    out = logprobs.padded_batch_logprobs(tiny_model, sequences, batches, on_done=done.append)
+    assert done == [len(batch) for batch, _ in batches] and len(done) > 1  # one tick per forward pass
     for (ids, n), lp in zip(sequences, out, strict=True):
         torch.testing.assert_close(lp.double(), plain(tiny_model, ids, n), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("share_prefixes", [True, False])
+def test_scoring_bar_ticks_as_sequences_finish(tiny_model, sequences, share_prefixes, monkeypatch):
+    from creditlens import scoring
+
+    ticks = []
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            self.total = total
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, k):
+            ticks.append(k)
+
+    monkeypatch.setattr(scoring, "tqdm", Bar)
+    scorer = scoring.Scorer(tiny_model, models.load("tiny")[1], share_prefixes=share_prefixes, batch_size=4)
+    scorer.logprobs(sequences)
+    assert sum(ticks) == len(sequences) and len(ticks) >= len(sequences) // 4  # not one jump at the end
 
 
 def test_bad_sequences_are_refused(tiny_model):
