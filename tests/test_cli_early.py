@@ -53,6 +53,13 @@ def test_refusals_come_before_torch_is_imported(tmp_path):
         ("headroom", "--env", "shortcut", "--device", "tpu"): "device 'tpu': not a device name",
         ("compare", str(tmp_path / "no-runs"), "--out", out): "no-runs",
         ("app", str(tmp_path / "no-runs")): "does not exist",
+        ("study", "--out", str(tmp_path / "file")): "an existing file, not a directory",
+        ("study", "--preset", "nope", "--out", out): "invalid choice: 'nope'",
+        ("envs", "sample", "nope"): "invalid choice: 'nope'",
+        ("envs", "sample", "shortcut", "--n", "0"): "must be >= 1, got 0",
+        ("demo", "--gap-samples", "0", "--out", out, "--no-app"): "--gap-samples must be >= 1",
+        ("demo", "--model", str(tmp_path / "no-model"), "--out", out, "--no-app"): "no-model': no such directory",
+        ("demo", "--out", str(tmp_path / "file"), "--no-app"): "an existing file, not a directory",
     }
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", PROBE, json.dumps([list(argv) for argv in cases])],

@@ -16,7 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
-from creditlens.commands import app, port_number
+from creditlens.commands import app, check_model, port_number
 from creditlens.errors import InputError
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -107,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < (0 if name == "gap_examples" else 1):
             raise InputError(f"--{name.replace('_', '-')} must be >= {0 if name == 'gap_examples' else 1}, "
                              f"got {getattr(args, name)}")
+    from creditlens.runs import check_out_dir
+
+    check_out_dir(args.out)
+    check_model(args.model)  # a missing local model is refused before torch is imported
     port = None if args.no_app else app.check_port(args.port)  # a busy port fails before minutes of scoring
     options = {"model": args.model or "smollm2-135m-instruct", "gap_examples": args.gap_examples,
                "gap_samples": args.gap_samples, "gap_max_new_tokens": args.gap_max_new_tokens}
