@@ -14,7 +14,8 @@ the same problems. ``headroom = teacher pass rate - matched student pass rate``.
 
 The re-answered failed attempts are also scored token by token (:class:`creditlens.scoring.Scorer`, the SD teacher's
 context with the sibling when there is one, K contrast prompts of other problems): mean ``sd_reward``,
-``specific``, ``shortcut`` and the generic share ``sum|shortcut| / (sum|specific| + sum|shortcut|)``.
+``specific``, ``shortcut`` and the generic share (:func:`creditlens.stats.generic_share`, the input-generic
+part of the positive SD credit, docs/CREDIT-MATH.md section 9).
 """
 
 from __future__ import annotations
