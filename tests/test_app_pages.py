@@ -194,6 +194,9 @@ def test_decomposition_page(data, monkeypatch):
     assert list(top["token"]) == list(expected.index[: len(top)])
     np.testing.assert_allclose(top["generic_sum"], expected.iloc[: len(top)])
     assert count(at, "vega_lite_chart") == 2
+    scatter = json.loads(chart_protos(at)[0].spec)
+    assert scatter["encoding"]["color"]["field"] == "label"  # the fixture tables carry ground-truth labels
+    assert any("ground-truth token label" in c.value for c in at.caption)
     at.sidebar.selectbox(key="step_decomposition").set_value("all steps").run()
     no_exception(at)
     assert "all steps" in at.caption[0].value and "12 responses" in at.caption[0].value
