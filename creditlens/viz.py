@@ -389,8 +389,9 @@ def learning_curves(runs: Sequence[Run], metric: str = "eval:score", ax=None):
 
 
 def group_curves_figure(curves: pd.DataFrame, confidence: float = 0.95):
-    """Held-out score vs step per group of runs (``group, step, mean, low, high`` rows, optional ``env``): the
-    mean over seeds with a ``confidence`` t-interval band, one panel per environment (never two on one axis)."""
+    """Held-out score vs step per group of runs (``group, step, mean, low, high`` rows, optional ``env`` and
+    ``n``): the mean over seeds with a ``confidence`` t-interval band, one panel per environment (never two on
+    one axis); the title gives the seeds per group, and says so when every group has one (no band)."""
     import matplotlib.pyplot as plt
 
     envs_ = sorted(curves["env"].unique()) if "env" in curves and len(curves) else [None]
@@ -403,7 +404,13 @@ def group_curves_figure(curves: pd.DataFrame, confidence: float = 0.95):
             ax.fill_between(part["step"], part["low"].astype(float), part["high"].astype(float), alpha=0.2)
         ax.set_xlabel("training step")
         ax.set_ylabel("held-out score (pass rate)")
-        ax.set_title(("" if env is None else f"{env}: ") + f"mean over seeds, {confidence:.0%} t-interval", fontsize=9)
+        seeds = sorted(set(part_env["n"].astype(int))) if "n" in part_env and len(part_env) else []
+        if seeds == [1]:
+            title = "one seed per group, no interval"
+        else:
+            counted = f" (n = {seeds[0]}{'' if len(seeds) == 1 else f'-{seeds[-1]}'})" if seeds else ""
+            title = f"mean over seeds{counted}, {confidence:.0%} t-interval"
+        ax.set_title(("" if env is None else f"{env}: ") + title, fontsize=9)
         ax.grid(alpha=0.3)
         if len(part_env):
             ax.legend(fontsize=7, title="method", title_fontsize=7)

@@ -257,6 +257,9 @@ def test_compare_figures_have_labels_and_legends(tmp_path):
                            "mean": [0.1, 0.4, 0.2, 0.3], "low": [0.0, 0.3, 0.1, 0.2], "high": [0.2, 0.5, 0.3, 0.4]})
     ax = viz.group_curves_figure(curves).axes[0]
     assert ax.get_xlabel() == "training step" and [t.get_text() for t in ax.get_legend().get_texts()] == ["grpo", "sd"]
+    assert ax.get_title() == "mean over seeds, 95% t-interval"
+    assert viz.group_curves_figure(curves.assign(n=[3, 2, 3, 3])).axes[0].get_title() == "mean over seeds (n = 2-3), 95% t-interval"
+    assert viz.group_curves_figure(curves.assign(n=1, env="e")).axes[0].get_title() == "e: one seed per group, no interval"
     rng = np.random.default_rng(0)
     tables = {g: pd.DataFrame({"mask": True, **{c: rng.normal(size=50) for c in ("sd_reward", "credit_reward",
                                                                                  "specific", "shortcut")}})
