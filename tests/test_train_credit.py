@@ -10,6 +10,7 @@ from transformers import TrainerCallback
 from trl.experimental.sdpo import SDPOTrainer, sdpo_trainer
 
 from creditlens import models
+from creditlens.training import response_logits
 from creditlens.training.config import TrainConfig, trl_args
 from creditlens.training.feedback import EnvReward, build_dataset
 from creditlens.training.run import build_trainer
@@ -263,7 +264,7 @@ def test_contrast_rows_without_loss_tokens_are_not_forwarded_and_change_nothing(
     batch["self_distillation_mask"][0] = 0.0  # sample 0 has contrasts but no loss token
     assert bool(batch["has_contrast"].all())
     rows = []
-    hook = trainer.teacher_model.register_forward_pre_hook(
+    hook = trainer.teacher_model.get_decoder().register_forward_pre_hook(  # teacher and contrast forwards
         lambda _, args, kw: rows.append(kw["input_ids"].size(0)), with_kwargs=True
     )
     listened = trainer.compute_loss(trainer.model, batch).detach()
@@ -293,3 +294,31 @@ def test_rowwise_sd_loss_equals_trls_within_1e_6(model_dir, tmp_path, monkeypatc
         torch.testing.assert_close(loss_rowwise, loss_trl, atol=1e-6, rtol=0)
         for a, b in zip(grads_rowwise, grads_trl, strict=True):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [{}, {"distillation_mode": "topk_logits", "distillation_topk": 4}, {"distillation_mode": "full_logits", "pool": "logmeanexp"}],
+)
+def test_contrast_logprobs_agree_batched_in_row_chunks_and_by_plain_forwards(model_dir, tmp_path, monkeypatch, mode):
+    trainer = make("credit", model_dir, tmp_path, lam=0.5, n_contrast=2, use_successful_as_teacher=False, **mode)
+    batch = rollout_batch(trainer)
+    batch["completion_mask"][0, -2:] = 0  # a shorter response: its padding positions are not projected
+    names = ("contrast_token_lp", "contrast_support_lp", "pooled_contrast_lp")
+
+    def contrasts(chunk_rows):
+        trainer.args.contrast_chunk_rows = chunk_rows
+        logits = trainer._compute_teacher_student_logits(trainer.model, trainer.teacher_model, batch)
+        return {name: getattr(logits, name) for name in names if getattr(logits, name) is not None}
+
+    assert response_logits.split_causal_lm(trainer, trainer.teacher_model) is not None
+    batched = contrasts(None)
+    runs = {"batched, one row projected at a time": contrasts(1)}
+    monkeypatch.setattr(response_logits, "PROJECTED", frozenset())
+    assert response_logits.split_causal_lm(trainer, trainer.teacher_model) is None
+    runs |= {"plain forwards of one row": contrasts(1), "plain forwards of the micro-batch": contrasts(None)}
+    kept = batch["completion_mask"].bool()
+    assert len(batched) == (1 if not mode else 2) and not bool(batched["contrast_token_lp"][0][:, ~kept[0]].any())
+    for label, run in runs.items():
+        for name, value in batched.items():
+            torch.testing.assert_close(run[name], value, atol=1e-5, rtol=1e-5, msg=f"{label}: {name}")

@@ -16,8 +16,9 @@ of :class:`~creditlens.training.credit_config.CreditConfig`:
 - ``full_logits``: the CREDIT target over the vocabulary; the K contrasts are pooled into one ``[B, T, V]``
   buffer as they are computed, never ``[B, K, T, V]``.
 
-Contrast forwards run ``contrast_chunk_rows`` rows at a time, so their transient logits stay a fraction of
-the student's and teacher's.
+The K contrast contexts of the micro-batch go through the teacher in one forward, projected to the vocabulary
+only at response positions and ``contrast_chunk_rows`` rows at a time (:mod:`creditlens.training.response_logits`),
+so their transient logits stay a fraction of the student's and teacher's.
 
 With ``contrast_axis="feedback"`` the K contexts keep sample i's prompt and solution and change its feedback
 instead (x, f_j, y): the environment's wrong hint first, then other samples' feedback (docs/CREDIT-MATH.md
@@ -53,6 +54,7 @@ from creditlens import credit
 from creditlens.errors import ConfigError
 from creditlens.training.contrasts import ContextRecorder, PromptBank, draw_feedback_contrasts, prompt_key
 from creditlens.training.credit_config import CreditConfig, as_credit_config
+from creditlens.training.response_logits import response_logits
 from creditlens.training.timing import PhaseTimer
 
 logger = get_logger(__name__)
@@ -225,53 +227,52 @@ class CreditTrainer(SDPOTrainer):
     ) -> dict[str, torch.Tensor]:
         """Contrast log-probs of the sampled tokens ``[B, K, T]`` and what the distillation mode needs.
 
-        Only the rows the step reads are forwarded: samples with contrasts and a loss token (all samples with
-        contrasts when a callback listens to ``on_tokens_scored``); the others hold 0, which nothing reads.
-        ``contrast_chunk_rows`` of them go through the teacher at a time, each chunk cut to its longest context
-        (the left padding its rows share is not computed).
+        Only what the step reads is computed: the rows of samples with contrasts and a loss token (all samples
+        with contrasts when a callback listens to ``on_tokens_scored``), at their response positions (the
+        completion mask); everything else holds 0, which nothing reads. The K contexts of those rows go through
+        the teacher together, cut to their longest context, and are projected to the vocabulary
+        ``contrast_chunk_rows`` rows at a time (:func:`~creditlens.training.response_logits.response_logits`).
         """
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         prompt_ids, prompt_mask = inputs["contrast_prompt_ids"], inputs["contrast_prompt_mask"]
         mode, (batch, k_total), t = self.args.distillation_mode, prompt_ids.shape[:2], completion_ids.size(1)
         needed = inputs["has_contrast"] & (loss_mask.bool().any(dim=1) | self._listening())
         rows = needed.nonzero().flatten()
-        chunks = rows.split(self.args.contrast_chunk_rows or len(rows)) if len(rows) else ()
-        out: dict[str, torch.Tensor] = {}
-        support = None
+        out: dict[str, torch.Tensor] = {"contrast_token_lp": student_logits.new_zeros((batch, k_total, t))}
         if mode == "topk_logits":
-            support = student_logits.detach().topk(self.args.distillation_topk, dim=-1).indices
-            out["support"] = support
-            out["contrast_support_lp"] = student_logits.new_zeros((batch, k_total, *support.shape[1:]))
+            out["support"] = student_logits.detach().topk(self.args.distillation_topk, dim=-1).indices
+            out["contrast_support_lp"] = student_logits.new_zeros((batch, k_total, *out["support"].shape[1:]))
         elif mode == "full_logits":
             out["pooled_contrast_lp"] = student_logits.new_zeros((batch, t, student_logits.size(-1)))
-        token_lp = student_logits.new_zeros((batch, k_total, t))
+        if len(rows) == 0:
+            return out
+        keep = completion_mask[rows].bool()  # [R, T]
+        row_of, position = keep.nonzero(as_tuple=True)
+        row_of, targets = rows[row_of], completion_ids[rows][keep]
+        ids = torch.cat([prompt_ids[rows].transpose(0, 1).flatten(0, 1), completion_ids[rows].repeat(k_total, 1)], 1)
+        mask = torch.cat([prompt_mask[rows].transpose(0, 1).flatten(0, 1), completion_mask[rows].repeat(k_total, 1)], 1)
+        start = int(mask.any(dim=0).int().argmax())  # the left padding all contexts share is not computed
+        chunks = response_logits(
+            self, teacher_model, ids[:, start:], mask[:, start:], keep, k_total, self.args.contrast_chunk_rows
+        )
         with torch.no_grad(), self._get_teacher_context_for_self_distillation():
-            for k in range(k_total):
-                for chunk in chunks:
-                    mask = prompt_mask[chunk, k]
-                    start = int(mask.any(dim=0).int().argmax()) if bool(mask.any()) else mask.size(1)
-                    logits = SDPOTrainer._forward_logits(
-                        self,
-                        teacher_model,
-                        torch.cat([prompt_ids[chunk, k, start:], completion_ids[chunk]], dim=1),
-                        torch.cat([mask[:, start:], completion_mask[chunk]], dim=1),
-                        t,
-                    )
-                    token_lp[chunk, k] = selective_log_softmax(logits, completion_ids[chunk])
-                    if support is not None:
-                        out["contrast_support_lp"][chunk, k] = selective_log_softmax(logits, support[chunk])
-                    elif mode == "full_logits":
-                        log_probs = torch.log_softmax(logits, dim=-1)
-                        del logits
-                        pooled = out["pooled_contrast_lp"]
-                        if k == 0:
-                            pooled[chunk] = log_probs
-                        elif self.args.pool == "mean":
-                            pooled[chunk] += log_probs
-                        else:
-                            pooled[chunk] = torch.logaddexp(pooled[chunk], log_probs)
-                        del log_probs
-        out["contrast_token_lp"] = token_lp
+            for k, at, logits in chunks:
+                where = (row_of[at], position[at])
+                out["contrast_token_lp"][where[0], k, where[1]] = selective_log_softmax(logits, targets[at])
+                if mode == "topk_logits":
+                    support = out["support"][where]
+                    out["contrast_support_lp"][where[0], k, where[1]] = selective_log_softmax(logits, support)
+                elif mode == "full_logits":
+                    log_probs = torch.log_softmax(logits, dim=-1)
+                    del logits
+                    pooled = out["pooled_contrast_lp"]
+                    if k == 0:
+                        pooled[where] = log_probs
+                    elif self.args.pool == "mean":
+                        pooled[where] += log_probs
+                    else:
+                        pooled[where] = torch.logaddexp(pooled[where], log_probs)
+                    del log_probs
         if mode == "full_logits":
             pooled = out["pooled_contrast_lp"]
             out["pooled_contrast_lp"] = pooled.div_(k_total) if self.args.pool == "mean" else pooled.sub_(math.log(k_total))
