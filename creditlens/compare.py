@@ -1,6 +1,6 @@
 """Compare run directories: runs grouped by what makes them comparable, seeds as the replicates.
 
-A group holds the runs that share environment, model, algo, CREDIT form, lam, contrast axis, K and
+A group holds the runs that share environment, model, start weights, algo, CREDIT form, lam, contrast axis, K and
 every other config field (a hash of the rest): :func:`group_key`. ``compare_runs(paths)`` returns a
 :class:`Comparison` with, per group: final and best held-out score with 95% t-intervals over seeds
 (clipped to [0, 1] for pass rates; a single seed gets the Wilson interval of its pass rate), training
@@ -40,8 +40,9 @@ CREDIT_COLUMNS = ("advantage", "sd_reward", "credit_reward", "specific", "shortc
 """Per-token columns whose AUROC is reported (``advantage``: what the trainer actually used)."""
 OWN_CREDIT = {"grpo": "advantage", "sd": "sd_reward", "credit": "credit_reward"}
 """The per-token credit each algorithm trains on (reported as ``auroc_own`` / ``auroc_abs_own``)."""
-KEY_FIELDS = ("env", "model", "algo", "form", "lam", "axis", "K", "config")
-"""What a group shares: ``config`` is a hash of every config field not named here, nor a seed or bookkeeping."""
+KEY_FIELDS = ("env", "model", "weights", "algo", "form", "lam", "axis", "K", "config")
+"""What a group shares: ``weights`` is the manifest's ``model_digest`` (the start weights; None in runs written
+before it was recorded), ``config`` a hash of every config field not named here, nor a seed or bookkeeping."""
 METHOD_FIELDS = ("algo", "form", "lam", "axis", "K")
 """The key under ``pool=True``: runs of other environments, models and configs are pooled."""
 NOT_HASHED = frozenset({
@@ -54,13 +55,13 @@ NOT_HASHED = frozenset({
 def group_key(run: Run) -> dict[str, object]:
     """The comparable settings of ``run`` (:data:`KEY_FIELDS`): ``form``, ``lam`` and ``axis`` only for
     CREDIT (``teacher`` form for runs written before forms existed), ``K`` (``n_contrast``) for SD and
-    CREDIT, and the first 8 hex digits of a SHA-256 of the remaining config."""
+    CREDIT, the start weights' digest, and the first 8 hex digits of a SHA-256 of the remaining config."""
     config = run.manifest.get("config", {})
     credit = run.algo == "credit"
     rest = {k: v for k, v in config.items() if k not in NOT_HASHED}
     digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:8]
     lam = config.get("lam")
-    return {"env": run.env, "model": run.model, "algo": run.algo,
+    return {"env": run.env, "model": run.model, "weights": run.manifest.get("model_digest"), "algo": run.algo,
             "form": config.get("form", "teacher") if credit else None,
             "lam": float(lam) if credit and lam is not None else None,
             "axis": config.get("contrast_axis", "input") if credit else None,
@@ -80,24 +81,26 @@ def group_label(run: Run) -> str:
     return run.algo
 
 
-def group_names(run_list: Sequence[Run], pool: bool = False, fields: Sequence[str] = ("env", "model", "K", "config")
+def group_names(run_list: Sequence[Run], pool: bool = False,
+                fields: Sequence[str] = ("env", "model", "weights", "K", "config")
                 ) -> list[str]:
     """The group of each run: its :func:`group_label`, followed by ``[field=value, ...]`` for those of
-    ``fields`` that differ between the runs given (K and config: between the runs of its environment and
-    model), so that runs of different environments, models, K or configs never share a name; ``pool``
-    leaves env, model and config out of the key."""
+    ``fields`` that differ between the runs given (weights, K and config: between the runs of its environment
+    and model), so that runs of different environments, models, start weights, K or configs never share a
+    name; ``pool`` leaves env, model, weights and config out of the key."""
     key_fields = METHOD_FIELDS if pool else KEY_FIELDS
     keys = [{f: group_key(r)[f] for f in KEY_FIELDS} for r in run_list]
 
     def varies(field: str, key: dict) -> bool:
-        local = field in ("K", "config")
-        values = {k[field] for k in keys if k[field] is not None
+        local = field in ("weights", "K", "config")
+        values = {k[field] for k in keys if (k[field] is not None or field == "weights")  # unknown weights differ
                   and (not local or pool or (k["env"], k["model"]) == (key["env"], key["model"]))}
         return field in key_fields and len(values) > 1
 
     names = []
     for run, key in zip(run_list, keys, strict=True):
-        extra = ", ".join(f"{f}={key[f]}" for f in fields if key[f] is not None and varies(f, key))
+        extra = ", ".join(f"{f}={'unrecorded' if key[f] is None else key[f]}" for f in fields
+                          if (key[f] is not None or f == "weights") and varies(f, key))
         names.append(group_label(run) + (f" [{extra}]" if extra else ""))
     return names
 

@@ -10,6 +10,7 @@ Face cache) and fails at once, with :class:`~creditlens.errors.ModelError`, when
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -200,6 +201,23 @@ def check_safetensors(path: Path) -> None:
     if 8 + header_bytes + end > size:
         raise ModelError(f"{path}: truncated safetensors file ({size} bytes, its header needs "
                          f"{8 + header_bytes + end}); {fix}")
+
+
+def weights_digest(path: str | os.PathLike) -> str:
+    """First 16 hex digits of a SHA-256 over the weight files of model directory ``path`` (``*.safetensors``,
+    ``pytorch_model*.bin``; names and bytes, in name order): what a run records so that runs started from
+    different weights under one name or path (a rebuilt warm start, an edited checkpoint) are never pooled."""
+    folder = Path(path)
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise ModelError(f"model {str(folder)!r}: no weights (*.safetensors or pytorch_model*.bin) to fingerprint")
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def check_model_dir(path: Path) -> Path:

@@ -210,6 +210,7 @@ def _frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 MANIFEST_FIELDS: dict[str, tuple[type, ...]] = {
     "name": (str,), "algo": (str,), "env": (str,), "model": (str, type(None)), "model_path": (str, type(None)),
+    "model_digest": (str, type(None)),
     "seed": (int, type(None)), "config": (dict,),
 }
 """Manifest fields that are checked when present (``config`` may be absent, not null)."""

@@ -181,6 +181,22 @@ def _finished(run_dir: Path, max_steps: int) -> bool:
     return any(int(e.get("step", -1)) == max_steps for e in evals)
 
 
+def check_start_weights(finished: Sequence[Path], start: str | os.PathLike) -> None:
+    """Refuse to add runs to a grid whose ``finished`` runs started from other weights than ``start`` (a warm
+    start rebuilt on another machine or by other code has the same path but other weights): the new runs would
+    not be comparable with them. Raises :class:`~creditlens.errors.RunError` naming the first such run."""
+    from creditlens import models, runs
+    from creditlens.errors import RunError
+
+    now = models.weights_digest(start)
+    for run_dir in finished:
+        recorded = runs.load_run(run_dir).manifest.get("model_digest")
+        if recorded != now:
+            was = f"model_digest {recorded}" if recorded else "no model_digest (written before it was recorded)"
+            raise RunError(f"{run_dir}: its manifest has {was}, but the start model {start} now has {now}; "
+                           "runs from other start weights are not comparable: write this grid to a new --out")
+
+
 def _max_steps(preset: Preset) -> tuple[int, dict]:
     from creditlens.training.config import load_config, parse_overrides
 
@@ -199,10 +215,11 @@ def run_study(preset: str | Preset, out: str | os.PathLike, jobs: int = 1, keep_
     if not preset.config.is_file():
         raise FileNotFoundError(f"{preset.config}: study config not found")
     max_steps, env_args = _max_steps(preset)
-    envs.get("shortcut", **env_args).default_model()  # build the warm start once, before the parallel runs
+    start = envs.get("shortcut", **env_args).default_model()  # build the warm start once, before the parallel runs
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     todo = [r for r in preset.grid() if not _finished(out / r.name, max_steps)]
+    check_start_weights([out / r.name for r in preset.grid() if r not in todo], start)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1"}
     running: list[tuple[StudyRun, subprocess.Popen, float, object]] = []
     failed: list[str] = []

@@ -100,7 +100,9 @@ def manifest_for(
     name: str, algo: str, env: str, model: str | None, model_path: str, config: TrainConfig, args: Any = None
 ) -> dict:
     """The ``manifest.json`` content: everything needed to run this again, and under ``credit`` the CREDIT
-    settings the trainer runs with (its ``args.spec``: lam 0 for sd; None for grpo, which has none)."""
+    settings the trainer runs with (its ``args.spec``: lam 0 for sd; None for grpo, which has none).
+    ``model_digest`` fingerprints the start weights (:func:`creditlens.models.weights_digest`; None for the tiny
+    model, which is built from a fixed config into the run directory)."""
     spec = getattr(args, "spec", None)
     return {
         "name": name,
@@ -108,6 +110,7 @@ def manifest_for(
         "env": env,
         "model": model,
         "model_path": model_path,
+        "model_digest": models.weights_digest(model_path) if Path(model_path).is_dir() else None,
         "seed": config.seed,
         "config": config.to_dict(),
         "credit": None if spec is None else spec.labels(),
