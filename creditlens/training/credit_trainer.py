@@ -265,13 +265,13 @@ class CreditTrainer(SDPOTrainer):
                 elif mode == "full_logits":
                     log_probs = torch.log_softmax(logits, dim=-1)
                     del logits
-                    pooled = out["pooled_contrast_lp"]
+                    pooled, flat = out["pooled_contrast_lp"].view(batch * t, -1), where[0] * t + where[1]
                     if k == 0:
-                        pooled[where] = log_probs
+                        pooled.index_copy_(0, flat, log_probs)
                     elif self.args.pool == "mean":
-                        pooled[where] += log_probs
+                        pooled.index_add_(0, flat, log_probs)
                     else:
-                        pooled[where] = torch.logaddexp(pooled[where], log_probs)
+                        pooled.index_copy_(0, flat, torch.logaddexp(pooled.index_select(0, flat), log_probs))
                     del log_probs
         if mode == "full_logits":
             pooled = out["pooled_contrast_lp"]
