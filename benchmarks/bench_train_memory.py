@@ -1,11 +1,14 @@
 """Peak memory of one CREDIT training step against one SD step, at a real vocabulary, in one run.
 
 A 2-layer Llama with a 151,936-token vocabulary (Qwen's; random weights, nothing downloaded), B=8 rollouts
-of T=256 response tokens, K=3 contrasts. Each variant runs in a fresh subprocess: build the trainer, then
-one loss + backward on a fixed random batch (the teacher contexts and contrast contexts already built,
-as ``_prepare_training_batch`` leaves them). Reported: the peak RSS of the process and the step's own
-peak (peak RSS minus the RSS just before the step), and both as ratios to SD in the same mode. On a GPU
-(``--device cuda``) the CUDA peak of the step is reported instead.
+of T=256 response tokens. Four variants per distillation mode, each in a fresh subprocess: SD with TRL's
+loss (``lam=0``, SDPOTrainer's code), SD with the row-wise loss CREDIT uses (``lam=0, sd_loss="rowwise"``),
+and CREDIT (``lam=0.5``) with K=1 and K=3 contrasts. Each builds the trainer, then runs one loss + backward
+on a fixed random batch (the teacher contexts and contrast contexts already built, as
+``_prepare_training_batch`` leaves them). Reported: the step's own peak (peak RSS from VmHWM minus the RSS
+just before the step; on a GPU, ``--device cuda``, the CUDA peak of the step), the process peak, the load
+average beside each variant, and CREDIT's ratios to SD with the same (row-wise) loss, the fair comparison
+of the algorithms, and to SD with TRL's loss, what a user switching from SDPOTrainer sees.
 
     python benchmarks/bench_train_memory.py                 # CPU RSS, sampled_token/topk_logits/full_logits
     python benchmarks/bench_train_memory.py --modes topk_logits --topk 100
@@ -23,7 +26,12 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+VARIANTS = (  # label, lam, K, sd_loss
+    ("SD (TRL loss)", 0.0, 1, "trl"),
+    ("SD (row-wise)", 0.0, 1, "rowwise"),
+    ("CREDIT K=1", 0.5, 1, "trl"),
+    ("CREDIT K=3", 0.5, 3, "trl"),
+)
 
 
 def rss_mib() -> float:
@@ -33,7 +41,10 @@ def rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB."""
+    """Peak resident set size of this process so far (VmHWM; ``ru_maxrss`` is inherited across exec), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -68,7 +79,7 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     device = torch.device(args.device)
-    lam = 0.0 if args.algo == "sd" else 0.5
+    lam = args.lam
     config = CreditConfig(
         output_dir=str(Path(args.model) / "out"),
         per_device_train_batch_size=args.batch,
@@ -80,6 +91,7 @@ def child(args: argparse.Namespace) -> None:
         distillation_is_clip=None,
         lam=lam,
         n_contrast=args.k,
+        sd_loss=args.sd_loss,
         report_to=[],
         use_cpu=device.type == "cpu",
         bf16=False,
@@ -101,7 +113,7 @@ def child(args: argparse.Namespace) -> None:
         "teacher_attention_mask": torch.ones(b, 2 * p + t, dtype=torch.long, device=device),
         "self_distillation_mask": torch.ones(b, device=device),
     }
-    if args.algo == "credit":
+    if lam > 0:
         inputs["contrast_prompt_ids"] = ids(b, k, 2 * p)
         inputs["contrast_prompt_mask"] = torch.ones(b, k, 2 * p, dtype=torch.long, device=device)
         inputs["has_contrast"] = torch.ones(b, dtype=torch.bool, device=device)
@@ -112,7 +124,8 @@ def child(args: argparse.Namespace) -> None:
     before_rss = rss_mib()
     loss = trainer.compute_loss(trainer.model, inputs)
     loss.backward()
-    result = {"algo": args.algo, "mode": args.mode, "loss": float(loss), "rss_before_mib": before_rss}
+    result = {"lam": lam, "k": k, "sd_loss": args.sd_loss, "mode": args.mode, "loss": float(loss)}
+    result["rss_before_mib"] = before_rss
     result["peak_rss_mib"] = peak_rss_mib()
     result["step_peak_mib"] = result["peak_rss_mib"] - before_rss
     if device.type == "cuda":
@@ -126,59 +139,70 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=256)
-    parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--topk", type=int, default=100)
     parser.add_argument("--modes", nargs="+", default=["sampled_token", "topk_logits", "full_logits"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--algo", default="sd", help=argparse.SUPPRESS)
+    parser.add_argument("--lam", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--k", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--sd-loss", default="trl", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="sampled_token", help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
+    rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         save_model(Path(tmp), args.vocab, args.hidden)
-        rows = []
         for mode in args.modes:
-            for algo in ("sd", "credit"):
+            for label, lam, k, sd_loss in VARIANTS:
                 command = [
                     sys.executable,
                     __file__,
                     "--child",
-                    "--algo",
-                    algo,
                     "--mode",
                     mode,
                     "--model",
                     tmp,
+                    "--lam",
+                    str(lam),
                 ]
+                command += ["--k", str(k), "--sd-loss", sd_loss, "--vocab", str(args.vocab)]
                 command += [
-                    "--vocab",
-                    str(args.vocab),
                     "--batch",
                     str(args.batch),
                     "--tokens",
                     str(args.tokens),
+                    "--topk",
+                    str(args.topk),
                 ]
-                command += ["--k", str(args.k), "--topk", str(args.topk), "--device", args.device]
+                command += ["--device", args.device]
                 env = {**os.environ, "OMP_NUM_THREADS": "1"}
                 out = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                print(json.dumps(rows[-1]), flush=True)
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                row["load_average"] = os.getloadavg()[0]
+                rows[mode, label] = row
+                print(json.dumps({"variant": label, **row}), flush=True)
     print(
-        f"\nB={args.batch} T={args.tokens} V={args.vocab} K={args.k} top-k={args.topk} device={args.device}"
+        f"\nB={args.batch} T={args.tokens} V={args.vocab} top-k={args.topk} device={args.device}; "
+        "step peak in MiB (process peak in brackets), load average (1 min) after each variant"
     )
-    print(
-        f"{'mode':<15}{'SD peak':>10}{'CREDIT peak':>13}{'ratio':>7}{'SD step':>10}{'CREDIT step':>13}{'ratio':>7}  (MiB)"
-    )
+    print(f"{'mode':<14}" + "".join(f"{label:>22}" for label, *_ in VARIANTS))
     for mode in args.modes:
-        sd, cr = (next(r for r in rows if r["mode"] == mode and r["algo"] == a) for a in ("sd", "credit"))
+        cells = [
+            f"{rows[mode, label]['step_peak_mib']:>8.0f} ({rows[mode, label]['peak_rss_mib']:>5.0f}) l{rows[mode, label]['load_average']:.1f}"
+            for label, *_ in VARIANTS
+        ]
+        print(f"{mode:<14}" + "".join(f"{cell:>22}" for cell in cells))
+    print("\nCREDIT step peak over SD's: fair (same row-wise loss) | against TRL's SD loss")
+    for mode in args.modes:
+        step = {label: rows[mode, label]["step_peak_mib"] for label, *_ in VARIANTS}
         print(
-            f"{mode:<15}{sd['peak_rss_mib']:>10.0f}{cr['peak_rss_mib']:>13.0f}"
-            f"{cr['peak_rss_mib'] / sd['peak_rss_mib']:>7.2f}{sd['step_peak_mib']:>10.0f}"
-            f"{cr['step_peak_mib']:>13.0f}{cr['step_peak_mib'] / sd['step_peak_mib']:>7.2f}"
+            f"{mode:<14} K=1 {step['CREDIT K=1'] / step['SD (row-wise)']:.2f}x  K=3 "
+            f"{step['CREDIT K=3'] / step['SD (row-wise)']:.2f}x | K=1 {step['CREDIT K=1'] / step['SD (TRL loss)']:.2f}x  "
+            f"K=3 {step['CREDIT K=3'] / step['SD (TRL loss)']:.2f}x   (row-wise SD loss {rows[mode, 'SD (row-wise)']['loss']:.6f}, "
+            f"TRL's {rows[mode, 'SD (TRL loss)']['loss']:.6f})"
         )
 
 
