@@ -9,9 +9,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "compare",
         help="compare run directories (grouped by env, model, method and config across seeds): table + figures",
-        description="Groups runs that share environment, model, algo, form, lam, contrast axis, K and the rest "
-        "of their config; final/best held-out score with t-intervals over seeds, tokens and seconds to a target "
-        "score, generic share of SD credit, per-token credit AUROC; writes CSV, Parquet, Markdown and PNGs.",
+        description="Groups runs that share environment, model, start weights, algo, form, lam, contrast axis, K "
+        "and the rest of their config; final/best held-out score with t-intervals over seeds (Wilson for one seed), "
+        "tokens and seconds to a target score, generic share of SD credit, per-token credit AUROC; writes CSV, "
+        "Parquet, Markdown and PNGs.",
     )
     parser.add_argument("runs", nargs="+", help="run directories, or folders holding run directories")
     parser.add_argument("--out", default="report", help="output folder (default: report/)")
