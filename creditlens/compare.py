@@ -420,7 +420,8 @@ def _fmt(value: float, digits: int = 3) -> str:
 
 def markdown_table(table: pd.DataFrame, confidence: float = 0.95, pooled: bool = False) -> str:
     """Markdown rendering of a group table (see :func:`compare_runs`), one row per group with its environment
-    and model; the feedback generic share and the label check get columns when some run has them."""
+    and model; the feedback generic share and the label check get columns when some run has them. A pooled group
+    whose runs repeat a seed shows ``seeds (n runs)``: its interval is over the runs."""
     level = f"{confidence:.0%}"
     feedback = "feedback_generic_share" in table and bool(table["feedback_generic_share"].notna().any())
     labelled = "label_generic_share" in table and bool(table["label_generic_share"].notna().any())
@@ -436,8 +437,9 @@ def markdown_table(table: pd.DataFrame, confidence: float = 0.95, pooled: bool =
         best = f"{_fmt(row['best_score'])} [{_fmt(row['best_score_low'])}, {_fmt(row['best_score_high'])}]"
         shares = _fmt(row["generic_share"]) + (f" | {_fmt(row['feedback_generic_share'])}" if feedback else "")
         shares += f" | {_fmt(row['label_generic_share'])} ({_fmt(row['generic_auroc'])})" if labelled else ""
+        seeds = str(row["seeds"]) if row["seeds"] == row["n_runs"] else f"{row['seeds']} ({row['n_runs']} runs)"
         lines.append(
-            f"| {row['env']} | {row['model']} | {row['method']} | {row['seeds']} | {final} | {best} | "
+            f"| {row['env']} | {row['model']} | {row['method']} | {seeds} | {final} | {best} | "
             f"{_fmt(row['target'], 2)} | {row['reached_target']}/{row['n_runs']} | {_fmt(row['tokens_to_target'], 0)} | "
             f"{_fmt(row['seconds_to_target'], 1)} | {_fmt(row['no_signal_steps'], 2)} | {shares} | "
             f"{_fmt(row.get('auroc_own', math.nan))} ({_fmt(row.get('auroc_abs_own', math.nan))}) |"

@@ -216,6 +216,7 @@ def test_groups_never_mix_environments_models_or_configs(tmp_path):
     pooled = compare.compare_runs([tmp_path], pool=True)
     assert pooled.table.set_index("method").loc["sd [K=2]", "n_runs"] == 5  # a x2, science, other model, longer
     assert "Pooled" in pooled.to_markdown() and "Pooled" not in compare.compare_runs([tmp_path]).to_markdown()
+    assert "| sd [K=2] | 2 (5 runs) |" in pooled.to_markdown()  # seeds 0 and 1; the interval is over 5 runs
 
 
 def test_single_seed_pass_rate_gets_a_wilson_interval_inside_unit_range(tmp_path):
