@@ -94,3 +94,24 @@ def test_summary_with_gap_merges_per_example(setup):
     np.testing.assert_allclose(summary["sd_sum"], gap["sd_sum"], atol=1e-9)
     with pytest.raises(ValueError, match="no rows"):
         compatibility_gap(scorer, examples, table[table["example_id"] != "e0"], GapConfig(samples=2))
+
+
+def test_gap_has_a_bar_that_ticks_per_example(setup, monkeypatch):
+    from creditlens import gap
+
+    model, tok, _, examples = setup
+    bars = []
+
+    class Bar:
+        def __init__(self, iterable, desc=None, disable=False, **kwargs):
+            self.items, self.desc, self.ticks = list(iterable), desc, 0
+            bars.append(self)
+
+        def __iter__(self):
+            for item in self.items:
+                yield item
+                self.ticks += 1
+
+    monkeypatch.setattr(gap, "tqdm", Bar)
+    compatibility_gap(Scorer(model, tok), examples, config=GapConfig(samples=2, max_new_tokens=4))
+    assert [(b.desc, b.ticks) for b in bars] == [("gap", len(examples))]
