@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from creditlens import credit, study
-from creditlens.training.config import load_config
+from creditlens.training.config import load_config, parse_overrides
 
 
 def test_pilot_covers_every_form_and_lam_and_grids_have_five_seeds():
@@ -136,6 +136,22 @@ def test_rollout_profile_and_cue_auroc_count_by_hand(tmp_path):
         assert scores["n_cue_tokens"] == 1 and scores["n_right_letters"] == 11
         # the cue token has the largest advantage (3.0): every right letter ranks below it
         assert scores["advantage"] == 0.0 and scores["credit_reward"] == 1.0
+
+
+def test_stage1_preset_runs_each_method_at_three_lrs_for_150_steps(tmp_path):
+    robust = study.PRESETS["robust-lr"]
+    grid = robust.grid()
+    assert sorted({r.seed for r in grid}) == list(range(44, 56)) and len(grid) == 9 * 12  # new seeds (confirm: 20-43)
+    assert [r.seed for r in grid[:10]] == [44] * 9 + [45]  # seed-major
+    forms = ["sd", "credit-shortcut-lam0.5", "credit-contrastive-lam0.5"]
+    for run in grid[:9]:
+        command = study.train_command(run, robust, tmp_path)
+        config = load_config(robust.config, parse_overrides([command[i + 1] for i, w in enumerate(command) if w == "--set"]))
+        assert math.isclose(config.learning_rate, float(run.variant.removeprefix("lr")))
+        assert config.max_steps == 150 and config.eval_every == 10
+    assert [r.method for r in grid[:9]] == [f"{m}-lr{lr}" for lr in ("3e-5", "1e-4", "3e-4") for m in forms]
+    assert robust.families["robustness"] == tuple((f"{m}-lr{lr}", f"sd-lr{lr}") for lr in ("3e-5", "1e-4", "3e-4")
+                                                  for m in forms[1:])
 
 
 def test_presets_are_config_files_and_the_confirmatory_grid_is_seed_major(tmp_path):
