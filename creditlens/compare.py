@@ -85,24 +85,59 @@ def group_names(run_list: Sequence[Run], pool: bool = False,
                 fields: Sequence[str] = ("env", "model", "weights", "K", "config")
                 ) -> list[str]:
     """The group of each run: its :func:`group_label`, followed by ``[field=value, ...]`` for those of
-    ``fields`` that differ between the runs given (weights, K and config: between the runs of its environment
-    and model), so that runs of different environments, models, start weights, K or configs never share a
-    name; ``pool`` leaves env, model, weights and config out of the key."""
+    ``fields`` that differ between the runs given (weights and K: between the runs of its environment and
+    model; config: between those of its method too, named by the config fields that differ, see
+    :func:`config_differences`), so that runs of different environments, models, start weights, K or configs
+    never share a name; ``pool`` leaves env, model, weights and config out of the key."""
     key_fields = METHOD_FIELDS if pool else KEY_FIELDS
     keys = [{f: group_key(r)[f] for f in KEY_FIELDS} for r in run_list]
+    labels = [group_label(r) for r in run_list]
+    differences = config_differences(run_list)
 
-    def varies(field: str, key: dict) -> bool:
+    def varies(field: str, key: dict, label: str) -> bool:
         local = field in ("weights", "K", "config")
-        values = {k[field] for k in keys if (k[field] is not None or field == "weights")  # unknown weights differ
-                  and (not local or pool or (k["env"], k["model"]) == (key["env"], key["model"]))}
+        values = {k[field] for k, other in zip(keys, labels, strict=True)
+                  if (k[field] is not None or field == "weights")  # unknown weights differ
+                  and (not local or pool or (k["env"], k["model"]) == (key["env"], key["model"]))
+                  and (field != "config" or other == label)}
         return field in key_fields and len(values) > 1
 
     names = []
-    for run, key in zip(run_list, keys, strict=True):
-        extra = ", ".join(f"{f}={'unrecorded' if key[f] is None else key[f]}" for f in fields
-                          if (key[f] is not None or f == "weights") and varies(f, key))
-        names.append(group_label(run) + (f" [{extra}]" if extra else ""))
+    for key, label, difference in zip(keys, labels, differences, strict=True):
+        shown = [f for f in fields if (key[f] is not None or f == "weights") and varies(f, key, label)]
+        extra = ", ".join(difference if f == "config" and difference else
+                          f"{f}={'unrecorded' if key[f] is None else key[f]}" for f in shown)
+        names.append(label + (f" [{extra}]" if extra else ""))
     return names
+
+
+SHOWN_CONFIG = 60
+"""Characters of ``field=value`` text a group name may spend on its config; longer, it shows the config hash."""
+
+
+def config_differences(run_list: Sequence[Run]) -> list[str | None]:
+    """Per run, ``field=value, ...`` of the hashed config fields (:data:`NOT_HASHED` left out) that differ
+    between the configs of the runs sharing its environment, model and method (:func:`group_label`), e.g.
+    ``distillation_weight=0.5``; None where they share one config, or where the text would be ambiguous or
+    longer than :data:`SHOWN_CONFIG` characters (the name then shows the config hash)."""
+    keys = [group_key(r) for r in run_list]
+    scopes = [(k["env"], k["model"], group_label(r)) for r, k in zip(run_list, keys, strict=True)]
+    configs: dict[tuple, dict[object, dict]] = {}  # scope -> config hash -> one run's hashed config fields
+    for run, key, scope in zip(run_list, keys, scopes, strict=True):
+        config = run.manifest.get("config", {})
+        configs.setdefault(scope, {}).setdefault(key["config"], {k: v for k, v in config.items() if k not in NOT_HASHED})
+
+    def text(value: object) -> str:
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+    described: dict[tuple, str] = {}
+    for scope, by_hash in configs.items():
+        names = sorted({f for c in by_hash.values() for f in c})
+        differ = [f for f in names if len({text(c.get(f)) for c in by_hash.values()}) > 1]
+        texts = {h: ", ".join(f"{f}={text(c.get(f))}" for f in differ) for h, c in by_hash.items()}
+        if len(by_hash) > 1 and len(set(texts.values())) == len(texts) and max(map(len, texts.values())) <= SHOWN_CONFIG:
+            described.update({(scope, h): s for h, s in texts.items()})
+    return [described.get((scope, key["config"])) for key, scope in zip(keys, scopes, strict=True)]
 
 
 def _walk(path: Path, ancestors: frozenset[Path]) -> Iterator[Path]:

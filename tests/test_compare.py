@@ -219,6 +219,21 @@ def test_groups_never_mix_environments_models_or_configs(tmp_path):
     assert "| sd [K=2] | 2 (5 runs) |" in pooled.to_markdown()  # seeds 0 and 1; the interval is over 5 runs
 
 
+def test_a_group_name_says_which_config_field_differs(tmp_path):
+    _tiny_run(tmp_path, "w1-s0", distillation_weight=1.0)
+    _tiny_run(tmp_path, "w05-s0", distillation_weight=0.5, log_tokens_every=5)  # bookkeeping: not named
+    _tiny_run(tmp_path, "credit-s0", algo="credit", distillation_weight=1.0)
+    for name, n in (("long-a-s0", 20), ("long-b-s0", 21)):  # differences too long to name: the config hash
+        _tiny_run(tmp_path, name, env="science", env_args={"templates": ["readout"] * n})
+    per_run = compare.compare_runs([tmp_path]).per_run.set_index("run")
+    assert per_run.loc["w1-s0", "method"] == "sd [distillation_weight=1.0]"
+    assert per_run.loc["w05-s0", "method"] == "sd [distillation_weight=0.5]"
+    assert per_run.loc["credit-s0", "method"] == "credit teacher lam=0.5"  # one config among its method's runs
+    for name in ("long-a-s0", "long-b-s0"):
+        digest = compare.group_key(runs.load_run(tmp_path / name))["config"]
+        assert per_run.loc[name, "method"] == f"sd [config={digest}]"
+
+
 def test_single_seed_pass_rate_gets_a_wilson_interval_inside_unit_range(tmp_path):
     _tiny_run(tmp_path, "a-s0", scores=(0.0, 1.0))
     row = compare.compare_runs([tmp_path]).table.iloc[0]
