@@ -360,21 +360,26 @@ def score_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[f
     return mean, low, high
 
 
-def _curves(run_list: list[Run], groups: dict[str, str], confidence: float) -> pd.DataFrame:
+def _curves(run_list: list[Run], groups: dict[str, str], methods: dict[str, str], confidence: float) -> pd.DataFrame:
+    """Per group, environment and eval step: mean score over the runs with its interval, and the group's
+    method and model(s) (``a|b`` when pooled), which name the curves of one environment's panel."""
     rows = []
     for run in run_list:
         evals = run.evals()
         if not evals.empty and "score" in evals:
-            rows.append(evals[["step", "score"]].assign(group=groups[str(run.path)], env=run.env, run=run.name))
-    columns = ["group", "env", "step", "mean", "low", "high", "n"]
+            path = str(run.path)
+            rows.append(evals[["step", "score"]].assign(group=groups[path], method=methods[path], env=run.env,
+                                                        model=str(run.model), run=run.name))
+    columns = ["group", "method", "env", "model", "step", "mean", "low", "high", "n"]
     if not rows:
         return pd.DataFrame(columns=columns)
     frame = pd.concat(rows, ignore_index=True)
     out = []
     for (group, env, step), part in frame.groupby(["group", "env", "step"]):
         mean, low, high = score_interval(part["score"].tolist(), confidence)
-        out.append({"group": group, "env": env, "step": int(step), "mean": mean, "low": low, "high": high,
-                    "n": len(part)})
+        out.append({"group": group, "method": part["method"].iloc[0], "env": env,
+                    "model": "|".join(sorted(set(part["model"]))), "step": int(step), "mean": mean, "low": low,
+                    "high": high, "n": len(part)})
     return pd.DataFrame(out, columns=columns)
 
 
@@ -440,7 +445,7 @@ def compare_runs(
     if table["interval"].eq("wilson").any():
         notes.append("One-seed groups show the 95% Wilson interval of the final pass rate over its eval problems "
                      "(no seed variance); other intervals are t-intervals over seeds, clipped to [0, 1].")
-    return Comparison(found, per_run, table, _curves(found, names, confidence), targets, confidence, pool, notes)
+    return Comparison(found, per_run, table, _curves(found, names, methods, confidence), targets, confidence, pool, notes)
 
 
 def _joined(values: pd.Series) -> object:

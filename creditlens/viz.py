@@ -389,18 +389,23 @@ def learning_curves(runs: Sequence[Run], metric: str = "eval:score", ax=None):
 
 
 def group_curves_figure(curves: pd.DataFrame, confidence: float = 0.95):
-    """Held-out score vs step per group of runs (``group, step, mean, low, high`` rows, optional ``env`` and
-    ``n``): the mean over seeds with a ``confidence`` t-interval band, one panel per environment (never two on
-    one axis); the title gives the seeds per group, and says so when every group has one (no band)."""
+    """Held-out score vs step per group of runs (``group, step, mean, low, high`` rows, optional ``env``, ``n``,
+    ``model`` and ``method``): the mean over seeds with a ``confidence`` t-interval band, one panel per
+    environment (never two on one axis); the title gives the seeds per group, and says so when every group has
+    one (no band). A panel of one model names it in its title and its curves by ``method`` when those are
+    distinct there (else by ``group``)."""
     import matplotlib.pyplot as plt
 
     envs_ = sorted(curves["env"].unique()) if "env" in curves and len(curves) else [None]
     fig, axes = plt.subplots(1, len(envs_), figsize=(6 * len(envs_), 4), squeeze=False)
     for ax, env in zip(axes[0], envs_, strict=True):
         part_env = curves if env is None else curves[curves["env"] == env]
-        for group, part in part_env.groupby("group", sort=True):
+        models = sorted(set(part_env["model"])) if "model" in part_env else []
+        methods = part_env.groupby("group")["method"].first() if "method" in part_env else None
+        label_by = "method" if len(models) == 1 and methods is not None and methods.is_unique else "group"
+        for _, part in part_env.groupby("group", sort=True):
             part = part.sort_values("step")
-            ax.plot(part["step"], part["mean"], marker="o", markersize=3, label=group)
+            ax.plot(part["step"], part["mean"], marker="o", markersize=3, label=part[label_by].iloc[0])
             ax.fill_between(part["step"], part["low"].astype(float), part["high"].astype(float), alpha=0.2)
         ax.set_xlabel("training step")
         ax.set_ylabel("held-out score (pass rate)")
@@ -410,7 +415,8 @@ def group_curves_figure(curves: pd.DataFrame, confidence: float = 0.95):
         else:
             counted = f" (n = {seeds[0]}{'' if len(seeds) == 1 else f'-{seeds[-1]}'})" if seeds else ""
             title = f"mean over seeds{counted}, {confidence:.0%} t-interval"
-        ax.set_title(("" if env is None else f"{env}: ") + title, fontsize=9)
+        where = " · ".join(str(x) for x in (env, *models[:1]) if x is not None) if len(models) == 1 else env
+        ax.set_title(("" if where is None else f"{where}: ") + title, fontsize=9)
         ax.grid(alpha=0.3)
         if len(part_env):
             ax.legend(fontsize=7, title="method", title_fontsize=7)
