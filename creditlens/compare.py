@@ -443,8 +443,9 @@ def compare_runs(
         notes.append("**Pooled (--pool):** groups are formed by method only (algo, form, lam, axis, K); runs of "
                      "different environments, models and configs are counted together.")
     if table["interval"].eq("wilson").any():
-        notes.append("One-seed groups show the 95% Wilson interval of the final pass rate over its eval problems "
-                     "(no seed variance); other intervals are t-intervals over seeds, clipped to [0, 1].")
+        notes.append(f"One-seed groups show the {confidence:.0%} Wilson interval of the final pass rate over its eval "
+                     "problems (no seed variance) and none for the best score (the best of several evaluations is "
+                     "biased upwards); other intervals are t-intervals over seeds, clipped to [0, 1].")
     return Comparison(found, per_run, table, _curves(found, names, methods, confidence), targets, confidence, pool, notes)
 
 

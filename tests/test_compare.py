@@ -242,6 +242,8 @@ def test_single_seed_pass_rate_gets_a_wilson_interval_inside_unit_range(tmp_path
     half = z / (1 + z * z / 20) * math.sqrt(z * z / 1600)
     assert row["interval"] == "wilson" and row["final_score_high"] == pytest.approx(1.0)
     assert row["final_score_low"] == pytest.approx(centre - half)
+    text = compare.compare_runs([tmp_path], confidence=0.9).to_markdown()
+    assert "the 90% Wilson interval of the final pass rate" in text and "none for the best score" in text
 
 
 def test_a_run_that_starts_at_the_target_never_reaches_it_at_step_zero(tmp_path):
