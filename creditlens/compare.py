@@ -361,25 +361,32 @@ def score_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[f
 
 
 def _curves(run_list: list[Run], groups: dict[str, str], methods: dict[str, str], confidence: float) -> pd.DataFrame:
-    """Per group, environment and eval step: mean score over the runs with its interval, and the group's
-    method and model(s) (``a|b`` when pooled), which name the curves of one environment's panel."""
+    """Per group, environment and eval step: mean score over the runs with its interval (``interval``: ``t``
+    over seeds; ``wilson`` for one run whose ``eval.jsonl`` records ``n``, over its eval problems; else none),
+    and the group's method and model(s) (``a|b`` when pooled), which name the curves of one environment's panel."""
     rows = []
     for run in run_list:
         evals = run.evals()
         if not evals.empty and "score" in evals:
             path = str(run.path)
-            rows.append(evals[["step", "score"]].assign(group=groups[path], method=methods[path], env=run.env,
-                                                        model=str(run.model), run=run.name))
-    columns = ["group", "method", "env", "model", "step", "mean", "low", "high", "n"]
+            problems = evals["n"] if "n" in evals else math.nan
+            rows.append(evals[["step", "score"]].assign(problems=problems, group=groups[path], method=methods[path],
+                                                        env=run.env, model=str(run.model), run=run.name))
+    columns = ["group", "method", "env", "model", "step", "mean", "low", "high", "n", "interval"]
     if not rows:
         return pd.DataFrame(columns=columns)
     frame = pd.concat(rows, ignore_index=True)
     out = []
     for (group, env, step), part in frame.groupby(["group", "env", "step"]):
         mean, low, high = score_interval(part["score"].tolist(), confidence)
+        interval = "t" if len(part) > 1 else ""
+        problems, score = part["problems"].iloc[0], part["score"].iloc[0]
+        if len(part) == 1 and pd.notna(problems) and problems > 0 and 0.0 <= score <= 1.0:
+            low, high = wilson_interval(round(score * int(problems)), int(problems), confidence)
+            interval = "wilson"
         out.append({"group": group, "method": part["method"].iloc[0], "env": env,
                     "model": "|".join(sorted(set(part["model"]))), "step": int(step), "mean": mean, "low": low,
-                    "high": high, "n": len(part)})
+                    "high": high, "n": len(part), "interval": interval})
     return pd.DataFrame(out, columns=columns)
 
 

@@ -390,9 +390,9 @@ def learning_curves(runs: Sequence[Run], metric: str = "eval:score", ax=None):
 
 def group_curves_figure(curves: pd.DataFrame, confidence: float = 0.95):
     """Held-out score vs step per group of runs (``group, step, mean, low, high`` rows, optional ``env``, ``n``,
-    ``model`` and ``method``): the mean over seeds with a ``confidence`` t-interval band, one panel per
-    environment (never two on one axis); the title gives the seeds per group, and says so when every group has
-    one (no band). A panel of one model names it in its title and its curves by ``method`` when those are
+    ``model``, ``method`` and ``interval``): the mean over seeds with a ``confidence`` t-interval band (a one-seed
+    group's band: the Wilson interval over eval problems where ``interval`` says so), one panel per environment
+    (never two on one axis); the title gives the seeds per group and the kind of band. A panel of one model names it in its title and its curves by ``method`` when those are
     distinct there (else by ``group``)."""
     import matplotlib.pyplot as plt
 
@@ -410,13 +410,15 @@ def group_curves_figure(curves: pd.DataFrame, confidence: float = 0.95):
         ax.set_xlabel("training step")
         ax.set_ylabel("held-out score (pass rate)")
         seeds = sorted(set(part_env["n"].astype(int))) if "n" in part_env and len(part_env) else []
+        wilson = "interval" in part_env and bool(part_env["interval"].eq("wilson").any())
         if seeds == [1]:
-            title = "one seed per group, no interval"
+            title = f"one seed per group, {confidence:.0%} Wilson interval over its eval problems" if wilson else \
+                "one seed per group, no interval"
         else:
             counted = f" (n = {seeds[0]}{'' if len(seeds) == 1 else f'-{seeds[-1]}'})" if seeds else ""
-            title = f"mean over seeds{counted}, {confidence:.0%} t-interval"
+            title = f"mean over seeds{counted}, {confidence:.0%} t-interval" + (" (Wilson for one seed)" if wilson else "")
         where = " · ".join(str(x) for x in (env, *models[:1]) if x is not None) if len(models) == 1 else env
-        ax.set_title(("" if where is None else f"{where}: ") + title, fontsize=9)
+        ax.set_title(("" if where is None else f"{where}\n") + title, fontsize=9)
         ax.grid(alpha=0.3)
         if len(part_env):
             ax.legend(fontsize=7, title="method", title_fontsize=7)

@@ -80,6 +80,7 @@ def test_scores_and_intervals_match_scipy(study):
     curve = result.curves.set_index(["group", "step"]).loc[("sd", 10)]
     at_10 = [scores[("sd", s)][1] for s in range(3)]
     assert curve["low"] == pytest.approx(max(0.0, stats.t.interval(0.95, 2, np.mean(at_10), stats.sem(at_10))[0]))
+    assert curve["interval"] == "t"
     bounds = result.table[["final_score_low", "best_score_low", "final_score_high", "best_score_high"]].dropna()
     assert len(bounds) == 2 and bounds.ge(0).all(axis=None) and bounds.le(1).all(axis=None)
 
@@ -242,6 +243,9 @@ def test_single_seed_pass_rate_gets_a_wilson_interval_inside_unit_range(tmp_path
     half = z / (1 + z * z / 20) * math.sqrt(z * z / 1600)
     assert row["interval"] == "wilson" and row["final_score_high"] == pytest.approx(1.0)
     assert row["final_score_low"] == pytest.approx(centre - half)
+    curves = compare.compare_runs([tmp_path]).curves.set_index("step")  # each eval of a one-seed curve: Wilson
+    assert curves["interval"].tolist() == ["wilson", "wilson"] and curves.loc[0, "low"] == 0.0
+    assert (curves.loc[10, "low"], curves.loc[10, "high"]) == pytest.approx((centre - half, 1.0))
     text = compare.compare_runs([tmp_path], confidence=0.9).to_markdown()
     assert "the 90% Wilson interval of the final pass rate" in text and "none for the best score" in text
 

@@ -259,13 +259,17 @@ def test_compare_figures_have_labels_and_legends(tmp_path):
     assert ax.get_xlabel() == "training step" and [t.get_text() for t in ax.get_legend().get_texts()] == ["grpo", "sd"]
     assert ax.get_title() == "mean over seeds, 95% t-interval"
     assert viz.group_curves_figure(curves.assign(n=[3, 2, 3, 3])).axes[0].get_title() == "mean over seeds (n = 2-3), 95% t-interval"
-    assert viz.group_curves_figure(curves.assign(n=1, env="e")).axes[0].get_title() == "e: one seed per group, no interval"
+    assert viz.group_curves_figure(curves.assign(n=1, env="e")).axes[0].get_title() == "e\none seed per group, no interval"
     named = curves.assign(env="e", model="m", method=curves["group"].str.upper(), group=curves["group"] + " [env=e]")
     ax = viz.group_curves_figure(named).axes[0]  # one model in the panel: curves by method, the model in the title
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["GRPO", "SD"] and ax.get_title().startswith("e · m: ")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["GRPO", "SD"] and ax.get_title().startswith("e · m\n")
     ax = viz.group_curves_figure(named.assign(model=["m", "m", "m2", "m2"])).axes[0]  # two models: full group names
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["grpo [env=e]", "sd [env=e]"]
-    assert ax.get_title().startswith("e: ")
+    assert ax.get_title().startswith("e\n")
+    wilson = named.assign(n=1, interval=["wilson", "wilson", "", ""])
+    assert viz.group_curves_figure(wilson).axes[0].get_title() == "e · m\none seed per group, 95% Wilson interval over its eval problems"
+    mixed = named.assign(n=[1, 1, 3, 3], interval=["wilson", "wilson", "t", "t"])
+    assert viz.group_curves_figure(mixed).axes[0].get_title().endswith("(n = 1-3), 95% t-interval (Wilson for one seed)")
     rng = np.random.default_rng(0)
     tables = {g: pd.DataFrame({"mask": True, **{c: rng.normal(size=50) for c in ("sd_reward", "credit_reward",
                                                                                  "specific", "shortcut")}})
