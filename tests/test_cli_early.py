@@ -43,6 +43,7 @@ def test_refusals_come_before_torch_is_imported(tmp_path):
         ("score", str(examples), "--feedback-contrast", "2", "--out", out): "n_contrast=2 needs 3 distinct feedback texts",
         ("score", str(examples), "--device", "gpu", "--out", out): "device 'gpu': not a device name",
         ("score", str(examples), "--out", str(tmp_path / "file")): "an existing file, not a directory",
+        ("score", str(examples), "--model", str(tmp_path / "no-model"), "--out", out): "no-model': no such directory",
         ("train", "--algo", "sd", "--env", "shortcut", "--config", str(tmp_path / "nope.yaml"), "--out", out):
             "nope.yaml: no such file",
         ("train", "--algo", "sd", "--env", "shortcut", "--config", str(tmp_path / "bad.yaml"), "--out", out):

@@ -6,7 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from creditlens.commands import device_name, existing_file, non_negative_int, positive_int, unit_float
+from creditlens.commands import (
+    check_model,
+    device_name,
+    existing_file,
+    non_negative_int,
+    positive_int,
+    unit_float,
+)
 from creditlens.errors import ConfigError, InputError
 from creditlens.models import DEFAULT_MODEL, TINY_MODEL
 
@@ -48,8 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def score_file(args: argparse.Namespace) -> tuple[Path, Path]:
     """Score ``args.examples`` into ``args.out``; returns the token-table and summary paths.
 
-    ``--out``, the examples file and a ``--contrast`` / ``--feedback-contrast`` larger than the file allows are
-    refused before torch is imported; the CREDIT settings and ``--device`` before the model loads.
+    ``--out``, the examples file, a ``--contrast`` / ``--feedback-contrast`` larger than the file allows and a
+    ``--model`` path that does not exist are refused before torch is imported; the CREDIT settings and
+    ``--device`` before the model loads.
     """
     from creditlens import runs
 
@@ -64,6 +72,7 @@ def score_file(args: argparse.Namespace) -> tuple[Path, Path]:
         raise InputError(f"{args.examples}: holds no examples")
     rows = [row for _, row in numbered]
     _check_contrasts(args.examples, rows, args.contrast, args.feedback_contrast)
+    check_model(args.model)
 
     import pandas as pd
 
