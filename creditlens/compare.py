@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from creditlens import envs, runs, viz
+from creditlens import envs, renamed, runs, viz
 from creditlens.cache import staged_dir
 from creditlens.errors import InputError
 from creditlens.runs import Run
@@ -47,16 +47,18 @@ METHOD_FIELDS = ("algo", "form", "lam", "axis", "K")
 """The key under ``pool=True``: runs of other environments, models and configs are pooled."""
 NOT_HASHED = frozenset({
     "seed", "lam", "form", "contrast_axis", "n_contrast",  # seed, or a key field of its own
-    "save_every", "save_total_limit", "log_tokens_every", "log_contrasts", "log_kl", "tensorboard",  # bookkeeping
+    "save_steps", "save_total_limit", "log_tokens_every", "log_contrasts", "log_kl", "report_to",  # bookkeeping
+    "activation_checkpointing",  # memory only; manifests before TRL's names recorded False where TRL's True ran
 })
-"""Config fields left out of the ``config`` hash."""
+"""Config fields left out of the ``config`` hash (by their TRL names: older manifests are read through
+:func:`creditlens.renamed.upgrade`)."""
 
 
 def group_key(run: Run) -> dict[str, object]:
     """The comparable settings of ``run`` (:data:`KEY_FIELDS`): ``form``, ``lam`` and ``axis`` only for
     CREDIT (``teacher`` form for runs written before forms existed), ``K`` (``n_contrast``) for SD and
     CREDIT, the start weights' digest, and the first 8 hex digits of a SHA-256 of the remaining config."""
-    config = run.manifest.get("config", {})
+    config = renamed.upgrade(run.manifest.get("config", {}))
     credit = run.algo == "credit"
     rest = {k: v for k, v in config.items() if k not in NOT_HASHED}
     digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:8]

@@ -36,13 +36,16 @@ from creditlens.contexts import ContextConfig, Templates, teacher_prompt
 from creditlens.credit import DEFAULT_SPEC, CreditSpec
 from creditlens.envs.base import Environment, Problem
 from creditlens.errors import ConfigError, InputError, ModelError
+from creditlens.renamed import refuse_renamed
 from creditlens.scoring import Scorer, ScorerConfig
 from creditlens.yamlfiles import read_yaml
+
+TEMPLATE_KEYS = ("reprompt_template", "solution_template", "feedback_template")
 
 
 @dataclass
 class HeadroomConfig:
-    """Sampling and scoring settings; the sampling fields carry the same names as ``TrainConfig``'s."""
+    """Sampling and scoring settings; the sampling fields carry the same names as a training config's."""
 
     num_generations: int = 4  # student attempts per problem
     max_completion_length: int = 256  # most new tokens per attempt (student and teacher)
@@ -58,7 +61,7 @@ class HeadroomConfig:
     pool: str = DEFAULT_SPEC.pool  # contrast pooling (CreditSpec's fields, defaults and checks)
     lam: float = DEFAULT_SPEC.lam  # CREDIT lambda of the logged credit_reward column
     batch_size: int = 8  # sequences per scoring forward pass
-    trl: dict[str, Any] = field(default_factory=dict)  # TrainConfig.trl: its SDPO templates, if any, shape the teacher
+    templates: dict[str, str] = field(default_factory=dict)  # SDPOConfig's *_template keys set: they shape the teacher
 
     @property
     def spec(self) -> CreditSpec:
@@ -80,15 +83,15 @@ class HeadroomConfig:
         if self.max_teacher_asks < 1:
             raise ConfigError(f"max_teacher_asks: must be >= 1, got {self.max_teacher_asks}")
         _ = self.spec  # CreditSpec checks lam, pool and n_contrast
-        if not isinstance(self.trl, dict):
-            raise ConfigError("trl: must be a mapping (its *_template keys shape the teacher)")
-        Templates.of(self.trl)  # each *_template given must be a string
+        if not isinstance(self.templates, dict) or set(self.templates) - set(TEMPLATE_KEYS):
+            raise ConfigError(f"templates: must be a mapping with keys among {TEMPLATE_KEYS}")
+        Templates.of(self.templates)  # each *_template given must be a string
 
 
 def load_headroom_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> HeadroomConfig:
-    """Read the :class:`HeadroomConfig` fields of a YAML file (a training config works: its other
-    ``TrainConfig`` fields are ignored); any other key is an error naming the key and the file."""
-    from creditlens.training.config import TrainConfig
+    """Read the :class:`HeadroomConfig` fields of a YAML file (a training config works: its ``*_template`` keys
+    shape the teacher, its other keys are ignored); any other key is an error naming the key and the file."""
+    from creditlens.training.config import declared
 
     values: dict[str, Any] = {}
     if path is not None:
@@ -96,21 +99,22 @@ def load_headroom_config(path: str | Path | None, overrides: dict[str, Any] | No
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of config fields")
     values = {**values, **(overrides or {})}
-    own = {f.name for f in dataclasses.fields(HeadroomConfig)}
-    train = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - own - train)
+    own = {f.name for f in dataclasses.fields(HeadroomConfig)} - {"templates"}
+    unknown = sorted(set(values) - own - set(declared()))
     if unknown:
+        refuse_renamed(unknown[0], str(path or "overrides"))
         raise ConfigError(f"{path or 'overrides'}: unknown key {unknown[0]!r}; headroom reads {sorted(own)}")
-    config = HeadroomConfig(**{k: v for k, v in values.items() if k in own})
+    templates = {k: values[k] for k in TEMPLATE_KEYS if k in values}
+    config = HeadroomConfig(**{k: v for k, v in values.items() if k in own}, templates=templates)
     config.check()
     return config
 
 
 def reprompt(problem: Problem, feedback: str, solution: str | None = None,
-             trl: dict[str, Any] | None = None) -> list[dict[str, str]]:
+             templates: dict[str, str] | None = None) -> list[dict[str, str]]:
     """The teacher's chat messages: ``problem.prompt`` rewritten by :func:`creditlens.contexts.teacher_prompt`,
-    the trainer's builder, with TRL SDPO's templates (``Templates.of(trl)``: a training config's overrides)."""
-    templates = Templates.of(trl or {})
+    the trainer's builder, with TRL SDPO's templates (``Templates.of(templates)``: a training config's)."""
+    templates = Templates.of(templates or {})
     return teacher_prompt(problem.prompt, templates.solution_text(solution), templates.feedback_text(feedback),
                           templates)
 
@@ -181,9 +185,9 @@ def _attempt_rows(env: Environment, problems: list[Problem], model: PreTrainedMo
             own = range(p_index * g, (p_index + 1) * g)
             siblings[p_index] = next((texts[j] for j in own if outcomes[j].passed), None)
             failed = [j for j in own if not outcomes[j].passed][: config.max_teacher_asks]
-            asks += [("feedback", j, reprompt(problem, outcomes[j].feedback, trl=config.trl)) for j in failed]
+            asks += [("feedback", j, reprompt(problem, outcomes[j].feedback, templates=config.templates)) for j in failed]
             if siblings[p_index] is not None:
-                asks += [("sibling", j, reprompt(problem, outcomes[j].feedback, siblings[p_index], config.trl))
+                asks += [("sibling", j, reprompt(problem, outcomes[j].feedback, siblings[p_index], config.templates))
                          for j in failed]
         answers = generate(model, tokenizer, [a[2] for a in asks], config) if asks else []
         teacher = {(kind, j): tokenizer.decode(ids, skip_special_tokens=True)
@@ -258,7 +262,7 @@ def token_table(attempts: pd.DataFrame, problems: list[Problem], model: PreTrain
         for row in failed.itertuples()
     ]
     scorer = Scorer(model, tokenizer, ScorerConfig(batch_size=config.batch_size, progress=progress,
-                                                   context=ContextConfig(templates=Templates.of(config.trl))))
+                                                   context=ContextConfig(templates=Templates.of(config.templates))))
     return scorer.score(examples, config.spec, seed=config.seed)
 
 

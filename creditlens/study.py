@@ -198,10 +198,10 @@ def check_start_weights(finished: Sequence[Path], start: str | os.PathLike) -> N
 
 
 def _max_steps(preset: Preset) -> tuple[int, dict]:
-    from creditlens.training.config import load_config, parse_overrides
+    from creditlens.training.config import DEFAULTS, load_config, parse_overrides
 
     config = load_config(preset.config, parse_overrides(list(preset.sets)))
-    return config.max_steps, config.env_args
+    return config.get("max_steps", DEFAULTS["max_steps"]), config.get("env_args", {})
 
 
 def run_study(preset: str | Preset, out: str | os.PathLike, jobs: int = 1, keep_checkpoints: bool = False) -> Path:

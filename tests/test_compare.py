@@ -220,6 +220,20 @@ def test_groups_never_mix_environments_models_or_configs(tmp_path):
     assert "| sd [K=2] | 2 (5 runs) |" in pooled.to_markdown()  # seeds 0 and 1; the interval is over 5 runs
 
 
+def test_manifests_written_before_trls_names_group_with_new_ones(tmp_path):
+    """An old manifest (teacher, include_feedback, trl: {...}) hashes like a new one with TRL's names;
+    a different value under either spelling still separates them."""
+    old = dict(teacher="ema", include_feedback=True, save_every=3, tensorboard=False, gradient_checkpointing=False,
+               trl={"beta": 0.1})
+    new = dict(teacher_model_kind="ema", include_environment_feedback=True, save_steps=5, report_to=[],
+               activation_checkpointing=True, beta=0.1)
+    _tiny_run(tmp_path, "old-s0", **old)
+    _tiny_run(tmp_path, "new-s1", seed=1, **new)
+    _tiny_run(tmp_path, "base-s0", **{**new, "teacher_model_kind": "base"})
+    keys = {n: compare.group_key(runs.load_run(tmp_path / n))["config"] for n in ("old-s0", "new-s1", "base-s0")}
+    assert keys["old-s0"] == keys["new-s1"] != keys["base-s0"]
+
+
 def test_a_group_name_says_which_config_field_differs(tmp_path):
     _tiny_run(tmp_path, "w1-s0", distillation_weight=1.0)
     _tiny_run(tmp_path, "w05-s0", distillation_weight=0.5, log_tokens_every=5)  # bookkeeping: not named

@@ -41,11 +41,13 @@ def test_train_commands_and_configs(tmp_path):
     sdpo, full, bundled = (load_config(study.CONFIG_DIR / n) for n in
                            ("study-sdpo.yaml", "study-full-logits.yaml", "study-bundled.yaml"))
     blend = load_config(study.CONFIG_DIR / "study-sdpo-blend.yaml")
-    assert sdpo.distillation_mode == "sampled_token" and sdpo.use_successful_as_teacher and sdpo.teacher == "ema"
-    assert sdpo.include_feedback and sdpo.distillation_weight == 1.0 and blend.distillation_weight < 1.0
-    assert full.distillation_mode == bundled.distillation_mode == "full_logits" and not full.use_successful_as_teacher
-    assert bundled.max_steps < full.max_steps and bundled.log_tokens_every > 1
-    assert load_config(study.CONFIG_DIR / "shortcut-smoke.yaml").max_steps <= 5
+    assert sdpo["distillation_mode"] == "sampled_token" and sdpo["use_successful_as_teacher"]
+    assert sdpo["teacher_model_kind"] == "ema" and sdpo["include_environment_feedback"]
+    assert sdpo["distillation_weight"] == 1.0 and blend["distillation_weight"] < 1.0
+    assert full["distillation_mode"] == bundled["distillation_mode"] == "full_logits"
+    assert not full["use_successful_as_teacher"]
+    assert bundled["max_steps"] < full["max_steps"] and bundled["log_tokens_every"] > 1
+    assert load_config(study.CONFIG_DIR / "shortcut-smoke.yaml")["max_steps"] <= 5
 
 
 def test_prune_drops_only_checkpoints(tmp_path):
@@ -147,8 +149,8 @@ def test_stage1_preset_runs_each_method_at_three_lrs_for_150_steps(tmp_path):
     for run in grid[:9]:
         command = study.train_command(run, robust, tmp_path)
         config = load_config(robust.config, parse_overrides([command[i + 1] for i, w in enumerate(command) if w == "--set"]))
-        assert math.isclose(config.learning_rate, float(run.variant.removeprefix("lr")))
-        assert config.max_steps == 150 and config.eval_every == 10
+        assert math.isclose(config["learning_rate"], float(run.variant.removeprefix("lr")))
+        assert config["max_steps"] == 150 and config["eval_every"] == 10
     assert [r.method for r in grid[:9]] == [f"{m}-lr{lr}" for lr in ("3e-5", "1e-4", "3e-4") for m in forms]
     assert robust.families["robustness"] == tuple((f"{m}-lr{lr}", f"sd-lr{lr}") for lr in ("3e-5", "1e-4", "3e-4")
                                                   for m in forms[1:])
@@ -167,7 +169,8 @@ def test_presets_are_config_files_and_the_confirmatory_grid_is_seed_major(tmp_pa
     assert "distillation_weight=0.5" in blend and "distillation_weight=0.5" not in study.train_command(grid[0], confirm, tmp_path)
     assert confirm.families["primary"] == (("credit-shortcut-lam0.5", "sd"), ("credit-contrastive-lam0.5", "sd"))
     config = load_config(confirm.config)
-    assert config.n_eval_problems >= 2462 and config.env_args["cue_kind"] == "letter" and config.distillation_mode == "full_logits"
+    assert config["n_eval_problems"] >= 2462 and config["env_args"]["cue_kind"] == "letter"
+    assert config["distillation_mode"] == "full_logits"
     bad = tmp_path / "bad.yaml"
     bad.write_text("config: study-sdpo.yaml\nmethods: [{algo: sd}]\nfamilies: {x: [[sd, grpo]]}\n")
     with pytest.raises(ValueError, match=r"bad.yaml: families name methods the preset does not run: \['grpo'\]"):

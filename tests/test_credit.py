@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from creditlens import credit
 from creditlens.errors import ConfigError
-from creditlens.training.config import TrainConfig
+from creditlens.training.config import parse_config
 
 
 def _random_inputs(b=3, k=2, t=5, dtype=torch.float64, seed=0):
@@ -412,5 +412,5 @@ def test_defaults_are_the_form_and_lam_docs_results_chose():
     assert (credit.CreditSpec().form, credit.CreditSpec().lam) == (form, lam)
     for function in (credit.credit_rewards, credit.sequence_sums, credit.credit_target_logprobs):
         assert inspect.signature(function).parameters["spec"].default == credit.CreditSpec(), function.__name__
-    config = TrainConfig()
-    assert (config.form, config.lam) == (form, lam)
+    _, args = parse_config({}, "credit", "unused")
+    assert (args.form, args.lam) == (form, lam)

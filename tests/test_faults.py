@@ -19,7 +19,6 @@ from creditlens.cache import clean_stale_staging, staged_dir
 from creditlens.errors import RunError
 from creditlens.training import run as run_module
 from creditlens.training.checkpoints import TEACHER_STATE, last_complete_checkpoint
-from creditlens.training.config import TrainConfig
 from creditlens.training.lock import LOCK, run_lock
 from creditlens.training.run import train
 
@@ -50,7 +49,7 @@ def test_a_live_lock_refuses_every_writer_and_a_killed_holders_lock_is_taken_ove
         for resume in (False, True):
             with pytest.raises(RunError, match=rf"^--out {out}: another creditlens process \(PID {holder.pid}\) "
                                                "is writing this run"):
-                train("credit", "echo", "tiny", TrainConfig(**tiny_fields(2)), out, resume=resume, env=EchoEnv())
+                train("credit", "echo", "tiny", tiny_fields(2), out, resume=resume, env=EchoEnv())
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
@@ -68,27 +67,27 @@ def test_a_failed_start_leaves_nothing_that_blocks_the_rerun(tmp_path, monkeypat
 
     monkeypatch.setattr(run_module, "build_trainer", broken)
     with pytest.raises(ValueError, match="generation_batch_size"):
-        train("credit", "echo", "tiny", TrainConfig(**tiny_fields(2)), out, env=EchoEnv())
+        train("credit", "echo", "tiny", tiny_fields(2), out, env=EchoEnv())
     assert not out.exists()  # manifest, start model and lock removed with the directory this start made
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="generation_batch_size"):
-        train("credit", "echo", "tiny", TrainConfig(**tiny_fields(2)), out, env=EchoEnv())
+        train("credit", "echo", "tiny", tiny_fields(2), out, env=EchoEnv())
     assert [p.name for p in out.iterdir()] == ["notes.txt"]  # what was there before stays
 
 
-def test_trl_cannot_override_what_creditlens_manages():
+def test_config_cannot_set_what_creditlens_manages():
     from creditlens.errors import ConfigError
-    from creditlens.training.config import trl_args
+    from creditlens.training.config import parse_config
 
-    for key, message in (("output_dir", r"trl\.output_dir is set by creditlens \(from --out\)"),
-                         ("seed", r"trl\.seed duplicates the config field seed; set `seed:` at the top level"),
-                         ("per_device_train_batch_size", r"trl\.per_device_train_batch_size is set by creditlens "
+    for key, message in (("output_dir", r"output_dir is set by creditlens \(from --out\)"),
+                         ("data_seed", r"data_seed is set by creditlens \(from seed\)"),
+                         ("per_device_train_batch_size", r"per_device_train_batch_size is set by creditlens "
                                                          r"\(from num_prompts \* num_generations"),
-                         ("logging_steps", r"trl\.logging_steps is set by creditlens \(from creditlens's run log")):
+                         ("logging_steps", r"logging_steps is set by creditlens \(from creditlens's run log")):
         with pytest.raises(ConfigError, match=rf"^config: {message}"):
-            trl_args(TrainConfig(trl={key: 1}), "credit", "unused")
-    assert trl_args(TrainConfig(trl={"reprompt_template": "{prompt}"}), "sd", "unused").reprompt_template == "{prompt}"
+            parse_config({key: 1}, "credit", "unused")
+    assert parse_config({"reprompt_template": "{prompt}"}, "sd", "unused")[1].reprompt_template == "{prompt}"
 
 
 @pytest.mark.slow
@@ -98,7 +97,7 @@ def test_live_run_is_locked_and_a_damaged_checkpoint_is_refused_before_any_chang
     out, steps = tmp_path / "live", 40
     process = subprocess.Popen([sys.executable, str(SCRIPT), "credit", str(out), str(steps)], env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    config = TrainConfig(**tiny_fields(steps))
+    config = tiny_fields(steps)
     try:
         deadline = time.time() + 180
         while time.time() < deadline and last_complete_checkpoint(out / runs.CHECKPOINTS_DIR)[0] < 2:
@@ -298,5 +297,5 @@ def test_a_full_disk_while_checkpointing_is_one_line(tmp_path, monkeypatch):
     out = tmp_path / "run"
     with pytest.raises(RunError, match=rf"^--out {out}: the disk is full \(Error while serializing.*os error 28\)\); "
                                        "free space, then --resume: it restarts from the last complete checkpoint$"):
-        train("sd", "echo", "tiny", TrainConfig(**tiny_fields(2)), out, env=EchoEnv())
+        train("sd", "echo", "tiny", tiny_fields(2), out, env=EchoEnv())
     assert last_complete_checkpoint(out / runs.CHECKPOINTS_DIR)[0] == 1

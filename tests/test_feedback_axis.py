@@ -439,7 +439,7 @@ class WrongHintEchoEnv(EchoEnv):
 
 
 def test_trainer_feedback_axis_contexts_and_rlcsd_advantage(tmp_path):
-    from creditlens.training.config import TrainConfig, trl_args
+    from creditlens.training.config import parse_config
     from creditlens.training.run import build_trainer
 
     model, tokenizer = models.load("tiny")
@@ -447,10 +447,9 @@ def test_trainer_feedback_axis_contexts_and_rlcsd_advantage(tmp_path):
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     env = WrongHintEchoEnv()
-    config = TrainConfig(num_prompts=3, num_generations=2, max_completion_length=6, n_eval_problems=2, log_kl=False,
-                         lam=1.0, form="shortcut", contrast_axis="feedback", n_contrast=2,
-                         use_successful_as_teacher=False)
-    trainer = build_trainer("credit", env, str(model_dir), config, trl_args(config, "credit", tmp_path / "out"))
+    config = dict(num_prompts=3, num_generations=2, max_completion_length=6, n_eval_problems=2, log_kl=False,
+                  lam=1.0, form="shortcut", contrast_axis="feedback", n_contrast=2, use_successful_as_teacher=False)
+    trainer = build_trainer("credit", env, str(model_dir), *parse_config(config, "credit", tmp_path / "out"))
     assert trainer.args.contrast_axis == "feedback"
     trainer.current_gradient_accumulation_steps = 1
     captured = {}
@@ -537,10 +536,9 @@ def test_train_run_on_the_feedback_axis_logs_the_reward_it_used(tmp_path):
     feedback_credit_reward (shortcut at lam 1: RLCSD), the input-axis columns staying NaN."""
     from train_support import tiny_fields
 
-    from creditlens.training.config import TrainConfig
     from creditlens.training.run import train
 
-    config = TrainConfig(**tiny_fields(1), contrast_axis="feedback", lam=1.0, form="shortcut", n_contrast=2)
+    config = dict(**tiny_fields(1), contrast_axis="feedback", lam=1.0, form="shortcut", n_contrast=2)
     train("credit", "echo", "tiny", config, tmp_path / "run", env=WrongHintEchoEnv())
     table = schema.read_token_table(tmp_path / "run" / "tokens")
     counted = table[table["mask"]]

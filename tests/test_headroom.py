@@ -155,17 +155,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, tiny):
 
 
 def test_trl_templates_shape_the_teacher_as_in_training(tiny):
-    from creditlens.training.config import TrainConfig, trl_args
+    from creditlens.training.config import parse_config
 
     model, tokenizer = tiny
     templates = {"reprompt_template": "Q: {prompt}{solution}{feedback}\nFix it.",
                  "solution_template": "\nGood: {successful_previous_attempt}", "feedback_template": "\nFB: {feedback_raw}"}
-    train = trl_args(TrainConfig(trl=templates), "sd", "unused")
+    _, train = parse_config(templates, "sd", "unused")
     assert Templates.of(templates) == Templates.of(train)
     problem = CoinEnv().problems(n=1)[0]
     messages = headroom.reprompt(problem, "odd", "a fine text", templates)
     assert messages[-1]["content"] == "Q: Say something about 0 cats.\nGood: a fine text\nFB: odd\nFix it."
-    config = headroom.HeadroomConfig(num_generations=2, max_completion_length=6, n_contrast=1, trl=templates)
+    config = headroom.HeadroomConfig(num_generations=2, max_completion_length=6, n_contrast=1, templates=templates)
     _, attempts, tokens = headroom.headroom(CoinEnv(), model, tokenizer, 4, config, progress=False)
     row = attempts[~attempts["passed"] & attempts["teacher_feedback_response"].notna()].iloc[0]
     response = list(row["response_ids"])
@@ -179,7 +179,9 @@ def test_trl_templates_shape_the_teacher_as_in_training(tiny):
     mine = tokens[tokens["example_id"] == f"{row['problem_id']}#{row['attempt']}"].sort_values("position")
     torch.testing.assert_close(torch.tensor(mine["teacher_logprob"].to_numpy()), expected, atol=1e-4, rtol=0)
     with pytest.raises(CreditlensError, match="reprompt_template: must be a string"):
-        headroom.load_headroom_config(None, {"trl": {"reprompt_template": 3}})
+        headroom.load_headroom_config(None, {"reprompt_template": 3})
+    with pytest.raises(CreditlensError, match="key 'trl' was renamed: write its keys .* at the top level"):
+        headroom.load_headroom_config(None, {"trl": templates})
 
 
 def test_pass_rate_intervals_are_wilson_intervals():

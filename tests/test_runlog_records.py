@@ -10,7 +10,7 @@ from train_support import EchoEnv
 from transformers import TrainerCallback
 
 from creditlens import models, runs, schema
-from creditlens.training.config import TrainConfig, trl_args
+from creditlens.training.config import parse_config, recorded
 from creditlens.training.run import build_trainer, manifest_for
 from creditlens.training.runlog import RunContext, attach_run_log
 
@@ -62,10 +62,10 @@ def _tensor_columns(payload: dict, axis: str) -> dict:
 @pytest.mark.parametrize("name", list(RUNS))
 def test_logged_rewards_and_labels_are_the_trainers(model_dir, tmp_path, name):
     algo, fields = RUNS[name]
-    config = TrainConfig(**BASE, **fields)
-    args = trl_args(config, algo, tmp_path / "checkpoints")
+    values = {**BASE, **fields}
+    config, args = parse_config(values, algo, tmp_path / "checkpoints")
     trainer = build_trainer(algo, EchoEnv(), model_dir, config, args)
-    manifest = manifest_for(name, algo, "echo", "tiny", model_dir, config, trainer.args)
+    manifest = manifest_for(name, algo, "echo", "tiny", model_dir, recorded(values, config, args), trainer.args)
     runs.write_manifest(tmp_path, manifest)
     capture = Capture()
     attach_run_log(trainer, RunContext(tmp_path, name, algo, EchoEnv(), [], config))

@@ -39,7 +39,7 @@ def test_digest_follows_the_bytes_not_the_path(tmp_path):
 
 def test_manifest_records_the_digest_of_the_start_model(tmp_path):
     folder = _model_dir(tmp_path / "m", 1.0)
-    config, args = types.SimpleNamespace(seed=3, to_dict=lambda: {"lam": 0.5}), types.SimpleNamespace(seed=3)
+    config, args = {"lam": 0.5}, types.SimpleNamespace(seed=3)
     manifest = manifest_for("r", "sd", "shortcut", None, str(folder), config, args)
     assert manifest["model_digest"] == models.weights_digest(folder)
     tiny = manifest_for("r", "sd", "shortcut", "tiny", str(tmp_path / "not-yet"), config, args)

@@ -11,7 +11,7 @@ from train_support import EchoEnv
 from creditlens import models
 from creditlens.contexts import ContextConfig, Example, Templates
 from creditlens.scoring import Scorer, ScorerConfig
-from creditlens.training.config import TrainConfig, trl_args
+from creditlens.training.config import parse_config
 from creditlens.training.contrasts import ContextRecorder
 from creditlens.training.run import build_trainer
 
@@ -35,9 +35,9 @@ def setup(request, tmp_path_factory):
 @pytest.mark.parametrize("trl", [{}, TEMPLATES], ids=["trl-defaults", "user-templates"])
 def test_scorer_teacher_ids_are_the_trainers(setup, tmp_path, trl):
     mode, path, model = setup
-    config = TrainConfig(num_prompts=2, num_generations=2, max_completion_length=4, n_eval_problems=2,
-                         log_kl=False, n_contrast=1, trl=trl)
-    trainer = build_trainer("credit", EchoEnv(), path, config, trl_args(config, "credit", tmp_path / "out"))
+    config = dict(num_prompts=2, num_generations=2, max_completion_length=4, n_eval_problems=2, log_kl=False,
+                  n_contrast=1, **trl)
+    trainer = build_trainer("credit", EchoEnv(), path, *parse_config(config, "credit", tmp_path / "out"))
     tokenizer = trainer.processing_class
     assert (mode == "chat") == bool(tokenizer.chat_template)
     prompts = [row["prompt"] for row in trainer.train_dataset][:2]

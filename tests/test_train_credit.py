@@ -11,7 +11,7 @@ from trl.experimental.sdpo import SDPOTrainer, sdpo_trainer
 
 from creditlens import models
 from creditlens.training import response_logits
-from creditlens.training.config import TrainConfig, trl_args
+from creditlens.training.config import parse_config
 from creditlens.training.feedback import EnvReward, build_dataset
 from creditlens.training.run import build_trainer
 
@@ -41,8 +41,7 @@ def model_dir(tmp_path_factory):
 
 
 def make(algo, model_dir, tmp_path, **fields):
-    config = TrainConfig(**{**BASE, **fields})
-    trainer = build_trainer(algo, EchoEnv(), model_dir, config, trl_args(config, algo, tmp_path / algo))
+    trainer = build_trainer(algo, EchoEnv(), model_dir, *parse_config({**BASE, **fields}, algo, tmp_path / algo))
     trainer.current_gradient_accumulation_steps = 1
     trainer.capture = Capture()
     trainer.add_callback(trainer.capture)
@@ -78,11 +77,10 @@ def test_lam_zero_reproduces_sdpo_loss_and_gradients_exactly(model_dir, tmp_path
     trainer = make("credit", model_dir, tmp_path, lam=0.0, n_contrast=2, **mode)
     batch = rollout_batch(trainer)
     assert batch["self_distillation_mask"].sum() > 0
-    config = TrainConfig(**BASE, **mode)
     plain = SDPOTrainer(
         model=model_dir,
         reward_funcs=[EnvReward(EchoEnv(), EchoEnv().problems())],
-        args=trl_args(config, "sd", tmp_path / "plain"),
+        args=parse_config({**BASE, **mode}, "sd", tmp_path / "plain")[1],
         train_dataset=build_dataset(EchoEnv().problems(), trainer.processing_class),
         processing_class=trainer.processing_class,
     )

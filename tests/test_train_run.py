@@ -18,7 +18,7 @@ from train_support import EchoEnv, tiny_fields
 
 from creditlens import cli, runs
 from creditlens.envs.shortcut import ShortcutEnv
-from creditlens.training.config import TrainConfig, load_config
+from creditlens.training.config import load_config, parse_config
 from creditlens.training.run import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,14 +101,37 @@ def test_config_rejects_unknown_key_naming_it_and_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"bad\.yaml.*'lamda'"):
         load_config(path)
     with pytest.raises(ValueError, match=r"lam: must be a number in \[0, 1\]"):
-        TrainConfig(lam=2.0)
+        parse_config({"lam": 2.0}, "credit", "unused")
+
+
+def test_old_keys_name_their_trl_names_and_managed_keys_are_refused(tmp_path):
+    path = tmp_path / "old.yaml"
+    for text, message in [("teacher: ema\n", r"old\.yaml: key 'teacher' was renamed: write teacher_model_kind"),
+                          ("save_every: 3\n", "key 'save_every' was renamed: write save_steps"),
+                          ("tensorboard: true\n", r"write report_to: \[tensorboard\]"),
+                          ("trl: {beta: 0.1}\n", "key 'trl' was renamed: write its keys .* at the top level"),
+                          ("output_dir: x\n", r"output_dir is set by creditlens \(from --out\)")]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_config(path)
+
+
+def test_each_key_goes_to_the_config_that_declares_it():
+    values = {"num_prompts": 3, "lam": 0.25, "beta": 0.1, "distillation_mode": "full_logits", "delta": 2.0}
+    run, grpo = parse_config(values, "grpo", "unused")
+    _, credit = parse_config(values, "credit", "unused")
+    _, sd = parse_config(values, "sd", "unused")
+    assert run.num_prompts == 3 and grpo.beta == credit.beta == 0.1 and grpo.delta == 2.0
+    assert not hasattr(grpo, "lam") and (credit.lam, sd.lam) == (0.25, 0.0)
+    assert credit.distillation_mode == "full_logits" and credit.per_device_train_batch_size == 3 * 2
+    assert credit.seed == credit.data_seed == 0 and credit.lr_scheduler_type == "constant"
 
 
 def test_config_types_are_checked_and_yaml_exponent_floats_accepted(tmp_path):
     path = tmp_path / "lr.yaml"
     path.write_text("learning_rate: 5e-4\nmax_steps: 3\n")
     config = load_config(path)
-    assert config.learning_rate == 0.0005 and isinstance(config.learning_rate, float)
+    assert config["learning_rate"] == 0.0005 and isinstance(config["learning_rate"], float)
     path.write_text("learning_rate: fast\n")
     with pytest.raises(ValueError, match=r"lr\.yaml: config key 'learning_rate' expects float, got 'fast'"):
         load_config(path)
@@ -126,12 +149,13 @@ def test_config_types_are_checked_and_yaml_exponent_floats_accepted(tmp_path):
         ({"seed": -1}, "seed must be >= 0"),
         ({"temperature": -0.5}, "temperature must be > 0"),
         ({"form": "other"}, "form: must be one of"),
-        ({"trl": None}, "'trl' expects dict"),
+        ({"eval_every": -1}, "eval_every must be >= 0"),
+        ({"report_to": 3}, "'report_to' expects None | str | list[str], got 3"),
     ],
 )
 def test_config_fields_are_checked_in_python_too(fields, message):
     with pytest.raises(ValueError, match=re.escape(message)):
-        TrainConfig(**fields)
+        parse_config(fields, "credit", "unused")
 
 
 def test_example_configs_load():
@@ -145,22 +169,22 @@ def test_example_configs_load():
 @pytest.mark.parametrize("algo", ["grpo", "sd", "credit"])
 def test_run_directory_is_complete_and_consistent(algo, tmp_path):
     out = tmp_path / algo
-    train(algo, "echo", "tiny", TrainConfig(**tiny_fields(2), log_contrasts=algo == "sd"), out, env=EchoEnv())
+    train(algo, "echo", "tiny", {**tiny_fields(2), "log_contrasts": algo == "sd"}, out, env=EchoEnv())
     check_run(out, algo, 2)
     table = runs.load_run(out).tokens()
     logged = "contrast_logprobs" in table and table["contrast_logprobs"].map(lambda v: len(v) == 1).all()
     assert logged == (algo != "grpo")  # sd with log_contrasts logs them too, for the generic share
     with pytest.raises(ValueError, match="already exists"):
-        train(algo, "echo", "tiny", TrainConfig(**tiny_fields(2)), out, env=EchoEnv())
+        train(algo, "echo", "tiny", tiny_fields(2), out, env=EchoEnv())
 
 
 @pytest.mark.parametrize("algo", ["grpo", "sd", "credit"])
 def test_every_token_is_labelled_with_its_own_rollout_when_steps_span_generation_batches(algo, tmp_path):
     """GA=3 micro-batches per step, 2 per generation batch, each generation batch trained twice."""
     fields = {**tiny_fields(2), "num_prompts": 3, "gradient_accumulation_steps": 3, "eval_every": 0}
-    fields["trl"] = {"steps_per_generation": 2, "num_iterations": 2}
+    fields.update(steps_per_generation=2, num_iterations=2)  # TRL arguments, at the top level like every key
     out = tmp_path / algo
-    train(algo, "echo", "tiny", TrainConfig(**fields), out, env=EchoEnv())
+    train(algo, "echo", "tiny", fields, out, env=EchoEnv())
     run = runs.load_run(out)
     assert run.token_steps() == [1, 2]
     words = {p.id: p.reference["word"] for p in EchoEnv().problems()}
@@ -187,14 +211,14 @@ def test_refused_starts_change_no_file(tmp_path):
     (logs_only / runs.MANIFEST).write_text("{}")
     before = {p.name: p.read_bytes() for p in logs_only.iterdir()}
     with pytest.raises(ValueError, match=r"no complete checkpoint.*metrics\.jsonl"):
-        train("credit", "echo", "tiny", TrainConfig(**tiny_fields(2)), logs_only, resume=True, env=EchoEnv())
+        train("credit", "echo", "tiny", tiny_fields(2), logs_only, resume=True, env=EchoEnv())
     assert {p.name: p.read_bytes() for p in logs_only.iterdir()} == before
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="empty"):
-        train("credit", "echo", "tiny", TrainConfig(**tiny_fields(2)), empty, resume=True, env=EchoEnv())
+        train("credit", "echo", "tiny", tiny_fields(2), empty, resume=True, env=EchoEnv())
     with pytest.raises(ValueError, match="no such run directory"):
-        train("sd", "echo", "tiny", TrainConfig(**tiny_fields(2)), tmp_path / "none", resume=True, env=EchoEnv())
+        train("sd", "echo", "tiny", tiny_fields(2), tmp_path / "none", resume=True, env=EchoEnv())
     bad = [
         ("tiny", dict(n_contrast=8), "n_contrast=8 needs 9 distinct train prompts"),
         (str(tmp_path / "missing-model"), {}, "no such directory"),
@@ -203,7 +227,7 @@ def test_refused_starts_change_no_file(tmp_path):
     for model, fields, message in bad:
         out = tmp_path / "fresh"
         with pytest.raises(ValueError, match=message):
-            train("credit", "echo", model, TrainConfig(**{**tiny_fields(2), **fields}), out, env=EchoEnv())
+            train("credit", "echo", model, {**tiny_fields(2), **fields}, out, env=EchoEnv())
         assert not out.exists()
     assert not any(empty.iterdir())
 

@@ -35,16 +35,14 @@ class EchoEnv(Environment):
 
 def main(argv: list[str]) -> None:
     """``python tests/train_support.py ALGO OUT MAX_STEPS [--resume]``: a tiny run on :class:`EchoEnv`."""
-    from creditlens.training.config import TrainConfig
     from creditlens.training.run import train
 
     algo, out, max_steps = argv[0], argv[1], int(argv[2])
-    config = TrainConfig(**tiny_fields(max_steps))
-    train(algo, "echo", "tiny", config, out, resume="--resume" in argv, env=EchoEnv())
+    train(algo, "echo", "tiny", tiny_fields(max_steps), out, resume="--resume" in argv, env=EchoEnv())
 
 
 def tiny_fields(max_steps: int) -> dict:
-    """Config fields of the tiny runs: 2 prompts x 2 rollouts of at most 6 tokens."""
+    """Config keys of the tiny runs: 2 prompts x 2 rollouts of at most 6 tokens."""
     return dict(
         max_steps=max_steps,
         num_prompts=2,

@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "for shortcut, SmolLM2 otherwise)",
     )
     parser.add_argument("--config", type=existing_file, default=None,
-                        help="YAML file of TrainConfig fields (configs/*.yaml)")
+                        help="YAML config, one flat mapping: creditlens' RunConfig keys and the arguments of TRL's "
+                             "CreditConfig (SDPOConfig) or GRPOConfig (configs/*.yaml, docs/training.md)")
     parser.add_argument("--out", required=True, help="run directory, e.g. runs/NAME")
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one config field, value in YAML (repeatable), e.g. --set lam=0.25",
+        help="override one config key, value in YAML (repeatable), e.g. --set lam=0.25",
     )
     parser.set_defaults(run=run)
 

@@ -20,9 +20,10 @@ from typing import Any
 
 from creditlens import envs, models, runs
 from creditlens.cache import staged_dir
+from creditlens.choices import ALGOS
 from creditlens.envs.base import Environment
 from creditlens.errors import ConfigError, RunError
-from creditlens.training.config import ALGOS, TrainConfig, trl_args
+from creditlens.training.config import RunConfig, parse_config, recorded
 
 PACKAGES = ("creditlens", "torch", "transformers", "trl", "accelerate", "datasets", "tokenizers", "numpy")
 MANIFEST_KEYS = ("algo", "env", "model", "seed", "config")
@@ -96,11 +97,9 @@ def _versions() -> dict[str, str | None]:
     return found
 
 
-def manifest_for(
-    name: str, algo: str, env: str, model: str | None, model_path: str, config: TrainConfig, args: Any = None
-) -> dict:
-    """The ``manifest.json`` content: everything needed to run this again, and under ``credit`` the CREDIT
-    settings the trainer runs with (its ``args.spec``: lam 0 for sd; None for grpo, which has none).
+def manifest_for(name: str, algo: str, env: str, model: str | None, model_path: str, config: dict, args: Any) -> dict:
+    """The ``manifest.json`` content: everything needed to run this again (``config``: :func:`recorded`), and
+    under ``credit`` the CREDIT settings the trainer runs with (its ``args.spec``: lam 0 for sd; None for grpo).
     ``model_digest`` fingerprints the start weights (:func:`creditlens.models.weights_digest`; None for the tiny
     model, which is built from a fixed config into the run directory)."""
     spec = getattr(args, "spec", None)
@@ -111,8 +110,8 @@ def manifest_for(
         "model": model,
         "model_path": model_path,
         "model_digest": models.weights_digest(model_path) if Path(model_path).is_dir() else None,
-        "seed": config.seed,
-        "config": config.to_dict(),
+        "seed": args.seed,
+        "config": config,
         "credit": None if spec is None else spec.labels(),
         "versions": _versions(),
         "git_commit": _git_commit(),
@@ -132,25 +131,20 @@ def _check_resume(run_dir: Path, wanted: dict[str, Any]) -> None:
             )
 
 
-def check_contrasts(algo: str, config: TrainConfig, n_prompts: int) -> None:
+def check_contrasts(algo: str, run: RunConfig, args: Any, n_prompts: int) -> None:
     """CREDIT (and sd with ``log_contrasts``) needs ``n_contrast`` other distinct prompts among the train prompts."""
-    if algo != "credit" and not (algo == "sd" and config.log_contrasts):
+    if algo != "credit" and not (algo == "sd" and run.log_contrasts):
         return
-    if config.trl.get("use_teacher_server"):
+    if n_prompts - 1 < args.n_contrast:
         raise ConfigError(
-            "config: trl.use_teacher_server is not supported by --algo credit (the vLLM teacher server "
-            "cannot score the contrast contexts); remove it"
-        )
-    if n_prompts - 1 < config.n_contrast:
-        raise ConfigError(
-            f"config: n_contrast={config.n_contrast} needs {config.n_contrast + 1} distinct train prompts "
+            f"config: n_contrast={args.n_contrast} needs {args.n_contrast + 1} distinct train prompts "
             f"(each sample is contrasted with n_contrast other prompts), but the train split has {n_prompts}; "
             "lower n_contrast or raise n_train_problems"
         )
 
 
-def build_trainer(algo: str, env: Environment, model_path: str, config: TrainConfig, args: Any) -> Any:
-    """The TRL trainer of ``algo`` (``args`` from :func:`trl_args`), without run logging."""
+def build_trainer(algo: str, env: Environment, model_path: str, run: RunConfig, args: Any) -> Any:
+    """The TRL trainer of ``algo`` (``run, args`` from :func:`parse_config`), without run logging."""
     from transformers import AutoTokenizer
 
     from creditlens.training.feedback import EnvReward, build_dataset
@@ -161,8 +155,8 @@ def build_trainer(algo: str, env: Environment, model_path: str, config: TrainCon
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_problems = env.problems("train", config.n_train_problems, config.seed)
-    check_contrasts(algo, config, len({p.id for p in train_problems}))
+    train_problems = env.problems("train", run.n_train_problems, args.seed)
+    check_contrasts(algo, run, args, len({p.id for p in train_problems}))
     trainer_class = GRPOEnvTrainer if algo == "grpo" else SDPOEnvTrainer
     trainer = trainer_class(
         model=model_path,
@@ -172,7 +166,7 @@ def build_trainer(algo: str, env: Environment, model_path: str, config: TrainCon
         processing_class=tokenizer,
     )
     if algo == "sd":
-        trainer.log_contrasts = config.log_contrasts
+        trainer.log_contrasts = run.log_contrasts
     return trainer
 
 
@@ -180,12 +174,13 @@ def train(
     algo: str,
     env_name: str,
     model: str | None,
-    config: TrainConfig,
+    config: dict[str, Any],
     out: str | Path,
     resume: bool = False,
     env: Environment | None = None,
 ) -> Path:
-    """Train ``algo`` on ``env_name`` into the run directory ``out``; returns it.
+    """Train ``algo`` on ``env_name`` into the run directory ``out`` with ``config``, a flat config mapping
+    (:func:`~creditlens.training.config.load_config`); returns the run directory.
 
     ``env`` overrides the registry lookup (tests, custom environments). With ``resume`` the run restarts
     from its last complete checkpoint and logs past it are dropped first; with nothing to resume from it
@@ -202,14 +197,15 @@ def train(
     existing = next(p for p in [run_dir.absolute(), *run_dir.absolute().parents] if p.exists())
     if not os.access(existing, os.W_OK):
         raise RunError(f"--out {run_dir}: {existing} is not writable; choose another --out")
-    env = env if env is not None else resolve_env(env_name, config.env_args)
-    args = trl_args(config, algo, run_dir / runs.CHECKPOINTS_DIR, world_size())
+    run, args = parse_config(config, algo, run_dir / runs.CHECKPOINTS_DIR, world_size())
+    env = env if env is not None else resolve_env(env_name, run.env_args)
     if resume and not run_dir.is_dir():
         resume_point(run_dir)  # no such run: refused before the lock creates the directory
     state = PartialState()
     try:
         with run_lock(run_dir) if state.is_main_process else contextlib.nullcontext():  # one writer per run
-            return _train_locked(algo, env_name, model, config, run_dir, resume, env, args, state)
+            return _train_locked(algo, env_name, model, recorded(config, run, args), run_dir, resume, env,
+                                 (run, args), state)
     except Exception as error:
         if not disk_full(error):  # libraries report a full disk in their own words (safetensors, torch.save)
             raise
@@ -219,42 +215,44 @@ def train(
                        f"space, then {then}") from error
 
 
-def _train_locked(algo: str, env_name: str, model: str | None, config: TrainConfig, run_dir: Path, resume: bool,
-                  env: Environment, args: Any, state: Any) -> Path:
-    """:func:`train` once the main process holds the run's lock: check the resume point, write, train."""
+def _train_locked(algo: str, env_name: str, model: str | None, config: dict[str, Any], run_dir: Path, resume: bool,
+                  env: Environment, parsed: tuple[RunConfig, Any], state: Any) -> Path:
+    """:func:`train` once the main process holds the run's lock: check the resume point, write, train
+    (``config``: the recorded config, ``parsed``: ``(RunConfig, TRL config)``)."""
     from creditlens.training.checkpoints import check_resume, resume_point, truncate_run
     from creditlens.training.runlog import RunContext, attach_run_log
 
     has_manifest = (run_dir / runs.MANIFEST).exists()
     if has_manifest and not resume:
         raise RunError(f"--out {run_dir}: a run already exists there; pass --resume or choose another --out")
-    wanted = {"algo": algo, "env": env_name, "model": model, "seed": config.seed, "config": config.to_dict()}
+    run, args = parsed
+    wanted = {"algo": algo, "env": env_name, "model": model, "seed": args.seed, "config": runs.jsonable(config)}
     step, checkpoint = 0, None
     if resume:
         step, checkpoint = resume_point(run_dir)
         if has_manifest:
             _check_resume(run_dir, wanted)
-        check_resume(run_dir, checkpoint, step, algo != "grpo" and config.teacher == "ema", world_size())
+        check_resume(run_dir, checkpoint, step, algo != "grpo" and args.teacher_model_kind == "ema", world_size())
     where = check_model(model, env)
-    train_problems = env.problems("train", config.n_train_problems, config.seed)
+    train_problems = env.problems("train", run.n_train_problems, args.seed)
     if not train_problems:
         raise ConfigError(f"env {env_name!r}: the train split has no problems; raise n_train_problems")
-    check_contrasts(algo, config, len({p.id for p in train_problems}))
+    check_contrasts(algo, run, args, len({p.id for p in train_problems}))
     state.wait_for_everyone()  # every process has read the directory before the main one changes it
     if state.is_main_process:
         if resume:
             truncate_run(run_dir, step)
         if not has_manifest:
-            recorded = str(run_dir / runs.START_MODEL_DIR) if where == models.TINY_MODEL else where
-            runs.write_manifest(run_dir, manifest_for(run_dir.name, algo, env_name, model, recorded, config, args))
+            start = str(run_dir / runs.START_MODEL_DIR) if where == models.TINY_MODEL else where
+            runs.write_manifest(run_dir, manifest_for(run_dir.name, algo, env_name, model, start, config, args))
     with state.main_process_first():
         model_path = materialize_model(where, run_dir)
     state.wait_for_everyone()
-    if checkpoint is not None and step >= config.max_steps:
+    if checkpoint is not None and step >= args.max_steps:
         return run_dir
-    trainer = build_trainer(algo, env, model_path, config, args)
-    eval_problems = env.problems("eval", config.n_eval_problems, config.seed)
-    attach_run_log(trainer, RunContext(run_dir, run_dir.name, algo, env, eval_problems, config), checkpoint)
+    trainer = build_trainer(algo, env, model_path, run, args)
+    eval_problems = env.problems("eval", run.n_eval_problems, args.seed)
+    attach_run_log(trainer, RunContext(run_dir, run_dir.name, algo, env, eval_problems, run), checkpoint)
     with warnings.catch_warnings():
         # transformers 5 deprecates the gradient_checkpointing_* names that TRL's generation helpers call
         warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)

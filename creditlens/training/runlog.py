@@ -28,7 +28,7 @@ from creditlens import runs, schema
 from creditlens.credit import CreditSpec, Decomposition
 from creditlens.envs.base import Environment, Problem
 from creditlens.training.checkpoints import CheckpointCallback
-from creditlens.training.config import TrainConfig
+from creditlens.training.config import RunConfig
 from creditlens.training.evaluation import evaluate_env, mean
 from creditlens.training.token_log import Rollout, TokenRecord, make_record, records_table, token_entropy
 
@@ -42,7 +42,7 @@ class RunContext:
     algo: str
     env: Environment
     eval_problems: list[Problem]
-    config: TrainConfig
+    config: RunConfig
 
 
 class RunLog(TrainerCallback):
@@ -185,15 +185,15 @@ class RunLog(TrainerCallback):
         self.step_metrics = None
 
     def _evaluate(self, step: int) -> None:
-        config = self.run.config
+        config, args = self.run.config, self.trainer.args
         evaluate_env(
             self.trainer,
             self.run.env,
             self.run.eval_problems,
             self.run.run_dir,
             step,
-            config.eval_batch_size or config.batch_size,
-            config.max_completion_length,
+            config.eval_batch_size or config.num_prompts * args.num_generations,
+            args.max_completion_length,
         )
 
     # ---- TrainerCallback ------------------------------------------------------------------------
