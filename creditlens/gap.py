@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from creditlens import schema
-from creditlens.contexts import Example
 from creditlens.credit import CreditSpec
+from creditlens.examples import Example
 from creditlens.scoring import Scorer
 
 

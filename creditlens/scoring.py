@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from creditlens import credit, logprobs, schema
-from creditlens.contexts import ContextBuilder, ContextConfig, ContextIds, Example, as_example
+from creditlens.contexts import ContextBuilder, ContextConfig, ContextIds
 from creditlens.credit import DEFAULT_SPEC, CreditSpec
 from creditlens.errors import ConfigError, InputError
+from creditlens.examples import Example, as_example
 
 CPU_CALL_TOKENS = 50  # per torch thread: a forward call of SmolLM2-135M on 1 CPU thread costs ~50 tokens (docs/scoring.md)
 PLAN_BAR_MIN = 1000  # examples from which plan() shows a progress bar (building contexts takes ~6 ms each)

@@ -35,11 +35,14 @@ def test_refusals_come_before_torch_is_imported(tmp_path):
     examples.write_text("".join(json.dumps({"prompt": f"p{i}", "feedback": f"f{i % 2}", "response": "r"}) + "\n"
                                 for i in range(3)))
     (tmp_path / "bad.yaml").write_text("lam: [0.5\n")
+    (tmp_path / "no-response.jsonl").write_text('{"prompt": "p", "feedback": "f", "response": "r"}\n'
+                                                '{"prompt": "q", "feedback": "f"}\n')
     (tmp_path / "file").write_text("x")
     out = str(tmp_path / "out")
     cases = {  # argv -> the one-line message
         ("score", str(tmp_path / "missing.jsonl"), "--out", out): "missing.jsonl: no such file",
         ("score", str(examples), "--contrast", "9", "--out", out): "--contrast: n_contrast=9 needs 10 distinct prompt ids",
+        ("score", str(tmp_path / "no-response.jsonl"), "--out", out): "no-response.jsonl:2: example 1: missing field 'response'",
         ("score", str(examples), "--feedback-contrast", "2", "--out", out): "n_contrast=2 needs 3 distinct feedback texts",
         ("score", str(examples), "--device", "gpu", "--out", out): "device 'gpu': not a device name",
         ("score", str(examples), "--out", str(tmp_path / "file")): "an existing file, not a directory",

@@ -478,7 +478,7 @@ def test_yaml_bombs_duplicates_and_huge_files_are_refused_in_one_line(cli_error,
 def test_examples_come_through_a_pipe_and_large_files_show_a_bar(tmp_path, capsys, monkeypatch):
     import threading
 
-    from creditlens.contexts import read_examples
+    from creditlens.examples import read_examples
 
     lines = [json.dumps({"prompt": f"p{i}", "feedback": "f", "response": "r"}) for i in range(3)]
     read_end, write_end = os.pipe()  # what `creditlens score <(zcat examples.jsonl.gz)` hands over
@@ -531,7 +531,8 @@ def test_model_folders_whose_parts_do_not_fit_name_the_part(tmp_path, tiny_dir, 
 
 
 def test_token_ids_and_chat_prompts_that_cannot_be_scored_as_given_say_so():
-    from creditlens.contexts import ContextBuilder, ContextConfig, as_example
+    from creditlens.contexts import ContextBuilder, ContextConfig
+    from creditlens.examples import as_example
 
     row = {"prompt": "p", "feedback": "f"}
     for response, shown in (([1, float("nan"), 3], "item 1 is nan"), ([1, -2], "item 1 is -2"), ([True], "item 0 is True")):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from creditlens.contexts import read_examples
+from creditlens.examples import read_examples
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples.jsonl"
 

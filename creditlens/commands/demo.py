@@ -75,8 +75,8 @@ def score(examples: Path, out: Path, options: dict) -> None:
     import pandas as pd
 
     from creditlens import models, schema
-    from creditlens.contexts import read_examples
     from creditlens.credit import CreditSpec
+    from creditlens.examples import read_examples
     from creditlens.gap import GapConfig, compatibility_gap, summary_with_gap
     from creditlens.scoring import Scorer
 

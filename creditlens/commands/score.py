@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from creditlens.commands import (
     check_model,
@@ -16,6 +16,9 @@ from creditlens.commands import (
 )
 from creditlens.errors import ConfigError, InputError
 from creditlens.models import DEFAULT_MODEL, TINY_MODEL
+
+if TYPE_CHECKING:
+    from creditlens.examples import Example
 
 OUTPUTS = ("tokens.parquet", "summary.parquet", "summary.csv")  # what `creditlens score --out DIR` writes
 SUMS = ("n_tokens", "sd_sum", "specific_sum", "shortcut_sum", "credit_sum", "generic_share", "feedback_generic_share",
@@ -55,11 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def score_file(args: argparse.Namespace) -> tuple[Path, Path]:
     """Score ``args.examples`` into ``args.out``; returns the token-table and summary paths.
 
-    ``--out``, the examples file, a ``--contrast`` / ``--feedback-contrast`` larger than the file allows and a
-    ``--model`` path that does not exist are refused before torch is imported; the CREDIT settings and
-    ``--device`` before the model loads.
+    ``--out``, the examples file and each of its lines, a ``--contrast`` / ``--feedback-contrast`` larger than the
+    file allows and a ``--model`` path that does not exist are refused before torch is imported; the CREDIT
+    settings and ``--device`` before the model loads.
     """
     from creditlens import runs
+    from creditlens.examples import as_example
 
     runs.check_out_dir(args.out)
     foreign = sorted(p.name for p in args.out.iterdir() if p.name not in OUTPUTS) if args.out.is_dir() else []
@@ -71,14 +75,19 @@ def score_file(args: argparse.Namespace) -> tuple[Path, Path]:
     if not numbered:
         raise InputError(f"{args.examples}: holds no examples")
     rows = [row for _, row in numbered]
-    _check_contrasts(args.examples, rows, args.contrast, args.feedback_contrast)
+    examples = []
+    for index, (line, row) in enumerate(numbered):
+        try:
+            examples.append(as_example(row, index))
+        except ValueError as error:
+            raise InputError(f"{args.examples}:{line}: {error}") from error
+    _check_contrasts(args.examples, examples, args.contrast, args.feedback_contrast)
     check_model(args.model)
 
     import pandas as pd
 
     from creditlens import models, schema, stats
     from creditlens.cache import staged_dir
-    from creditlens.contexts import as_example
     from creditlens.credit import CreditSpec
     from creditlens.gap import GapConfig, compatibility_gap, summary_with_gap
     from creditlens.scoring import Scorer
@@ -91,12 +100,6 @@ def score_file(args: argparse.Namespace) -> tuple[Path, Path]:
     except ConfigError as error:  # CreditSpec names its field; the user typed the option
         field, _, why = str(error).partition(": ")
         raise InputError(f"{options[field]}: {why}") from None
-    examples = []
-    for index, (line, row) in enumerate(numbered):
-        try:
-            examples.append(as_example(row, index))
-        except ValueError as error:
-            raise InputError(f"{args.examples}:{line}: {error}") from error
     _check_contrasts(args.examples, examples, spec.n_contrast, args.feedback_contrast)  # CreditSpec's default K
     model, tokenizer = models.load(args.model, device=args.device)
     scorer = Scorer(model, tokenizer, batch_size=args.batch_size)
@@ -124,17 +127,12 @@ def score_file(args: argparse.Namespace) -> tuple[Path, Path]:
     return args.out / OUTPUTS[0], args.out / OUTPUTS[1]
 
 
-def _check_contrasts(path: Path, rows: list, contrast: int | None, feedback_contrast: int) -> None:
-    """Refuse K contrasts along an axis with fewer than K + 1 distinct prompts (feedback texts) in the file: an
-    example's own is never its contrast. ``rows``: raw JSON rows or :class:`Example` s; ``contrast`` None: unset."""
-    def field(row, name):
-        value = row.get(name) if isinstance(row, dict) else getattr(row, name)
-        return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else str(value)
-
-    prompts = {field(r, "prompt_id") if field(r, "prompt_id") != "None" else field(r, "prompt") for r in rows}
+def _check_contrasts(path: Path, examples: list[Example], contrast: int | None, feedback_contrast: int) -> None:
+    """Refuse K contrasts along an axis with fewer than K + 1 distinct prompt ids (feedback texts) in the file: an
+    example's own is never its contrast. ``contrast`` None: unset."""
+    prompts, feedbacks = {e.prompt_id for e in examples}, {e.feedback for e in examples}
     for option, k, distinct, what in (("--contrast", contrast, prompts, "prompt ids"),
-                                      ("--feedback-contrast", feedback_contrast, {field(r, "feedback") for r in rows},
-                                       "feedback texts")):
+                                      ("--feedback-contrast", feedback_contrast, feedbacks, "feedback texts")):
         if k is not None and k > len(distinct) - 1:
             raise InputError(f"{option}: n_contrast={k} needs {k + 1} distinct {what} (an example's own is never its "
                              f"contrast), {path} holds {len(distinct)}; lower {option} or add examples")
