@@ -3,6 +3,7 @@ a resume after a real SIGKILL, and a 2-process torchrun launch."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -102,6 +103,9 @@ def test_config_rejects_unknown_key_naming_it_and_the_file(tmp_path):
         load_config(path)
     with pytest.raises(ValueError, match=r"lam: must be a number in \[0, 1\]"):
         parse_config({"lam": 2.0}, "credit", "unused")
+    path.write_text("form: other\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: CreditConfig form: must be one of"):
+        load_config(path)
 
 
 def test_old_keys_name_their_trl_names_and_managed_keys_are_refused(tmp_path):
@@ -224,6 +228,8 @@ def test_refused_starts_change_no_file(tmp_path):
         (str(tmp_path / "missing-model"), {}, "no such directory"),
         (str(empty), {}, "empty directory"),
     ]
+    if importlib.util.find_spec("tensorboard") is None:
+        bad.append(("tiny", {"report_to": ["tensorboard"]}, r"report_to: \[tensorboard\] needs the tensorboard package"))
     for model, fields, message in bad:
         out = tmp_path / "fresh"
         with pytest.raises(ValueError, match=message):

@@ -190,7 +190,8 @@ def _checked_type(key: str, value: Any, hint: Any, source: str) -> Any:
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The checked flat mapping of a YAML config file (None: no file, all defaults) with ``overrides`` applied."""
+    """The checked flat mapping of a YAML config file (None: no file, all defaults) with ``overrides`` applied:
+    its values are those a ``RunConfig`` and a ``CreditConfig`` (the CREDIT and SDPO fields) accept."""
     values: Any = {}
     source = "defaults"
     if path is not None:
@@ -200,7 +201,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         source = f"{source} with overrides {sorted(overrides)}"
         values = {**values, **overrides}
     values = check_values(values, source)
-    RunConfig(**{k: v for k, v in values.items() if declared()[k][0] is RunConfig})
+    parse_config(values, "credit", "unused", source=source)  # a bad value is refused naming the file
     return values
 
 
@@ -232,9 +233,6 @@ def parse_config(values: dict[str, Any], algo: str, output_dir: str | Path, worl
                           f"{world_size} processes")
     if batch // world_size % accumulation:
         raise ConfigError(f"{source}: the per-process batch must be divisible by gradient_accumulation_steps")
-    if "tensorboard" in (settings["report_to"] or []) and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError(f"{source}: report_to: [tensorboard] needs the tensorboard package "
-                          "(pip install 'tensorboard>=2.15')")
     settings.update(_managed(settings, output_dir, batch // world_size // accumulation))
     try:
         with warnings.catch_warnings():
@@ -246,6 +244,14 @@ def parse_config(values: dict[str, Any], algo: str, output_dir: str | Path, worl
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{source} (TRL {cls.__name__}): {error}") from None
     return run, args
+
+
+def check_reporters(args: Any, source: str = "config") -> None:
+    """``ConfigError`` when ``args.report_to`` names TensorBoard and it is not installed (checked when a run starts,
+    so a config file for a GPU machine still loads elsewhere)."""
+    if "tensorboard" in (args.report_to or []) and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(f"{source}: report_to: [tensorboard] needs the tensorboard package "
+                          "(pip install 'tensorboard>=2.15')")
 
 
 def _managed(settings: dict[str, Any], output_dir: str | Path, per_device_batch: int) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from creditlens.cache import staged_dir
 from creditlens.choices import ALGOS
 from creditlens.envs.base import Environment
 from creditlens.errors import ConfigError, RunError
-from creditlens.training.config import RunConfig, parse_config, recorded
+from creditlens.training.config import RunConfig, check_reporters, parse_config, recorded
 
 PACKAGES = ("creditlens", "torch", "transformers", "trl", "accelerate", "datasets", "tokenizers", "numpy")
 MANIFEST_KEYS = ("algo", "env", "model", "seed", "config")
@@ -198,6 +198,7 @@ def train(
     if not os.access(existing, os.W_OK):
         raise RunError(f"--out {run_dir}: {existing} is not writable; choose another --out")
     run, args = parse_config(config, algo, run_dir / runs.CHECKPOINTS_DIR, world_size())
+    check_reporters(args)
     env = env if env is not None else resolve_env(env_name, run.env_args)
     if resume and not run_dir.is_dir():
         resume_point(run_dir)  # no such run: refused before the lock creates the directory
