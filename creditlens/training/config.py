@@ -98,7 +98,7 @@ LIMITS: dict[str, tuple[str, Any]] = {
     "temperature": ("> 0", lambda v: v > 0), "top_p": ("in (0, 1]", lambda v: 0 < v <= 1),
     "learning_rate": (">= 0", lambda v: v >= 0), "warmup_steps": (">= 0", lambda v: v >= 0),
     "max_grad_norm": (">= 0", lambda v: v >= 0), "gradient_accumulation_steps": (">= 1", lambda v: v >= 1),
-    "save_steps": (">= 1", lambda v: v >= 1), "save_total_limit": (">= 1", lambda v: v is None or v >= 1),
+    "save_steps": (">= 1", lambda v: v >= 1), "save_total_limit": (">= 1", lambda v: v >= 1),
 }
 """What a creditlens run needs of TRL arguments that TRL leaves unchecked."""
 
