@@ -188,6 +188,8 @@ def check_start_weights(finished: Sequence[Path], start: str | os.PathLike) -> N
     from creditlens import models, runs
     from creditlens.errors import RunError
 
+    if not finished:
+        return
     now = models.weights_digest(start)
     for run_dir in finished:
         recorded = runs.load_run(run_dir).manifest.get("model_digest")
