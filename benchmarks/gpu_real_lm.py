@@ -28,15 +28,14 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from creditlens import models  # noqa: E402
-from creditlens.training.config import config_from_dict  # noqa: E402
 from creditlens.training.run import train  # noqa: E402
 
 ALGOS = ("grpo", "sd", "credit")
 GPU_CONFIG = dict(max_steps=20, num_prompts=8, num_generations=4, max_completion_length=64, learning_rate=1e-6,
-                  bf16=True, lam=0.25, n_contrast=1, n_eval_problems=8, eval_every=1000, save_every=1000,
+                  bf16=True, lam=0.25, n_contrast=1, n_eval_problems=8, eval_every=1000, save_steps=1000,
                   log_tokens_every=10, log_kl=False)
 TINY_CONFIG = dict(max_steps=2, num_prompts=2, num_generations=2, max_completion_length=8, lam=0.25,
-                   n_contrast=1, n_eval_problems=2, eval_every=1000, save_every=1000, log_kl=False)
+                   n_contrast=1, n_eval_problems=2, eval_every=1000, save_steps=1000, log_kl=False)
 
 
 def qwen_shaped(out: Path) -> Path:
@@ -59,7 +58,7 @@ def one_run(algo: str, model: str, settings: dict, out: Path) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    run_dir = train(algo, "science", model, config_from_dict(settings, "gpu_real_lm"), out / f"{algo}-{Path(model).name}")
+    run_dir = train(algo, "science", model, settings, out / f"{algo}-{Path(model).name}")
     wall = time.perf_counter() - start
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     times = [s["time_step"] for s in steps[1:]] or [s["time_step"] for s in steps]
