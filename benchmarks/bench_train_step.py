@@ -34,7 +34,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from trl.experimental.sdpo import SDPOTrainer  # noqa: E402
 
-from creditlens.training.config import TrainConfig, trl_args  # noqa: E402
+from creditlens.training.config import parse_config  # noqa: E402
 from creditlens.training.run import build_trainer, check_model, materialize_model, resolve_env  # noqa: E402
 
 VARIANTS = (("grpo", "grpo", 1), ("sd", "sd", 1), ("credit K=1", "credit", 1), ("credit K=3", "credit", 3))
@@ -54,7 +54,7 @@ def build(args: argparse.Namespace, root: Path) -> dict:
     model_path = materialize_model(check_model(args.model, env), root)
     trainers = {}
     for label, algo, k in VARIANTS:
-        config = TrainConfig(
+        values = dict(
             seed=args.seed,
             num_prompts=args.prompts,
             num_generations=args.generations,
@@ -65,7 +65,7 @@ def build(args: argparse.Namespace, root: Path) -> dict:
             bf16=args.bf16,
         )
         run_dir = root / label.replace(" ", "").replace("=", "")
-        trainer = build_trainer(algo, env, model_path, config, trl_args(config, algo, run_dir / "ckpt"))
+        trainer = build_trainer(algo, env, model_path, *parse_config(values, algo, run_dir / "ckpt"))
         trainer.timer.enabled = True
         trainer.current_gradient_accumulation_steps = 1
         trainer.model.train()
