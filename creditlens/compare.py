@@ -32,7 +32,14 @@ from creditlens import envs, renamed, runs, viz
 from creditlens.cache import staged_dir
 from creditlens.errors import InputError
 from creditlens.runs import Run
-from creditlens.stats import auroc, generic_share, generic_share_validation, has_axis, t_interval, wilson_interval
+from creditlens.stats import (
+    auroc,
+    generic_share,
+    generic_share_validation,
+    has_axis,
+    t_interval,
+    wilson_interval,
+)
 
 REPORT_FILES = frozenset({"comparison.csv", "comparison.parquet", "comparison.md", "runs.csv", "curves.csv",
                           "learning_curves.png", "credit_histograms.png", "credit_auroc.png"})  # what save writes

@@ -192,6 +192,6 @@ def test_pass_rate_intervals_are_wilson_intervals():
         assert (low, high) == pytest.approx((centre - half, centre + half)) and 0 <= low < high <= 1
     text = headroom.format_table({"env": "e", "n_problems": 1, "config": {"num_generations": 3}, "n_failed": 0,
                                   "student_pass_rate": 1.0, "student_pass_at_k": 1.0,
-                                  **dict(zip(("student_ci95_low", "student_ci95_high"), headroom._ci95(1.0, 3))),
+                                  **dict(zip(("student_ci95_low", "student_ci95_high"), headroom._ci95(1.0, 3), strict=True)),
                                   "n_feedback": 0, "n_sibling": 0})
     assert "100.0%  [43.9%, 100.0%]" in text

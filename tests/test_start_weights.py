@@ -10,8 +10,8 @@ import hashlib
 import types
 
 import pytest
-from safetensors.torch import save_file
 import torch
+from safetensors.torch import save_file
 
 from creditlens import compare, models, runs, study
 from creditlens.errors import ModelError, RunError
