@@ -404,7 +404,10 @@ def rollout_profile(run_dir: Path):
     the cue letter while the right one is another: the harmful cue learnt), ``filler`` (share starting with
     ``ok``), and the mean training signal (``advantage``, else ``credit_reward``/``sd_reward``) on
     ``cue_tokens``, ``right_letters`` and ``wrong_letters`` (letter tokens not equal to the right letter);
-    split by whether the warm-started student saw the operation (``seen``: the first ``student_ops`` share):
+    ``cue_share``: the cue tokens' share of the positive training signal (sum of its positive part on cue tokens
+    over that on every counted token; NaN without a positive signal), ``cue_share_sd_reward`` the same for the
+    SD reward (the credit SD would give the same rollouts); split by whether the warm-started student saw the
+    operation (``seen``: the first ``student_ops`` share):
     ``passed_seen``/``passed_unseen`` and the mean student / teacher log-prob of right letters
     (``student_lp_seen``, ``teacher_lp_seen``, ``student_lp_unseen``, ``teacher_lp_unseen``)."""
     import pandas as pd
@@ -423,6 +426,8 @@ def rollout_profile(run_dir: Path):
         values: dict[str, list[float]] = {"cue_tokens": [], "right_letters": [], "wrong_letters": []}
         values.update({f"{who}_lp_{kind}": [] for who in ("student", "teacher") for kind in ("seen", "unseen")})
         by_kind = {"seen": [0, 0], "unseen": [0, 0]}
+        shared = [c for c in dict.fromkeys((signal, "sd_reward")) if c is not None and c in table]
+        positive = {c: [0.0, 0.0] for c in shared}  # column -> [on cue tokens, on every counted token]
         for _, sample in table.groupby("example_id", sort=False):
             sample = sample.sort_values("position")
             response = str(sample["response"].iloc[0])
@@ -447,12 +452,16 @@ def rollout_profile(run_dir: Path):
                 continue
             cued = env.cue_feedback in str(sample["feedback"].iloc[0])
             counted = sample["mask"].astype(bool).to_numpy()
+            for column in shared:
+                positive[column][1] += float(sample[column][counted].clip(lower=0).sum())
             for slot, i in enumerate(slots):
                 if not counted[i]:
                     continue
                 token, value = sample["token"].iloc[i], float(sample[signal].iloc[i])
                 if cued and env.cue_kind == "letter" and slot == env.cue_position and token == env.cue_letter != answer[slot]:
                     values["cue_tokens"].append(value)
+                    for column in shared:
+                        positive[column][0] += max(0.0, float(sample[column].iloc[i]))
                 elif token == answer[slot]:
                     values["right_letters"].append(value)
                 else:
@@ -461,6 +470,8 @@ def rollout_profile(run_dir: Path):
         row = {"step": int(table["step"].iloc[0]), **{k: v / n for k, v in counts.items()}}
         row.update({f"passed_{k}": (p / c if c else float("nan")) for k, (p, c) in by_kind.items()})
         row.update({k: (sum(v) / len(v) if v else float("nan")) for k, v in values.items()})
+        shares = {c: (cue / total if total > 0 else float("nan")) for c, (cue, total) in positive.items()}
+        row.update({"cue_share": shares.get(signal, float("nan")), "cue_share_sd_reward": shares.get("sd_reward", float("nan"))})
         rows.append(row)
     return pd.DataFrame(rows)
 

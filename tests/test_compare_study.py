@@ -129,6 +129,9 @@ def test_rollout_profile_and_cue_auroc_count_by_hand(tmp_path):
     assert profile["format_ok"] == 0.75 and profile["passed"] == 0.5 and profile["filler"] == 0.25
     assert profile["cue_letter"] == (0.25 if red[0] != "a" else 0.0)
     assert profile["passed_seen"] == 0.5 and profile["passed_unseen"] == 0.5
+    # positive signal on every counted token: 4 x 1 + (3 + 2 + 2 + 2) + 4 x 0.5 = 15, of which the cue token has 3
+    cue_share = 3.0 / 15 if red[0] != "a" else 0.0
+    assert profile["cue_share"] == pytest.approx(cue_share) and profile["cue_share_sd_reward"] == pytest.approx(cue_share)
     if red[0] != "a":
         assert profile["cue_tokens"] == 3.0
         # right letters: 4 + 3 (wrong_first keeps three) from red, none from the filler sample's shifted letters
