@@ -16,7 +16,7 @@ of :class:`~creditlens.training.credit_config.CreditConfig`:
 - ``full_logits``: the CREDIT target over the vocabulary; the K contrasts are pooled into one ``[B, T, V]``
   buffer as they are computed, never ``[B, K, T, V]``.
 
-The K contrast contexts of the micro-batch go through the teacher in one forward, projected to the vocabulary
+The K contrast contexts of the micro-batch go through the teacher in K forwards sorted by length, projected to the vocabulary
 only at response positions and ``contrast_chunk_rows`` rows at a time (:mod:`creditlens.training.response_logits`),
 so their transient logits stay a fraction of the student's and teacher's.
 
@@ -230,8 +230,8 @@ class CreditTrainer(SDPOTrainer):
         Only what the step reads is computed: the rows of samples with contrasts and a loss token (all samples
         with contrasts when a callback listens to ``on_tokens_scored``), at their response positions (the
         completion mask); everything else holds 0, which nothing reads. The K contexts of those rows go through
-        the teacher together, cut to their longest context, and are projected to the vocabulary
-        ``contrast_chunk_rows`` rows at a time (:func:`~creditlens.training.response_logits.response_logits`).
+        the teacher in K calls sorted by length, each cut to its longest context, and are projected to the
+        vocabulary ``contrast_chunk_rows`` rows at a time (:func:`~creditlens.training.response_logits.response_logits`).
         """
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         prompt_ids, prompt_mask = inputs["contrast_prompt_ids"], inputs["contrast_prompt_mask"]
@@ -251,10 +251,7 @@ class CreditTrainer(SDPOTrainer):
         row_of, targets = rows[row_of], completion_ids[rows][keep]
         ids = torch.cat([prompt_ids[rows].transpose(0, 1).flatten(0, 1), completion_ids[rows].repeat(k_total, 1)], 1)
         mask = torch.cat([prompt_mask[rows].transpose(0, 1).flatten(0, 1), completion_mask[rows].repeat(k_total, 1)], 1)
-        start = int(mask.any(dim=0).int().argmax())  # the left padding all contexts share is not computed
-        chunks = response_logits(
-            self, teacher_model, ids[:, start:], mask[:, start:], keep, k_total, self.args.contrast_chunk_rows
-        )
+        chunks = response_logits(self, teacher_model, ids, mask, keep, k_total, self.args.contrast_chunk_rows)
         with torch.no_grad(), self._get_teacher_context_for_self_distillation():
             for k, at, logits in chunks:
                 where = (row_of[at], position[at])

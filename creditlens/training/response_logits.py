@@ -1,9 +1,11 @@
 """No-grad logits at chosen response positions of many contexts, for CREDIT's contrast forwards.
 
 A causal LM whose logits are ``lm_head(decoder(...).last_hidden_state)`` (the architectures of
-:data:`PROJECTED`) runs its decoder once over all the contexts, and the vocabulary projection only at the
-response positions asked for, a bounded number of positions at a time: one forward call instead of one
-per chunk of rows, and no logits for prompt or padding positions. Any other model (a PEFT model, whose
+:data:`PROJECTED`) runs its decoder over the G x R contexts in G calls of R contexts, sorted by length
+(so each call, cut to its longest context, pads little), and the vocabulary projection only at the response
+positions asked for, a bounded number of positions at a time: G forward calls instead of one per chunk of
+rows, and no logits for prompt or padding positions. (One call over all G x R contexts was 13% slower than
+G calls on the 2-core CPU, SmolLM2, 24 contexts of ~230 tokens: larger activations fall out of cache.) Any other model (a PEFT model, whose
 adapters the top-level call routes, or one sharded by FSDP or DeepSpeed, whose parameters it gathers) takes
 plain forwards of a bounded number of rows each (``SDPOTrainer._forward_logits``), cut to the positions
 asked for.
@@ -62,9 +64,15 @@ def response_logits(
     step = (chunk_rows or rows) * t
     if split is not None:
         decoder, head, autocast = split
+        first = attention_mask.int().argmax(dim=1)  # each context's first token (left padding before it)
+        hidden = None
         with trainer.accelerator.autocast() if autocast else nullcontext():
-            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-            hidden = hidden[:, -t - 1 : -1]
+            for call in first.argsort(stable=True).split(rows):  # R contexts a call, longest first
+                start = int(first[call].min())
+                out = decoder(input_ids=input_ids[call, start:], attention_mask=attention_mask[call, start:], use_cache=False)
+                out = out.last_hidden_state[:, -t - 1 : -1]
+                hidden = out.new_empty((len(input_ids), *out.shape[1:])) if hidden is None else hidden
+                hidden[call] = out
             for group in range(groups):
                 kept = hidden[group * rows : (group + 1) * rows][keep]
                 for start in range(0, len(kept), step):
