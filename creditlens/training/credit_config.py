@@ -43,8 +43,9 @@ class CreditConfig(SDPOConfig):
             Distinct prompts of earlier generation batches kept as contrast candidates, for batches with too
             few distinct prompts of their own (e.g. one prompt per generation batch); 0 keeps none.
         contrast_chunk_rows (`int` or `None`, *optional*, defaults to `1`):
-            Rows per contrast forward: the contrast forwards add at most this many rows of logits to the step's
-            peak memory (docs/training.md, "Memory"). `None`: the whole micro-batch in one forward.
+            Rows of contrast logits computed at a time (the vocabulary projection of the contrast forwards,
+            `creditlens.training.response_logits`): they add at most this many rows of logits to the step's peak
+            memory (docs/training.md, "Memory"). `None`: the whole micro-batch at once.
         sd_loss (`str`, *optional*, defaults to `"trl"`):
             SDPO's loss in `topk_logits` mode, wherever it runs (`lam=0`, or a micro-batch without contrasts):
             `"trl"`, SDPOTrainer's own code, bit for bit; `"rowwise"`, CREDIT's row-wise top-k code, equal within 1e-6
@@ -75,7 +76,7 @@ class CreditConfig(SDPOConfig):
         metadata={"help": "Distinct earlier prompts kept as contrast candidates (0: only the current batch)."},
     )
     contrast_chunk_rows: int | None = field(
-        default=1, metadata={"help": "Rows per contrast forward (bounds its extra memory); None: all at once."}
+        default=1, metadata={"help": "Rows of contrast logits at a time (bounds their memory); None: all at once."}
     )
     sd_loss: str = field(
         default="trl",
