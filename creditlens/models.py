@@ -203,16 +203,21 @@ def check_safetensors(path: Path) -> None:
                          f"{8 + header_bytes + end}); {fix}")
 
 
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of model directory ``folder`` (``*.safetensors``, then ``pytorch_model*.bin``, each in name
+    order); :class:`ModelError` naming the folder when it has none."""
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise ModelError(f"model {str(folder)!r}: no weights (*.safetensors or pytorch_model*.bin)")
+    return files
+
+
 def weights_digest(path: str | os.PathLike) -> str:
     """First 16 hex digits of a SHA-256 over the weight files of model directory ``path`` (``*.safetensors``,
     ``pytorch_model*.bin``; names and bytes, in name order): what a run records so that runs started from
     different weights under one name or path (a rebuilt warm start, an edited checkpoint) are never pooled."""
-    folder = Path(path)
-    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("pytorch_model*.bin"))
-    if not files:
-        raise ModelError(f"model {str(folder)!r}: no weights (*.safetensors or pytorch_model*.bin) to fingerprint")
     digest = hashlib.sha256()
-    for file in files:
+    for file in weight_files(Path(path)):
         digest.update(file.name.encode() + b"\0")
         with open(file, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):
@@ -231,11 +236,9 @@ def check_model_dir(path: Path) -> Path:
         what = "an empty directory" if not any(path.iterdir()) else "no config.json there"
         raise ModelError(f"model {str(path)!r}: not a transformers model directory ({what}); save one with "
                          "model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR)")
-    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("pytorch_model*.bin"))
-    if not weights:
-        raise ModelError(f"model {str(path)!r}: no weights (*.safetensors or pytorch_model*.bin)")
-    for file in path.glob("*.safetensors"):
-        check_safetensors(file)
+    for file in weight_files(path):
+        if file.suffix == ".safetensors":
+            check_safetensors(file)
     if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         raise ModelError(f"model {str(path)!r}: no tokenizer files (tokenizer.json or tokenizer_config.json)")
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
