@@ -8,7 +8,12 @@ The definitions are the ones the confirmatory plan of docs/results.md fixes:
 - **test AUC**: the trapezoid area under the test-score curve divided by the steps it spans (a mean test
   score over training, in [0, 1]);
 - **paired test**: per seed, method A's value minus method B's; mean, Student-t interval and two-sided
-  one-sample t-test p-value of the differences; Holm's step-down adjustment over the family's tests.
+  one-sample t-test p-value of the differences; Holm's step-down adjustment over the family's tests;
+- **selection rule** (:func:`rule_runs`): per seed, the evaluation with the highest validation score among the
+  runs of several methods (a practitioner who trains them all and keeps one checkpoint); its test score is
+  the rule's early-stopping score, so a family can test the rule like a method;
+- **dose slope** (:func:`slope`): per seed, the least-squares slope of method A's value minus method B's over
+  a dose (e.g. the cue probability), tested against 0 over seeds.
 """
 
 from __future__ import annotations
@@ -79,6 +84,52 @@ def per_run(run_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def rule_runs(curves: pd.DataFrame, candidates: Sequence[str], name: str) -> pd.DataFrame:
+    """The selection rule ``name`` over the methods ``candidates``, as :func:`per_run` rows (``method`` = ``name``).
+
+    ``curves``: every run's held-out curve with a ``run`` column (``heldout_curves.csv``). Per seed that has a
+    run of every candidate: the evaluation with the highest ``score_val`` over all their steps (ties: the
+    earliest step, then the candidate listed first); ``es_score`` is its ``score_test``, ``es_step`` its step,
+    ``chosen`` its method. ``auc_test``/``final_test``/``best_test`` are NaN (a rule has no one curve)."""
+    names = [method_and_seed(run) for run in curves["run"]]
+    keyed = curves.assign(method=[method for method, _ in names], seed=[seed for _, seed in names])
+    rows = []
+    for seed, part in keyed.groupby("seed", sort=True):
+        if not set(candidates) <= set(part["method"]):
+            continue
+        rank = part["method"].map({m: i for i, m in enumerate(candidates)})
+        pool = part[rank.notna()].assign(rank=rank).sort_values(["step", "rank"], kind="stable")
+        best = pool.iloc[int(np.argmax(pool["score_val"].to_numpy()))]
+        first = pool[pool["step"] == pool["step"].min()].iloc[0]
+        rows.append({"run": f"{name}-s{seed}", "method": name, "seed": int(seed),
+                     "step0_test": float(first["score_test"]), "es_step": int(best["step"]),
+                     "es_score": float(best["score_test"]), "auc_test": math.nan, "final_test": math.nan,
+                     "best_test": math.nan, "last_step": int(pool["step"].max()), "chosen": best["method"]})
+    return pd.DataFrame(rows)
+
+
+def slope(table: pd.DataFrame, pairs: Sequence[Sequence[str]], doses: Sequence[float], column: str = "es_score",
+          confidence: float = 0.95) -> dict:
+    """Per seed that has every method of ``pairs``: the least-squares slope of ``a - b`` (one pair per dose,
+    ``pairs[i]`` at ``doses[i]``) on the dose; over seeds, as :func:`paired`: ``mean``, ``low``, ``high``, ``n``,
+    ``p`` (two-sided t-test of slope 0), ``up``/``down``."""
+    if len(pairs) != len(doses) or len(set(doses)) < 2:
+        raise ValueError(f"slope: one pair per dose and at least 2 distinct doses, got {len(pairs)} pairs, doses {list(doses)}")
+    wide = table.pivot(index="seed", columns="method", values=column)
+    needed = {m for pair in pairs for m in pair}
+    x = np.asarray(doses, dtype=np.float64)
+    slopes = []
+    for _, row in (wide.dropna(subset=sorted(needed)) if needed <= set(wide.columns) else wide.iloc[:0]).iterrows():
+        gains = np.array([float(row[a]) - float(row[b]) for a, b in pairs])
+        slopes.append(float(np.sum((x - x.mean()) * (gains - gains.mean())) / np.sum((x - x.mean()) ** 2)))
+    values = np.array(slopes)
+    mean, low, high = t_interval(slopes, confidence)
+    p = float(scipy_stats.ttest_1samp(values, 0.0).pvalue) if values.size >= 2 else math.nan
+    return {"comparison": f"slope of ({pairs[0][0]} - {pairs[0][1]}, ...) on dose {list(doses)}", "metric": column,
+            "n": int(values.size), "mean": mean, "low": low, "high": high, "p": p,
+            "up": int((values > 0).sum()), "down": int((values < 0).sum())}
+
+
 def paired(table: pd.DataFrame, a: str, b: str, column: str = "es_score", confidence: float = 0.95) -> dict:
     """``a - b`` on ``column``, paired by seed over the seeds both methods have: ``mean``, ``low``, ``high``,
     ``n``, ``p`` (two-sided t-test of mean 0; NaN below 2 pairs), ``up``/``down`` (seeds above/below 0)."""
@@ -135,9 +186,12 @@ def _ci(mean: float, low: float, high: float, signed: bool = False) -> str:
     return f.format(mean) + ("" if math.isnan(low) else f" [{f.format(low)}, {f.format(high)}]")
 
 
-def markdown(table: pd.DataFrame, families: dict[str, Sequence[Sequence[str]]], confidence: float = 0.95) -> str:
-    """The held-out report: the method table, then each named family on every metric (Holm within the
-    family and metric; the plan names which family and metric are confirmatory)."""
+def markdown(table: pd.DataFrame, families: dict[str, Sequence[Sequence[str]]], confidence: float = 0.95,
+             slopes: dict[str, tuple[Sequence[float], Sequence[Sequence[str]]]] | None = None) -> str:
+    """The held-out report: the method table, the choices of every selection rule in ``table`` (rows with a
+    ``chosen`` method), each named family on every metric (Holm within the family and metric; the plan names
+    which family and metric are confirmatory), then ``slopes`` (name -> ``(doses, pairs)``, :func:`slope`) on
+    the early-stopping score, Holm over the slopes."""
     methods = method_table(table, confidence)
     lines = ["| method | seeds | step 0 | early-stopping score | ES step (mean) | test AUC | final | best (max over evals) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -146,6 +200,7 @@ def markdown(table: pd.DataFrame, families: dict[str, Sequence[Sequence[str]]], 
         cells.append(f"{r['es_step']:.1f}")
         cells += [_ci(r[c], r[f"{c}_low"], r[f"{c}_high"]) for c in ("auc_test", "final_test", "best_test")]
         lines.append(f"| {r['method']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    lines += _rule_choices(table)
     for name, comparisons in families.items():
         for column in METRICS:
             tests = family(table, comparisons, column, confidence)
@@ -156,20 +211,44 @@ def markdown(table: pd.DataFrame, families: dict[str, Sequence[Sequence[str]]], 
                 ph = "-" if math.isnan(r["p_holm"]) else f"{r['p_holm']:.3g}"
                 lines.append(f"| {r['comparison']} | {r['n']} | {_ci(r['mean'], r['low'], r['high'], True)} | "
                              f"{r['up']} / {r['down']} | {p} | {ph} |")
+    if slopes:
+        rows = [slope(table, pairs, doses, confidence=confidence) | {"name": name} for name, (doses, pairs) in slopes.items()]
+        lines += ["", f"Slopes on the dose, metric `es_score` (per seed, least squares; Holm over {len(rows)}):", "",
+                  "| slope | of | seeds | mean slope (95% CI) | up / down | p | p (Holm) |", "|---|---|---|---|---|---|---|"]
+        for r, ph in zip(rows, holm([r["p"] for r in rows]), strict=True):
+            p = "-" if math.isnan(r["p"]) else f"{r['p']:.3g}"
+            lines.append(f"| {r['name']} | {r['comparison']} | {r['n']} | {_ci(r['mean'], r['low'], r['high'], True)} | "
+                         f"{r['up']} / {r['down']} | {p} | {'-' if math.isnan(ph) else f'{ph:.3g}'} |")
     return "\n".join(lines)
 
 
+def _rule_choices(table: pd.DataFrame) -> list[str]:
+    """Markdown lines: per selection rule of ``table``, how often it chose each method, and its mean step."""
+    if "chosen" not in table.columns or table["chosen"].isna().all():
+        return []
+    lines = ["", "Selection rules: the method (run) each rule kept, over seeds:", "",
+             "| rule | seeds | chosen (seeds) | mean chosen step |", "|---|---|---|---|"]
+    for rule, part in table.dropna(subset=["chosen"]).groupby("method", sort=False):
+        counts = ", ".join(f"{m} {n}" for m, n in part["chosen"].value_counts().items())
+        lines.append(f"| {rule} | {len(part)} | {counts} | {part['es_step'].mean():.1f} |")
+    return lines
+
+
 def write_report(run_dirs: Sequence[str | os.PathLike], report: str | os.PathLike,
-                 families: dict[str, Sequence[Sequence[str]]]) -> Path:
-    """``heldout_runs.csv``, ``heldout_curves.csv`` (every run's val/test curve) and ``heldout.md`` in ``report``,
-    over the runs of ``run_dirs`` that have a held-out curve."""
+                 families: dict[str, Sequence[Sequence[str]]],
+                 rules: dict[str, Sequence[str]] | None = None,
+                 slopes: dict[str, tuple[Sequence[float], Sequence[Sequence[str]]]] | None = None) -> Path:
+    """``heldout_runs.csv`` (one row per run, then one per seed of every selection rule of ``rules``: name ->
+    candidate methods, :func:`rule_runs`), ``heldout_curves.csv`` (every run's val/test curve) and
+    ``heldout.md`` (:func:`markdown`, with ``slopes``) in ``report``, over the runs of ``run_dirs``."""
     report = Path(report)
     report.mkdir(parents=True, exist_ok=True)
-    table = per_run(run_dirs)
+    curves = pd.concat([curve(d).assign(run=Path(d).name) for d in run_dirs], ignore_index=True)
+    table = pd.concat([per_run(run_dirs), *(rule_runs(curves, c, name) for name, c in (rules or {}).items())],
+                      ignore_index=True)
     table.to_csv(report / "heldout_runs.csv", index=False)
-    curves = [curve(d).assign(run=Path(d).name) for d in run_dirs]
-    pd.concat(curves, ignore_index=True).to_csv(report / "heldout_curves.csv", index=False)
-    (report / "heldout.md").write_text(markdown(table, families) + "\n")
+    curves.to_csv(report / "heldout_curves.csv", index=False)
+    (report / "heldout.md").write_text(markdown(table, families, slopes=slopes) + "\n")
     return report
 
 

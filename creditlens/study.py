@@ -68,7 +68,10 @@ class Preset:
     """A study grid: ``methods`` (runs without a seed) x ``seeds`` on one config, with ``sets`` (``--set``
     overrides, e.g. the cue kind) applied to every run; ``order`` is ``"method"`` (every seed of a method,
     then the next method) or ``"seed"`` (every method of a seed, then the next seed); ``families`` names the
-    paired comparisons ``(method A, method B)`` its held-out report tests (Holm within each family)."""
+    paired comparisons ``(method A, method B)`` its held-out report tests (Holm within each family); ``rules``
+    names selection rules over candidate methods (:func:`creditlens.heldout.rule_runs`; a family may test a
+    rule like a method); ``slopes`` names ``(doses, pairs)``: the slope of ``A - B`` over a dose
+    (:func:`creditlens.heldout.slope`)."""
 
     config: Path
     methods: tuple[StudyRun, ...]
@@ -77,6 +80,8 @@ class Preset:
     about: str = ""
     order: str = "method"
     families: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    rules: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    slopes: dict[str, tuple[tuple[float, ...], tuple[tuple[str, str], ...]]] = field(default_factory=dict)
 
     def grid(self) -> list[StudyRun]:
         """Every run in the preset's ``order``. Method-major leaves whole cells when a study is cut short (every
@@ -103,7 +108,7 @@ def load_preset(path: str | os.PathLike) -> Preset:
 
     path = Path(path)
     data = read_yaml(path, "--preset")
-    known = {"about", "config", "methods", "seeds", "sets", "order", "families"}
+    known = {"about", "config", "methods", "seeds", "sets", "order", "families", "rules", "slopes"}
     if not isinstance(data, dict) or not {"config", "methods"} <= set(data) or set(data) - known:
         raise ValueError(f"{path}: a preset needs config and methods, and only the fields {sorted(known)}")
     methods = []
@@ -118,12 +123,25 @@ def load_preset(path: str | os.PathLike) -> Preset:
     if order not in ORDERS:
         raise ValueError(f"{path}: order must be one of {ORDERS}, got {order!r}")
     names = {m.method for m in methods}
+    rules = {str(k): tuple(str(m) for m in v) for k, v in (data.get("rules") or {}).items()}
+    unknown = {m for candidates in rules.values() for m in candidates} - names
+    if unknown:
+        raise ValueError(f"{path}: rules name methods the preset does not run: {sorted(unknown)}")
     families = {str(k): tuple((str(a), str(b)) for a, b in v) for k, v in (data.get("families") or {}).items()}
-    unknown = {name for pairs in families.values() for pair in pairs for name in pair} - names
+    unknown = {name for pairs in families.values() for pair in pairs for name in pair} - names - set(rules)
     if unknown:
         raise ValueError(f"{path}: families name methods the preset does not run: {sorted(unknown)}")
+    slopes = {}
+    for key, item in (data.get("slopes") or {}).items():
+        doses, pairs = (item.get("doses", []), item.get("pairs", [])) if isinstance(item, dict) else ([], [])
+        if not isinstance(item, dict) or set(item) != {"doses", "pairs"} or len(doses) != len(pairs) or len(set(doses)) < 2:
+            raise ValueError(f"{path}: slopes.{key} needs doses and pairs of one length, with 2+ distinct doses")
+        slopes[str(key)] = (tuple(float(d) for d in doses), tuple((str(a), str(b)) for a, b in pairs))
+    unknown = {name for _, pairs in slopes.values() for pair in pairs for name in pair} - names
+    if unknown:
+        raise ValueError(f"{path}: slopes name methods the preset does not run: {sorted(unknown)}")
     return Preset(CONFIG_DIR / data["config"], tuple(methods), _seeds(data.get("seeds", [0, 1, 2, 3, 4]), str(path)),
-                  tuple(data.get("sets", ())), str(data.get("about", "")), order, families)
+                  tuple(data.get("sets", ())), str(data.get("about", "")), order, families, rules, slopes)
 
 
 def presets() -> dict[str, Preset]:
@@ -316,12 +334,15 @@ def report(preset: str | Preset, out: str | os.PathLike) -> Path:
     whole = {s for s in preset.seeds if all(_finished(out / r.name, max_steps) for r in grid if r.seed == s)}
     if not whole:
         raise FileNotFoundError(f"{out}: no seed of the preset has all its runs finished; nothing to report")
-    return write_report([out / r.name for r in grid if r.seed in whole], out / "report", preset.families)
+    return write_report([out / r.name for r in grid if r.seed in whole], out / "report", preset.families,
+                        rules=preset.rules, slopes=preset.slopes)
 
 
-def write_report(run_dirs: Sequence[Path], report: Path, families: dict | None = None) -> Path:
+def write_report(run_dirs: Sequence[Path], report: Path, families: dict | None = None, rules: dict | None = None,
+                 slopes: dict | None = None) -> Path:
     """``creditlens compare``'s report of ``run_dirs`` plus ``study.md`` (:func:`study_table`), when the runs
-    scored a validation and a test part :func:`creditlens.heldout.write_report` with ``families``, and the
+    scored a validation and a test part :func:`creditlens.heldout.write_report` with ``families``, ``rules``
+    and ``slopes`` (:class:`Preset`), and the
     training rollouts' profile per run and logged step (``rollout_profiles.csv``, :func:`rollout_profile`)."""
     import pandas as pd
 
@@ -332,7 +353,7 @@ def write_report(run_dirs: Sequence[Path], report: Path, families: dict | None =
     comparison.save(report)
     (report / "study.md").write_text(study_table(comparison.per_run, cue_aurocs(run_dirs)) + "\n")
     if all("score_val" in (runs.read_jsonl(Path(d) / runs.EVAL) or [{}])[-1] for d in run_dirs):
-        heldout.write_report(run_dirs, report, families or {})
+        heldout.write_report(run_dirs, report, families or {}, rules, slopes)
     profiles = [rollout_profile(Path(d)).assign(run=Path(d).name) for d in run_dirs if (Path(d) / runs.TOKENS_DIR).is_dir()]
     if profiles:
         pd.concat(profiles, ignore_index=True).to_csv(report / "rollout_profiles.csv", index=False)

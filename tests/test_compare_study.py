@@ -228,8 +228,85 @@ def test_report_covers_whole_seeds_only(tmp_path, monkeypatch):
         if run.name != "credit-shortcut-lam0.5-s21":  # seed 21 is cut short; seed 22 never started
             _heldout_run(tmp_path / run.name, [(0, 0.3, 0.3), (60 if run.seed != 22 else 30, 0.4, 0.4)])
     seen = {}
-    monkeypatch.setattr(study, "write_report", lambda dirs, report, families: seen.setdefault("dirs", dirs) and report)
+    monkeypatch.setattr(study, "write_report", lambda dirs, report, families, **analyses: seen.setdefault("dirs", dirs) and report)
     study.report(preset, tmp_path)
     assert [d.name for d in seen["dirs"]] == ["sd-s20", "credit-shortcut-lam0.5-s20"]
     with pytest.raises(FileNotFoundError, match="no seed of the preset has all its runs finished"):
         study.report(study.Preset(confirm.config, confirm.methods[:2], seeds=(22,)), tmp_path)
+
+
+def test_selection_rule_keeps_the_best_validation_checkpoint_over_runs(tmp_path):
+    from creditlens import heldout
+
+    rows = []
+    def add(run, curve):
+        rows.extend({"run": run, "step": s, "score_val": v, "score_test": t} for s, v, t in curve)
+    # seed 1: b's step 20 has the best validation score; its *test* score is the rule's
+    add("a-s1", [(0, 0.3, 0.30), (10, 0.5, 0.55), (20, 0.4, 0.45)])
+    add("b-s1", [(0, 0.3, 0.30), (10, 0.4, 0.41), (20, 0.6, 0.48)])
+    # seed 2: a tie at 0.5 between a (step 20) and b (step 10): the earliest step wins, so b
+    add("a-s2", [(0, 0.3, 0.31), (10, 0.4, 0.40), (20, 0.5, 0.52)])
+    add("b-s2", [(0, 0.3, 0.31), (10, 0.5, 0.47), (20, 0.2, 0.20)])
+    # seed 3: a tie at the same step: the candidate listed first (a) wins; seed 4 lacks b: no rule row
+    add("a-s3", [(0, 0.3, 0.32), (10, 0.5, 0.51)])
+    add("b-s3", [(0, 0.3, 0.32), (10, 0.5, 0.44)])
+    add("a-s4", [(0, 0.3, 0.30), (10, 0.9, 0.90)])
+    rule = heldout.rule_runs(pd.DataFrame(rows), ["a", "b"], "pick").set_index("seed")
+    assert list(rule.index) == [1, 2, 3]
+    assert list(rule["chosen"]) == ["b", "b", "a"]
+    assert list(rule["es_step"]) == [20, 10, 10] and list(rule["es_score"]) == [0.48, 0.47, 0.51]
+    assert set(rule["method"]) == {"pick"} and rule.loc[2, "run"] == "pick-s2" and rule.loc[2, "step0_test"] == 0.31
+    assert heldout.rule_runs(pd.DataFrame(rows), ["b", "a"], "pick").set_index("seed").loc[3, "chosen"] == "b"
+
+
+def test_dose_slope_matches_a_least_squares_fit_per_seed():
+    from creditlens import heldout
+
+    rng = np.random.default_rng(1)
+    doses, rows, expected = [0.0, 0.25, 0.5, 1.0], [], []
+    for seed in range(6):
+        gains = 0.1 * np.array(doses) + rng.normal(0, 0.02, 4)
+        expected.append(np.polyfit(doses, gains, 1)[0])
+        for i, gain in enumerate(gains):
+            base = rng.uniform(0.3, 0.5)
+            rows += [{"method": f"b{i}", "seed": seed, "es_score": base},
+                     {"method": f"a{i}", "seed": seed, "es_score": base + gain}]
+    rows.append({"method": "a0", "seed": 99, "es_score": 0.5})  # a seed without every pair is left out
+    result = heldout.slope(pd.DataFrame(rows), [(f"a{i}", f"b{i}") for i in range(4)], doses)
+    assert result["n"] == 6 and result["mean"] == pytest.approx(np.mean(expected))
+    assert result["p"] == pytest.approx(scipy_stats.ttest_1samp(expected, 0.0).pvalue)
+    assert result["up"] == sum(e > 0 for e in expected)
+    with pytest.raises(ValueError, match="one pair per dose"):
+        heldout.slope(pd.DataFrame(rows), [("a0", "b0")], doses)
+
+
+def test_stage_presets_rules_slopes_and_their_report(tmp_path):
+    from creditlens import heldout
+
+    rule = study.PRESETS["practitioner-rule"]
+    assert rule.families["rule"] == (("rule-letter", "sd-letter"), ("rule-filler", "sd-filler"))
+    assert rule.rules["rule-letter"][0] == "sd-letter" and len(rule.rules["rule-filler"]) == 5
+    dose = study.PRESETS["dose-response"]
+    assert dose.slopes["shortcut"][0] == (0.0, 0.25, 0.5, 1.0) and len(dose.grid()) == 15 * 12
+    for method in dose.methods[:12]:
+        config = load_config(dose.config, parse_overrides(list(method.sets)))
+        assert config["env_args"] == {"cue": float(method.variant.removeprefix("letter")), "cue_kind": "letter"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("config: study-sdpo.yaml\nmethods: [{algo: sd}]\nrules: {r: [sd, grpo]}\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: rules name methods the preset does not run: \['grpo'\]"):
+        study.load_preset(bad)
+    bad.write_text("config: study-sdpo.yaml\nmethods: [{algo: sd}]\nslopes: {s: {doses: [0, 1], pairs: [[sd, sd]]}}\n")
+    with pytest.raises(ValueError, match="bad.yaml: slopes.s needs doses and pairs of one length"):
+        study.load_preset(bad)
+
+    for seed, (sd_best, credit_best) in {1: (0.5, 0.6), 2: (0.7, 0.4), 3: (0.5, 0.55)}.items():
+        _heldout_run(tmp_path / f"sd-s{seed}", [(0, 0.3, 0.3), (10, sd_best, sd_best - 0.01)])
+        _heldout_run(tmp_path / f"credit-s{seed}", [(0, 0.3, 0.3), (10, credit_best, credit_best + 0.02)])
+    runs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    heldout.write_report(runs, tmp_path / "report", {"rule": [("pick", "sd")]}, rules={"pick": ("sd", "credit")},
+                         slopes={"s": ((0.0, 1.0), (("credit", "sd"), ("sd", "credit")))})
+    table = pd.read_csv(tmp_path / "report" / "heldout_runs.csv")
+    picks = table[table["method"] == "pick"].set_index("seed")
+    assert list(picks["chosen"]) == ["credit", "sd", "credit"] and list(picks["es_score"]) == pytest.approx([0.62, 0.69, 0.57])
+    text = (tmp_path / "report" / "heldout.md").read_text()
+    assert "| pick | 3 | credit 2, sd 1 | 10.0 |" in text and "pick - sd" in text and "Slopes on the dose" in text
