@@ -17,10 +17,13 @@ too), and :func:`read_jsonl` its one JSONL reader (examples files too): a bad li
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import math
 import os
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,16 +115,19 @@ def read_jsonl_lines(
     A line that is not UTF-8, not JSON, nested too deeply to parse or not a JSON object raises ``error``
     naming ``file:line``; with ``partial_last_line`` an unreadable last line without a newline (a killed
     append) is dropped instead. The file is read line by line (a pipe such as ``<(zcat x.gz)`` works too);
-    ``progress`` names a tqdm bar shown for files of ``BAR_BYTES`` or more.
+    where only its gzip copy ``path.gz`` exists (an archived run, :func:`creditlens.study.archive`), that is
+    read. ``progress`` names a tqdm bar shown for files of ``BAR_BYTES`` or more.
     """
     path = Path(path)
+    if not path.exists() and path.with_name(path.name + ".gz").is_file():
+        path = path.with_name(path.name + ".gz")
     if not path.exists():
         return []
     if path.is_dir():
         raise error(f"{path}: a directory, expected a JSONL file")
     records = []
     size = path.stat().st_size if path.is_file() else 0
-    with open(path, "rb") as handle, _bar(progress, size) as bar:
+    with _open_lines(path, error) as handle, _bar(progress, size) as bar:
         for number, raw in enumerate(handle, start=1):
             bar.update(len(raw))
             cut_short = partial_last_line and not raw.endswith(b"\n")
@@ -147,6 +153,17 @@ def read_jsonl_lines(
                 raise error(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
             records.append((number, record))
     return records
+
+
+def _open_lines(path: Path, error: type[CreditlensError]):
+    """A binary handle on ``path``'s lines; a ``.gz`` file is decompressed whole first (archived logs are
+    small), and one that is not gzip raises ``error`` naming it."""
+    if path.suffix != ".gz":
+        return open(path, "rb")
+    try:
+        return io.BytesIO(gzip.decompress(path.read_bytes()))
+    except (gzip.BadGzipFile, EOFError, zlib.error) as why:
+        raise error(f"{path}: not a readable gzip file ({why})") from None
 
 
 def _bar(desc: str | None, size: int):

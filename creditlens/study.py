@@ -324,18 +324,52 @@ def _forwarding_signals(running: list) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def report(preset: str | Preset, out: str | os.PathLike) -> Path:
-    """Write ``out/report`` (:func:`write_report`) over the seeds whose every run of ``preset`` finished, so that a
-    grid cut short (or still running) reports whole seeds only. Returns the report folder."""
-    preset = PRESETS[preset] if isinstance(preset, str) else preset
+def whole_seed_runs(preset: Preset, out: Path) -> list[Path]:
+    """The run folders in ``out`` of the seeds whose every run of ``preset`` finished (grid order), so that a
+    grid cut short (or still running) is reported and archived by whole seeds only."""
     max_steps, _ = _max_steps(preset)
-    out = Path(out)
     grid = preset.grid()
     whole = {s for s in preset.seeds if all(_finished(out / r.name, max_steps) for r in grid if r.seed == s)}
     if not whole:
         raise FileNotFoundError(f"{out}: no seed of the preset has all its runs finished; nothing to report")
-    return write_report([out / r.name for r in grid if r.seed in whole], out / "report", preset.families,
+    return [out / r.name for r in grid if r.seed in whole]
+
+
+def report(preset: str | Preset, out: str | os.PathLike) -> Path:
+    """Write ``out/report`` (:func:`write_report`) over the whole seeds of ``preset`` (:func:`whole_seed_runs`).
+    Returns the report folder."""
+    preset = PRESETS[preset] if isinstance(preset, str) else preset
+    return write_report(whole_seed_runs(preset, Path(out)), Path(out) / "report", preset.families,
                         rules=preset.rules, slopes=preset.slopes)
+
+
+def archive(preset: str | Preset, out: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Copy the compact logs of ``out``'s whole seeds to ``dest`` (e.g. ``data/study/DATE/NAME``): per run its
+    manifest, ``eval.jsonl`` and ``metrics.jsonl.gz`` (gzip without a timestamp, so equal logs give equal
+    bytes); the per-token tables and checkpoints stay behind. Then the text files of ``out/report``
+    (``.md``/``.csv``), after writing the report. Returns ``dest``."""
+    import gzip
+
+    from creditlens import runs
+    from creditlens.atomic import atomic_write
+
+    preset = PRESETS[preset] if isinstance(preset, str) else preset
+    out, dest = Path(out), Path(dest)
+    if dest.resolve() == out.resolve() or out.resolve() in dest.resolve().parents:
+        raise ValueError(f"--archive {dest}: must be outside --out {out}")
+    for run_dir in whole_seed_runs(preset, out):
+        target = dest / run_dir.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (runs.MANIFEST, runs.EVAL):
+            shutil.copyfile(run_dir / name, target / name)
+        zipped = gzip.compress((run_dir / runs.METRICS).read_bytes(), compresslevel=9, mtime=0)
+        atomic_write(target / f"{runs.METRICS}.gz", lambda path, data=zipped: path.write_bytes(data))
+        (target / runs.METRICS).unlink(missing_ok=True)
+    (dest / "report").mkdir(parents=True, exist_ok=True)
+    for path in sorted(report(preset, out).iterdir()):
+        if path.suffix in (".md", ".csv"):
+            shutil.copyfile(path, dest / "report" / path.name)
+    return dest
 
 
 def write_report(run_dirs: Sequence[Path], report: Path, families: dict | None = None, rules: dict | None = None,

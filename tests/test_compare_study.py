@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -310,3 +311,39 @@ def test_stage_presets_rules_slopes_and_their_report(tmp_path):
     assert list(picks["chosen"]) == ["credit", "sd", "credit"] and list(picks["es_score"]) == pytest.approx([0.62, 0.69, 0.57])
     text = (tmp_path / "report" / "heldout.md").read_text()
     assert "| pick | 3 | credit 2, sd 1 | 10.0 |" in text and "pick - sd" in text and "Slopes on the dose" in text
+
+
+def test_archive_copies_whole_seeds_compact_logs_readable_as_gzip(tmp_path, monkeypatch):
+    import gzip
+
+    from creditlens import runs
+
+    confirm = study.PRESETS["confirm"]
+    preset = study.Preset(confirm.config, confirm.methods[:2], seeds=(20, 21), order="seed")
+    out = tmp_path / "out"
+    out.mkdir()
+    for run in preset.grid():
+        if run.name != "credit-shortcut-lam0.5-s21":  # seed 21 is cut short: not archived
+            folder = _heldout_run(out / run.name, [(0, 0.3, 0.3), (60, 0.4, 0.4)])
+            (folder / runs.MANIFEST).write_text(json.dumps({"name": run.name}))
+            (folder / runs.METRICS).write_text("".join(f'{{"step": {s}, "loss": {s / 10}}}\n' for s in range(1, 61)))
+            (folder / runs.TOKENS_DIR).mkdir()
+    def fake_report(dirs, report, families, **analyses):
+        report.mkdir(exist_ok=True)
+        (report / "x.md").write_text("r")
+        (report / "x.png").write_text("not archived")
+        return report
+
+    monkeypatch.setattr(study, "write_report", fake_report)
+    dest = study.archive(preset, out, tmp_path / "data" / "grid")
+    assert sorted(p.name for p in dest.iterdir()) == ["credit-shortcut-lam0.5-s20", "report", "sd-s20"]
+    kept = dest / "sd-s20"
+    assert sorted(p.name for p in kept.iterdir()) == ["eval.jsonl", "manifest.json", "metrics.jsonl.gz"]
+    assert gzip.decompress((kept / "metrics.jsonl.gz").read_bytes()) == (out / "sd-s20" / runs.METRICS).read_bytes()
+    assert runs.read_jsonl(kept / runs.METRICS) == runs.read_jsonl(out / "sd-s20" / runs.METRICS)  # readers take .gz
+    first = (kept / "metrics.jsonl.gz").read_bytes()
+    study.archive(preset, out, tmp_path / "data" / "grid")
+    assert (kept / "metrics.jsonl.gz").read_bytes() == first  # no timestamp: equal logs, equal bytes
+    assert [p.name for p in (dest / "report").iterdir()] == ["x.md"] and (dest / "report" / "x.md").read_text() == "r"
+    with pytest.raises(ValueError, match="must be outside --out"):
+        study.archive(preset, out, out / "copy")

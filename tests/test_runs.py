@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from creditlens import atomic, runs, schema
-from creditlens.errors import InputError
+from creditlens.errors import InputError, RunError
 
 
 def _tokens(step: int):
@@ -176,3 +176,15 @@ def test_token_path_needs_a_whole_step(tmp_path):
     for bad in (-1, 2.5):
         with pytest.raises(runs.RunError, match=f"step {bad!r} must be a whole number >= 0"):
             runs.token_path(tmp_path, bad)
+
+
+def test_jsonl_reader_takes_a_gzip_copy_and_names_a_broken_one(tmp_path):
+    import gzip
+
+    (tmp_path / "eval.jsonl.gz").write_bytes(gzip.compress(b'{"step": 0, "score": 0.5}\n'))
+    assert runs.read_jsonl(tmp_path / "eval.jsonl") == [{"step": 0, "score": 0.5}]
+    (tmp_path / "eval.jsonl").write_text('{"step": 1}\n')  # the plain file wins where both exist
+    assert runs.read_jsonl(tmp_path / "eval.jsonl") == [{"step": 1}]
+    (tmp_path / "metrics.jsonl.gz").write_bytes(gzip.compress(b'{"step": 1}\n')[:-6])  # cut short
+    with pytest.raises(RunError, match=r"metrics.jsonl.gz: not a readable gzip file"):
+        runs.read_jsonl(tmp_path / "metrics.jsonl")

@@ -23,17 +23,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints/")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: write OUT/report over the seeds whose every run has finished")
+    parser.add_argument("--archive", metavar="DEST",
+                        help="after the report, copy the compact logs of OUT's whole seeds to DEST (manifests, "
+                        "eval.jsonl, gzipped metrics.jsonl, the report's .md/.csv; no per-token tables), "
+                        "e.g. data/study/DATE/NAME")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from creditlens.runs import check_out_dir
-    from creditlens.study import report, run_study
+    from creditlens.study import archive, report, run_study
 
     if args.report_only:
         print(f"creditlens study: report in {report(args.preset, args.out)}")
-        return 0
-    check_out_dir(args.out)
-    out = run_study(args.preset, args.out, jobs=args.jobs, keep_checkpoints=args.keep_checkpoints)
-    print(f"creditlens study: runs in {out}, report in {out / 'report'}")
+    else:
+        check_out_dir(args.out)
+        out = run_study(args.preset, args.out, jobs=args.jobs, keep_checkpoints=args.keep_checkpoints)
+        print(f"creditlens study: runs in {out}, report in {out / 'report'}")
+    if args.archive:
+        print(f"creditlens study: compact logs in {archive(args.preset, args.out, args.archive)}")
     return 0
