@@ -377,7 +377,8 @@ def write_report(run_dirs: Sequence[Path], report: Path, families: dict | None =
     """``creditlens compare``'s report of ``run_dirs`` plus ``study.md`` (:func:`study_table`), when the runs
     scored a validation and a test part :func:`creditlens.heldout.write_report` with ``families``, ``rules``
     and ``slopes`` (:class:`Preset`), and the
-    training rollouts' profile per run and logged step (``rollout_profiles.csv``, :func:`rollout_profile`)."""
+    training rollouts' profile per run and logged step (``rollout_profiles.csv``, :func:`rollout_profile`) with
+    its early / late summary per method (``mechanism.md``, :func:`mechanism_table`)."""
     import pandas as pd
 
     from creditlens import heldout, runs
@@ -390,8 +391,56 @@ def write_report(run_dirs: Sequence[Path], report: Path, families: dict | None =
         heldout.write_report(run_dirs, report, families or {}, rules, slopes)
     profiles = [rollout_profile(Path(d)).assign(run=Path(d).name) for d in run_dirs if (Path(d) / runs.TOKENS_DIR).is_dir()]
     if profiles:
-        pd.concat(profiles, ignore_index=True).to_csv(report / "rollout_profiles.csv", index=False)
+        profiles = pd.concat(profiles, ignore_index=True)
+        profiles.to_csv(report / "rollout_profiles.csv", index=False)
+        (report / "mechanism.md").write_text(mechanism_markdown(mechanism_table(profiles)) + "\n")
     return report
+
+
+MECHANISM = ("cue_letter", "cue_share", "cue_share_sd_reward", "passed_seen", "passed_unseen")
+"""The :func:`rollout_profile` columns :func:`mechanism_table` summarises."""
+
+
+def mechanism_table(profiles, confidence: float = 0.95):
+    """Per method, early and late in training: the mean over its runs (seeds) of each run's mean over the logged
+    steps of the first quarter (``early``: step <= max/4) and of the last quarter (``late``: step >= 3 max/4) of
+    every :data:`MECHANISM` column, with a t-interval over runs. ``profiles``: ``rollout_profiles.csv`` (a
+    ``run`` column named METHOD-sSEED). Returns a frame: ``method``, ``phase``, ``runs``, per column its mean,
+    ``_low``, ``_high``."""
+    import pandas as pd
+
+    from creditlens.heldout import method_and_seed
+    from creditlens.stats import t_interval
+
+    last = profiles["step"].max()
+    phases = {"early": profiles["step"] <= last / 4, "late": profiles["step"] >= 3 * last / 4}
+    rows = []
+    for phase, chosen in phases.items():
+        per_run = profiles[chosen].groupby("run", sort=False)[list(MECHANISM)].mean()
+        per_run["method"] = [method_and_seed(run)[0] for run in per_run.index]
+        for method, part in per_run.groupby("method", sort=False):
+            row = {"method": method, "phase": phase, "runs": len(part)}
+            for column in MECHANISM:
+                row[column], row[f"{column}_low"], row[f"{column}_high"] = t_interval(part[column].tolist(), confidence)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mechanism_markdown(table) -> str:
+    """:func:`mechanism_table` as a markdown table (late values with their interval, early ones as means)."""
+    lines = ["Training rollouts, per method: early (first quarter of the steps) -> late (last quarter), mean over runs "
+             "[95% t-interval of the late value]:", "",
+             "| method | runs | " + " | ".join(MECHANISM) + " |", "|---|---|" + "---|" * len(MECHANISM)]
+    late = table[table["phase"] == "late"].set_index("method")
+    early = table[table["phase"] == "early"].set_index("method")
+    for method, row in late.iterrows():
+        cells = []
+        for column in MECHANISM:
+            before = early[column].get(method, math.nan)
+            interval = "" if math.isnan(row[f"{column}_low"]) else f" [{row[f'{column}_low']:.3f}, {row[f'{column}_high']:.3f}]"
+            cells.append("-" if math.isnan(row[column]) else f"{before:.3f} -> {row[column]:.3f}{interval}")
+        lines.append(f"| {method} | {row['runs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def paired_differences(per_run, baseline: str = "sd", column: str = "final_score", confidence: float = 0.95):

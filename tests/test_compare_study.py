@@ -347,3 +347,21 @@ def test_archive_copies_whole_seeds_compact_logs_readable_as_gzip(tmp_path, monk
     assert [p.name for p in (dest / "report").iterdir()] == ["x.md"] and (dest / "report" / "x.md").read_text() == "r"
     with pytest.raises(ValueError, match="must be outside --out"):
         study.archive(preset, out, out / "copy")
+
+
+def test_mechanism_table_means_early_and_late_quarters_per_run_then_over_runs():
+    rows = []
+    for seed, shift in ((1, 0.0), (2, 0.2)):
+        for step in (5, 10, 30, 50, 60):
+            values = {c: step / 100 + shift for c in study.MECHANISM}
+            rows.append({"run": f"sd-s{seed}", "step": step, **values})
+            rows.append({"run": f"credit-s{seed}", "step": step, **{c: 0.5 for c in study.MECHANISM}})
+    table = study.mechanism_table(pd.DataFrame(rows)).set_index(["method", "phase"])
+    # sd, seed 1: early steps 5, 10 -> 0.075, late steps 50, 60 -> 0.55; seed 2 adds 0.2
+    assert table.loc[("sd", "early"), "cue_letter"] == pytest.approx((0.075 + 0.275) / 2)
+    assert table.loc[("sd", "late"), "passed_unseen"] == pytest.approx((0.55 + 0.75) / 2)
+    low, high = scipy_stats.t.interval(0.95, 1, loc=0.65, scale=scipy_stats.sem([0.55, 0.75]))
+    assert (table.loc[("sd", "late"), "cue_share_low"], table.loc[("sd", "late"), "cue_share_high"]) == pytest.approx((low, high))
+    assert table.loc[("credit", "late"), "runs"] == 2 and table.loc[("credit", "late"), "cue_share"] == 0.5
+    text = study.mechanism_markdown(study.mechanism_table(pd.DataFrame(rows)))
+    assert "| sd | 2 | 0.175 -> 0.650 [" in text
