@@ -1,5 +1,5 @@
-"""The three notebooks run top to bottom on small bundled data (tiny model, fixture runs and scored sets),
-and are committed with their outputs stripped."""
+"""The four notebooks run top to bottom on small bundled data (tiny model, fixture runs, scored sets and a
+hand-written study grid), and are committed with their outputs stripped."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import nbformat
+import numpy as np
+import pandas as pd
 import pytest
 from nbclient import NotebookClient
 
@@ -19,7 +21,7 @@ import appdata  # noqa: E402
 from creditlens import runs, schema  # noqa: E402
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ("01_pmi_identity", "02_token_credit", "03_compare_runs")
+NAMES = ("01_pmi_identity", "02_token_credit", "03_compare_runs", "04_heldout_study")
 
 
 def execute(name: str, monkeypatch, **env: str) -> nbformat.NotebookNode:
@@ -102,6 +104,42 @@ def test_03_shows_a_response_with_counted_tokens(monkeypatch, tmp_path):
     assert len(shown) == 3 * appdata.exact_model().length
     assert "nan" not in shown  # masked tokens show as nan: every heatmap is of a counted response
 
+
+# (score_val, score_test) at steps 0, 10, 20 of each run of a small `confirm` grid: 2 of its methods, 3 seeds
+HELDOUT = {
+    ("sd", 1): [(0.40, 0.41), (0.52, 0.50), (0.47, 0.49)],
+    ("sd", 2): [(0.40, 0.41), (0.45, 0.44), (0.55, 0.53)],
+    ("sd", 3): [(0.40, 0.41), (0.43, 0.46), (0.42, 0.45)],
+    ("credit-shortcut-lam0.5", 1): [(0.40, 0.41), (0.50, 0.52), (0.58, 0.57)],
+    ("credit-shortcut-lam0.5", 2): [(0.40, 0.41), (0.61, 0.59), (0.56, 0.60)],
+    ("credit-shortcut-lam0.5", 3): [(0.40, 0.41), (0.39, 0.40), (0.44, 0.43)],
+}
+
+
+def test_04_heldout_study(monkeypatch, tmp_path):
+    """Only `confirm`'s comparisons with both methods present are tested; the printed mean difference of the
+    early-stopping score equals numpy's, paired by seed."""
+    for (method, seed), scores in HELDOUT.items():
+        run = tmp_path / f"{method}-s{seed}"
+        run.mkdir()
+        run.joinpath("eval.jsonl").write_text("".join(
+            json.dumps({"step": 10 * i, "score_val": val, "score_test": test}) + "\n" for i, (val, test) in enumerate(scores)))
+    (tmp_path / "report").mkdir()
+    profiles = [{"step": step, "run": f"{method}-s{seed}", "cue_letter": 0.1, "cue_share": 0.2, "cue_share_sd_reward": 0.3,
+                 "passed_seen": 0.4, "passed_unseen": 0.5} for method, seed in HELDOUT for step in (5, 10, 15, 20)]
+    pd.DataFrame(profiles).to_csv(tmp_path / "report" / "rollout_profiles.csv", index=False)
+    notebook = execute("04_heldout_study", monkeypatch, CREDITLENS_NB_STUDY=str(tmp_path), CREDITLENS_NB_PRESET="confirm")
+    es = {key: scores[int(np.argmax([val for val, _ in scores]))][1] for key, scores in HELDOUT.items()}
+    expected = np.mean([es["credit-shortcut-lam0.5", s] - es["sd", s] for s in (1, 2, 3)])
+    text = "".join(outputs(notebook, "stream"))
+    assert "6 runs of 2 methods, seeds [1, 2, 3]" in text
+    assert "family primary: 1 of 2 comparisons testable" in text and "family practitioner: 0 of 4" in text
+    shown = re.search(r"credit-shortcut-lam0\.5 - sd: mean difference ([-+]\d\.\d{4}) .* over 3 seeds", text)
+    assert shown and float(shown.group(1)) == pytest.approx(expected, abs=5e-5)
+    assert "credit-contrastive" not in text
+    html = "".join(outputs(notebook, "text/html"))
+    assert "passed_unseen" in html and "late" in html  # the mechanism table of report/rollout_profiles.csv
+    assert len(outputs(notebook, "image/png")) == 1
 
 @pytest.mark.slow
 def test_02_token_credit_scores_examples_with_a_model(monkeypatch, tmp_path):
