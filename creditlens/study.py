@@ -346,8 +346,8 @@ def report(preset: str | Preset, out: str | os.PathLike) -> Path:
 def archive(preset: str | Preset, out: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """Copy the compact logs of ``out``'s whole seeds to ``dest`` (e.g. ``data/study/DATE/NAME``): per run its
     manifest, ``eval.jsonl`` and ``metrics.jsonl.gz`` (gzip without a timestamp, so equal logs give equal
-    bytes); the per-token tables and checkpoints stay behind. Then the text files of ``out/report``
-    (``.md``/``.csv``), after writing the report. Returns ``dest``."""
+    bytes); the per-token tables and checkpoints stay behind. Then it writes ``out/report`` over the same runs
+    (:func:`write_report`) and copies its text files (``.md``/``.csv``). Returns ``dest``."""
     import gzip
 
     from creditlens import runs
@@ -357,7 +357,8 @@ def archive(preset: str | Preset, out: str | os.PathLike, dest: str | os.PathLik
     out, dest = Path(out), Path(dest)
     if dest.resolve() == out.resolve() or out.resolve() in dest.resolve().parents:
         raise ValueError(f"--archive {dest}: must be outside --out {out}")
-    for run_dir in whole_seed_runs(preset, out):
+    run_dirs = whole_seed_runs(preset, out)
+    for run_dir in run_dirs:
         target = dest / run_dir.name
         target.mkdir(parents=True, exist_ok=True)
         for name in (runs.MANIFEST, runs.EVAL):
@@ -366,7 +367,8 @@ def archive(preset: str | Preset, out: str | os.PathLike, dest: str | os.PathLik
         atomic_write(target / f"{runs.METRICS}.gz", lambda path, data=zipped: path.write_bytes(data))
         (target / runs.METRICS).unlink(missing_ok=True)
     (dest / "report").mkdir(parents=True, exist_ok=True)
-    for path in sorted(report(preset, out).iterdir()):
+    written = write_report(run_dirs, out / "report", preset.families, rules=preset.rules, slopes=preset.slopes)
+    for path in sorted(written.iterdir()):
         if path.suffix in (".md", ".csv"):
             shutil.copyfile(path, dest / "report" / path.name)
     return dest
@@ -397,7 +399,7 @@ def write_report(run_dirs: Sequence[Path], report: Path, families: dict | None =
     return report
 
 
-MECHANISM = ("cue_letter", "cue_share", "cue_share_sd_reward", "passed_seen", "passed_unseen")
+MECHANISM = ("cue_letter", "filler", "cue_share", "cue_share_sd_reward", "passed_seen", "passed_unseen")
 """The :func:`rollout_profile` columns :func:`mechanism_table` summarises."""
 
 

@@ -34,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from creditlens.runs import check_out_dir
     from creditlens.study import archive, report, run_study
 
-    if args.report_only:
+    if args.report_only and not args.archive:  # an archive writes the report itself, over the runs it copies
         print(f"creditlens study: report in {report(args.preset, args.out)}")
-    else:
+    elif not args.report_only:
         check_out_dir(args.out)
         out = run_study(args.preset, args.out, jobs=args.jobs, keep_checkpoints=args.keep_checkpoints)
         print(f"creditlens study: runs in {out}, report in {out / 'report'}")
