@@ -175,12 +175,19 @@ def test_presets_are_config_files_and_the_confirmatory_grid_is_seed_major(tmp_pa
     config = load_config(confirm.config)
     assert config["n_eval_problems"] >= 2462 and config["env_args"]["cue_kind"] == "letter"
     assert config["distillation_mode"] == "full_logits"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("families: {x: [[sd, grpo]]}", r"families name methods the preset does not run: \['grpo'\]"),
+    ("seed: [1]", "a preset needs config and methods"),
+    ("rules: {r: [sd, grpo]}", r"rules name methods the preset does not run: \['grpo'\]"),
+    ("slopes: {s: {doses: [0, 1], pairs: [[sd, sd]]}}", "slopes.s needs doses and pairs of one length"),
+    ("slopes: {s: {doses: [0, 1], pairs: [[sd, sd], [sd, grpo]]}}", r"slopes name methods the preset does not run"),
+])
+def test_preset_file_refusals_name_the_file(tmp_path, extra, message):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("config: study-sdpo.yaml\nmethods: [{algo: sd}]\nfamilies: {x: [[sd, grpo]]}\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: families name methods the preset does not run: \['grpo'\]"):
-        study.load_preset(bad)
-    bad.write_text("config: study-sdpo.yaml\nmethods: [{algo: sd}]\nseed: [1]\n")
-    with pytest.raises(ValueError, match="bad.yaml: a preset needs config and methods"):
+    bad.write_text(f"config: study-sdpo.yaml\nmethods: [{{algo: sd}}]\n{extra}\n")
+    with pytest.raises(ValueError, match=f"bad.yaml: {message}"):
         study.load_preset(bad)
 
 
@@ -292,13 +299,6 @@ def test_stage_presets_rules_slopes_and_their_report(tmp_path):
     for method in dose.methods[:12]:
         config = load_config(dose.config, parse_overrides(list(method.sets)))
         assert config["env_args"] == {"cue": float(method.variant.removeprefix("letter")), "cue_kind": "letter"}
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("config: study-sdpo.yaml\nmethods: [{algo: sd}]\nrules: {r: [sd, grpo]}\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: rules name methods the preset does not run: \['grpo'\]"):
-        study.load_preset(bad)
-    bad.write_text("config: study-sdpo.yaml\nmethods: [{algo: sd}]\nslopes: {s: {doses: [0, 1], pairs: [[sd, sd]]}}\n")
-    with pytest.raises(ValueError, match="bad.yaml: slopes.s needs doses and pairs of one length"):
-        study.load_preset(bad)
 
     for seed, (sd_best, credit_best) in {1: (0.5, 0.6), 2: (0.7, 0.4), 3: (0.5, 0.55)}.items():
         _heldout_run(tmp_path / f"sd-s{seed}", [(0, 0.3, 0.3), (10, sd_best, sd_best - 0.01)])
