@@ -240,7 +240,8 @@ def write_report(run_dirs: Sequence[str | os.PathLike], report: str | os.PathLik
                  slopes: dict[str, tuple[Sequence[float], Sequence[Sequence[str]]]] | None = None) -> Path:
     """``heldout_runs.csv`` (one row per run, then one per seed of every selection rule of ``rules``: name ->
     candidate methods, :func:`rule_runs`), ``heldout_curves.csv`` (every run's val/test curve) and
-    ``heldout.md`` (:func:`markdown`, with ``slopes``) in ``report``, over the runs of ``run_dirs``."""
+    ``heldout.md`` (:func:`markdown`, with ``slopes``) and ``heldout.png`` (:func:`figure`) in ``report``, over the
+    runs of ``run_dirs``."""
     report = Path(report)
     report.mkdir(parents=True, exist_ok=True)
     curves = pd.concat([curve(d).assign(run=Path(d).name) for d in run_dirs], ignore_index=True)
@@ -249,6 +250,7 @@ def write_report(run_dirs: Sequence[str | os.PathLike], report: str | os.PathLik
     table.to_csv(report / "heldout_runs.csv", index=False)
     curves.to_csv(report / "heldout_curves.csv", index=False)
     (report / "heldout.md").write_text(markdown(table, families, slopes=slopes) + "\n")
+    figure(table, curves, families, title=report.parent.name).savefig(report / "heldout.png", dpi=110)
     return report
 
 
@@ -259,7 +261,7 @@ def figure(table: pd.DataFrame, curves: pd.DataFrame, families: dict[str, Sequen
     from matplotlib.figure import Figure
 
     comparisons = [pair for pairs in families.values() for pair in pairs]
-    figure = Figure(figsize=(13, 3.8))
+    figure = Figure(figsize=(13, 3.8 if len(comparisons) <= 4 else 5.2))
     left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
     method_of = dict(zip(table["run"], table["method"], strict=True))
     merged = curves.assign(method=curves["run"].map(method_of)).dropna(subset=["method"])
@@ -267,7 +269,7 @@ def figure(table: pd.DataFrame, curves: pd.DataFrame, families: dict[str, Sequen
         mean = part.groupby("step")["score_test"].mean()
         left.plot(mean.index, mean.values, marker=".", label=method)
     left.set(xlabel="step", ylabel="test score (mean over seeds)")
-    left.legend(fontsize=7)
+    left.legend(fontsize=6, ncol=2 if merged["method"].nunique() > 8 else 1)
     for i, (a, b) in enumerate(comparisons):
         result = paired(table, a, b)
         wide = table.pivot(index="seed", columns="method", values="es_score")
@@ -277,7 +279,8 @@ def figure(table: pd.DataFrame, curves: pd.DataFrame, families: dict[str, Sequen
             right.errorbar([i + 0.2], [result["mean"]], yerr=[[result["mean"] - result["low"]], [result["high"] - result["mean"]]],
                            fmt="o", color="black", capsize=3)
     right.axhline(0, color="grey", lw=0.8)
-    right.set_xticks(range(len(comparisons)), [f"{a}\n- {b}" for a, b in comparisons], fontsize=6)
+    right.set_xticks(range(len(comparisons)), [f"{a}\n- {b}" for a, b in comparisons], fontsize=6,
+                     rotation=30 if len(comparisons) > 4 else 0, ha="right" if len(comparisons) > 4 else "center")
     right.set_ylabel("early-stopping score, paired difference")
     if title:
         figure.suptitle(title, fontsize=10)
