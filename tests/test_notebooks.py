@@ -125,7 +125,7 @@ def test_04_heldout_study(monkeypatch, tmp_path):
         run.joinpath("eval.jsonl").write_text("".join(
             json.dumps({"step": 10 * i, "score_val": val, "score_test": test}) + "\n" for i, (val, test) in enumerate(scores)))
     (tmp_path / "report").mkdir()
-    profiles = [{"step": step, "run": f"{method}-s{seed}", "cue_letter": 0.1, "cue_share": 0.2, "cue_share_sd_reward": 0.3,
+    profiles = [{"step": step, "run": f"{method}-s{seed}", "cue_letter": 0.1, "filler": 0.0, "cue_share": 0.2, "cue_share_sd_reward": 0.3,
                  "passed_seen": 0.4, "passed_unseen": 0.5} for method, seed in HELDOUT for step in (5, 10, 15, 20)]
     pd.DataFrame(profiles).to_csv(tmp_path / "report" / "rollout_profiles.csv", index=False)
     notebook = execute("04_heldout_study", monkeypatch, CREDITLENS_NB_STUDY=str(tmp_path), CREDITLENS_NB_PRESET="confirm")
