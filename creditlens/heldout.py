@@ -131,12 +131,13 @@ def slope(table: pd.DataFrame, pairs: Sequence[Sequence[str]], doses: Sequence[f
 
 
 def paired(table: pd.DataFrame, a: str, b: str, column: str = "es_score", confidence: float = 0.95) -> dict:
-    """``a - b`` on ``column``, paired by seed over the seeds both methods have: ``mean``, ``low``, ``high``,
+    """``a - b`` on ``column``, paired by seed over the seeds where both methods have a value: ``mean``, ``low``, ``high``,
     ``n``, ``p`` (two-sided t-test of mean 0; NaN below 2 pairs), ``up``/``down`` (seeds above/below 0)."""
     left = table[table["method"] == a].set_index("seed")[column]
     right = table[table["method"] == b].set_index("seed")[column]
     seeds = sorted(set(left.index) & set(right.index))
     diffs = np.array([float(left[s]) - float(right[s]) for s in seeds])
+    diffs = diffs[np.isfinite(diffs)]  # a seed where either value is undefined (a rule's AUC) is no pair
     mean, low, high = t_interval(list(diffs), confidence)
     p = math.nan
     if diffs.size >= 2:

@@ -311,6 +311,7 @@ def test_stage_presets_rules_slopes_and_their_report(tmp_path):
     assert list(picks["chosen"]) == ["credit", "sd", "credit"] and list(picks["es_score"]) == pytest.approx([0.62, 0.69, 0.57])
     text = (tmp_path / "report" / "heldout.md").read_text()
     assert "| pick | 3 | credit 2, sd 1 | 10.0 |" in text and "pick - sd" in text and "Slopes on the dose" in text
+    assert heldout.paired(table, "pick", "sd", "auc_test")["n"] == 0  # a rule has no AUC: no pairs, not NaN ones
     assert (tmp_path / "report" / "heldout.png").read_bytes()[:4] == b"\x89PNG"
 
 
