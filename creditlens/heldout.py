@@ -122,11 +122,20 @@ def slope(table: pd.DataFrame, pairs: Sequence[Sequence[str]], doses: Sequence[f
     for _, row in (wide.dropna(subset=sorted(needed)) if needed <= set(wide.columns) else wide.iloc[:0]).iterrows():
         gains = np.array([float(row[a]) - float(row[b]) for a, b in pairs])
         slopes.append(float(np.sum((x - x.mean()) * (gains - gains.mean())) / np.sum((x - x.mean()) ** 2)))
-    values = np.array(slopes)
-    mean, low, high = t_interval(slopes, confidence)
-    p = float(scipy_stats.ttest_1samp(values, 0.0).pvalue) if values.size >= 2 else math.nan
     return {"comparison": f"slope of ({pairs[0][0]} - {pairs[0][1]}, ...) on dose {list(doses)}", "metric": column,
-            "n": int(values.size), "mean": mean, "low": low, "high": high, "p": p,
+            **_one_sample(np.array(slopes), confidence)}
+
+
+def _one_sample(values: np.ndarray, confidence: float) -> dict:
+    """Over the finite ``values`` (per-seed differences or slopes): ``n``, ``mean``, ``low``, ``high`` (Student-t
+    interval), ``p`` (two-sided t-test of mean 0; NaN below 2 values, 0 when all equal a non-zero value),
+    ``up``/``down`` (values above/below 0)."""
+    values = values[np.isfinite(values)]  # a seed where either value is undefined (a rule's AUC) is no pair
+    mean, low, high = t_interval(list(values), confidence)
+    p = math.nan
+    if values.size >= 2:
+        p = 0.0 if np.all(values == values[0]) and values[0] != 0 else float(scipy_stats.ttest_1samp(values, 0.0).pvalue)
+    return {"n": int(values.size), "mean": mean, "low": low, "high": high, "p": p,
             "up": int((values > 0).sum()), "down": int((values < 0).sum())}
 
 
@@ -137,13 +146,7 @@ def paired(table: pd.DataFrame, a: str, b: str, column: str = "es_score", confid
     right = table[table["method"] == b].set_index("seed")[column]
     seeds = sorted(set(left.index) & set(right.index))
     diffs = np.array([float(left[s]) - float(right[s]) for s in seeds])
-    diffs = diffs[np.isfinite(diffs)]  # a seed where either value is undefined (a rule's AUC) is no pair
-    mean, low, high = t_interval(list(diffs), confidence)
-    p = math.nan
-    if diffs.size >= 2:
-        p = 0.0 if np.all(diffs == diffs[0]) and diffs[0] != 0 else float(scipy_stats.ttest_1samp(diffs, 0.0).pvalue)
-    return {"comparison": f"{a} - {b}", "metric": column, "n": int(diffs.size), "mean": mean, "low": low,
-            "high": high, "p": p, "up": int((diffs > 0).sum()), "down": int((diffs < 0).sum())}
+    return {"comparison": f"{a} - {b}", "metric": column, **_one_sample(diffs, confidence)}
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -187,6 +190,10 @@ def _ci(mean: float, low: float, high: float, signed: bool = False) -> str:
     return f.format(mean) + ("" if math.isnan(low) else f" [{f.format(low)}, {f.format(high)}]")
 
 
+def _p(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3g}"
+
+
 def markdown(table: pd.DataFrame, families: dict[str, Sequence[Sequence[str]]], confidence: float = 0.95,
              slopes: dict[str, tuple[Sequence[float], Sequence[Sequence[str]]]] | None = None) -> str:
     """The held-out report: the method table, the choices of every selection rule in ``table`` (rows with a
@@ -208,18 +215,15 @@ def markdown(table: pd.DataFrame, families: dict[str, Sequence[Sequence[str]]], 
             lines += ["", f"Family `{name}`, metric `{column}` (paired by seed, Holm over {len(comparisons)}):", "",
                       "| comparison | pairs | mean (95% CI) | up / down | p | p (Holm) |", "|---|---|---|---|---|---|"]
             for _, r in tests.iterrows():
-                p = "-" if math.isnan(r["p"]) else f"{r['p']:.3g}"
-                ph = "-" if math.isnan(r["p_holm"]) else f"{r['p_holm']:.3g}"
                 lines.append(f"| {r['comparison']} | {r['n']} | {_ci(r['mean'], r['low'], r['high'], True)} | "
-                             f"{r['up']} / {r['down']} | {p} | {ph} |")
+                             f"{r['up']} / {r['down']} | {_p(r['p'])} | {_p(r['p_holm'])} |")
     if slopes:
         rows = [slope(table, pairs, doses, confidence=confidence) | {"name": name} for name, (doses, pairs) in slopes.items()]
         lines += ["", f"Slopes on the dose, metric `es_score` (per seed, least squares; Holm over {len(rows)}):", "",
                   "| slope | of | seeds | mean slope (95% CI) | up / down | p | p (Holm) |", "|---|---|---|---|---|---|---|"]
         for r, ph in zip(rows, holm([r["p"] for r in rows]), strict=True):
-            p = "-" if math.isnan(r["p"]) else f"{r['p']:.3g}"
             lines.append(f"| {r['name']} | {r['comparison']} | {r['n']} | {_ci(r['mean'], r['low'], r['high'], True)} | "
-                         f"{r['up']} / {r['down']} | {p} | {'-' if math.isnan(ph) else f'{ph:.3g}'} |")
+                         f"{r['up']} / {r['down']} | {_p(r['p'])} | {_p(ph)} |")
     return "\n".join(lines)
 
 
