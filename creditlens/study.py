@@ -133,10 +133,10 @@ def load_preset(path: str | os.PathLike) -> Preset:
         raise ValueError(f"{path}: families name methods the preset does not run: {sorted(unknown)}")
     slopes = {}
     for key, item in (data.get("slopes") or {}).items():
-        doses, pairs = (item.get("doses", []), item.get("pairs", [])) if isinstance(item, dict) else ([], [])
-        if not isinstance(item, dict) or set(item) != {"doses", "pairs"} or len(doses) != len(pairs) or len(set(doses)) < 2:
+        if (not isinstance(item, dict) or set(item) != {"doses", "pairs"} or len(item["doses"]) != len(item["pairs"])
+                or len(set(item["doses"])) < 2):
             raise ValueError(f"{path}: slopes.{key} needs doses and pairs of one length, with 2+ distinct doses")
-        slopes[str(key)] = (tuple(float(d) for d in doses), tuple((str(a), str(b)) for a, b in pairs))
+        slopes[str(key)] = (tuple(float(d) for d in item["doses"]), tuple((str(a), str(b)) for a, b in item["pairs"]))
     unknown = {name for _, pairs in slopes.values() for pair in pairs for name in pair} - names
     if unknown:
         raise ValueError(f"{path}: slopes name methods the preset does not run: {sorted(unknown)}")
@@ -335,19 +335,19 @@ def whole_seed_runs(preset: Preset, out: Path) -> list[Path]:
     return [out / r.name for r in grid if r.seed in whole]
 
 
-def report(preset: str | Preset, out: str | os.PathLike) -> Path:
-    """Write ``out/report`` (:func:`write_report`) over the whole seeds of ``preset`` (:func:`whole_seed_runs`).
-    Returns the report folder."""
+def report(preset: str | Preset, out: str | os.PathLike, run_dirs: Sequence[Path] | None = None) -> Path:
+    """Write ``out/report`` (:func:`write_report`, with the preset's families, rules and slopes) over ``run_dirs``,
+    by default the whole seeds of ``preset`` (:func:`whole_seed_runs`). Returns the report folder."""
     preset = PRESETS[preset] if isinstance(preset, str) else preset
-    return write_report(whole_seed_runs(preset, Path(out)), Path(out) / "report", preset.families,
-                        rules=preset.rules, slopes=preset.slopes)
+    run_dirs = whole_seed_runs(preset, Path(out)) if run_dirs is None else run_dirs
+    return write_report(run_dirs, Path(out) / "report", preset.families, rules=preset.rules, slopes=preset.slopes)
 
 
 def archive(preset: str | Preset, out: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """Copy the compact logs of ``out``'s whole seeds to ``dest`` (e.g. ``data/study/DATE/NAME``): per run its
     manifest, ``eval.jsonl`` and ``metrics.jsonl.gz`` (gzip without a timestamp, so equal logs give equal
     bytes); the per-token tables and checkpoints stay behind. Then it writes ``out/report`` over the same runs
-    (:func:`write_report`) and copies its text files (``.md``/``.csv``). Returns ``dest``."""
+    (:func:`report`) and copies its text files (``.md``/``.csv``). Returns ``dest``."""
     import gzip
 
     from creditlens import runs
@@ -367,8 +367,7 @@ def archive(preset: str | Preset, out: str | os.PathLike, dest: str | os.PathLik
         atomic_write(target / f"{runs.METRICS}.gz", lambda path, data=zipped: path.write_bytes(data))
         (target / runs.METRICS).unlink(missing_ok=True)
     (dest / "report").mkdir(parents=True, exist_ok=True)
-    written = write_report(run_dirs, out / "report", preset.families, rules=preset.rules, slopes=preset.slopes)
-    for path in sorted(written.iterdir()):
+    for path in sorted(report(preset, out, run_dirs).iterdir()):
         if path.suffix in (".md", ".csv"):
             shutil.copyfile(path, dest / "report" / path.name)
     return dest

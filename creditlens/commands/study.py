@@ -34,12 +34,12 @@ def run(args: argparse.Namespace) -> int:
     from creditlens.runs import check_out_dir
     from creditlens.study import archive, report, run_study
 
-    if args.report_only and not args.archive:  # an archive writes the report itself, over the runs it copies
-        print(f"creditlens study: report in {report(args.preset, args.out)}")
-    elif not args.report_only:
+    if not args.report_only:
         check_out_dir(args.out)
         out = run_study(args.preset, args.out, jobs=args.jobs, keep_checkpoints=args.keep_checkpoints)
         print(f"creditlens study: runs in {out}, report in {out / 'report'}")
-    if args.archive:
+    if args.archive:  # writes the report itself, over the runs it copies
         print(f"creditlens study: compact logs in {archive(args.preset, args.out, args.archive)}")
+    elif args.report_only:
+        print(f"creditlens study: report in {report(args.preset, args.out)}")
     return 0
