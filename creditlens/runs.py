@@ -126,7 +126,7 @@ def read_jsonl_lines(
     if path.is_dir():
         raise error(f"{path}: a directory, expected a JSONL file")
     records = []
-    size = path.stat().st_size if path.is_file() else 0
+    size = path.stat().st_size if path.is_file() and path.suffix != ".gz" else 0  # the bar counts read bytes
     with _open_lines(path, error) as handle, _bar(progress, size) as bar:
         for number, raw in enumerate(handle, start=1):
             bar.update(len(raw))
